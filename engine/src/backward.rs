@@ -1,0 +1,197 @@
+//! Reverse mode: one pass over the graph in reverse topological order, and the backward
+//! rule of every op in one `match`. Rules run without recording (no higher-order graphs).
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::ops::elementwise::{unary_backward, BinaryKind};
+use crate::ops::{embedding, gate, loss, matmul::matmul_t, norm, reduce::sum_to_shape, rope, softmax};
+use crate::tensor::{Tensor, TensorId};
+
+thread_local! {
+    static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether ops on this thread record the graph (false inside [`no_grad`]).
+pub fn is_recording() -> bool {
+    NO_GRAD_DEPTH.with(|d| d.get() == 0)
+}
+
+/// Runs `f` without recording any op: inference, optimizer updates, evaluation.
+pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = NoGradGuard::new();
+    f()
+}
+
+/// Stops recording until dropped.
+pub struct NoGradGuard(());
+
+impl NoGradGuard {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
+        NoGradGuard(())
+    }
+}
+
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD_DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Gradients of the parameters (leaves that require grad), keyed by tensor id.
+#[derive(Default)]
+pub struct Gradients {
+    map: HashMap<TensorId, Tensor>,
+}
+
+impl Gradients {
+    pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
+        self.map.get(&t.id())
+    }
+    pub fn get_id(&self, id: TensorId) -> Option<&Tensor> {
+        self.map.get(&id)
+    }
+    pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
+        self.map.remove(&t.id())
+    }
+    pub fn insert(&mut self, t: &Tensor, grad: Tensor) {
+        self.map.insert(t.id(), grad);
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&TensorId, &Tensor)> {
+        self.map.iter()
+    }
+}
+
+impl Tensor {
+    /// Gradients of this tensor (a scalar, or any shape with an implied gradient of ones)
+    /// with respect to every parameter it depends on.
+    pub fn backward(&self) -> Result<Gradients> {
+        let ones = no_grad(|| Tensor::full(self.device(), self.shape(), 1.0))?;
+        self.backward_with(ones)
+    }
+
+    /// Backward from a given output gradient (same shape as `self`).
+    pub fn backward_with(&self, grad: Tensor) -> Result<Gradients> {
+        if grad.shape() != self.shape() {
+            return Err(Error::Backward(format!("gradient shape {:?} for a tensor of shape {:?}", grad.shape(), self.shape())));
+        }
+        let _guard = NoGradGuard::new();
+        let order = topological_order(self);
+        let mut pending: HashMap<TensorId, Tensor> = HashMap::from([(self.id(), grad)]);
+        let mut params = Gradients::default();
+        for node in order.iter().rev() {
+            // Taking the gradient out frees it as soon as it has been consumed.
+            let Some(g) = pending.remove(&node.id()) else { continue };
+            let Some(op) = node.op() else {
+                if node.requires_grad() {
+                    params.map.insert(node.id(), g);
+                }
+                continue;
+            };
+            let grads = rule(op, node, &g)?;
+            for (input, gi) in op.inputs().into_iter().zip(grads) {
+                let Some(gi) = gi else { continue };
+                if !input.tracks_grad() {
+                    continue; // frozen: its gradient is never kept
+                }
+                let sum = match pending.remove(&input.id()) {
+                    Some(prev) => prev.add(&gi)?,
+                    None => gi,
+                };
+                pending.insert(input.id(), sum);
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// Every tensor `root` depends on through recorded ops, each after all its inputs.
+fn topological_order(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative DFS: (tensor, inputs pushed yet?)
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !seen.insert(t.id()) {
+            continue;
+        }
+        stack.push((t.clone(), true));
+        if let Some(op) = t.op() {
+            for input in op.inputs() {
+                if input.tracks_grad() && !seen.contains(&input.id()) {
+                    stack.push((input.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}
+
+/// The backward rule of each op: gradients of its inputs (in `Op::inputs` order) from the
+/// gradient `g` of its output `out`. `None` where an input gets no gradient.
+fn rule(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    Ok(match op {
+        Op::Matmul { a, b, ta, tb } => {
+            // C = op(A) op(B):  dop(A) = dC op(B)^T,  dop(B) = op(A)^T dC.
+            let da = if *ta { matmul_t(b, g, *tb, true)? } else { matmul_t(g, b, false, !*tb)? };
+            let db = if *tb { matmul_t(g, a, true, *ta)? } else { matmul_t(a, g, !*ta, false)? };
+            vec![Some(sum_to_shape(&da, a.shape())?), Some(sum_to_shape(&db, b.shape())?)]
+        }
+        Op::Binary { a, b, kind } => {
+            let (da, db) = match kind {
+                BinaryKind::Add => (g.clone(), g.clone()),
+                BinaryKind::Sub => (g.clone(), g.neg()?),
+                BinaryKind::Mul => (g.mul(b)?, g.mul(a)?),
+                // d(a/b)/db = -a / b^2 = -out / b
+                BinaryKind::Div => (g.div(b)?, g.mul(out)?.div(b)?.neg()?),
+            };
+            vec![Some(sum_to_shape(&da, a.shape())?), Some(sum_to_shape(&db, b.shape())?)]
+        }
+        Op::Unary { x, kind } => vec![Some(unary_backward(x, out, g, *kind)?)],
+        Op::Sum { x, .. } => vec![Some(Tensor::zeros(x.device(), x.shape())?.add(g)?)],
+        Op::Softmax { scale, .. } => vec![Some(softmax::softmax_backward(out, g, *scale)?)],
+        Op::RmsNorm { x, w, rstd } => {
+            let (dx, dw) = norm::rms_norm_backward(x, w, rstd, g)?;
+            vec![Some(dx), Some(dw)]
+        }
+        Op::Rope { tables, t_div, .. } => vec![Some(rope::rotate(g, tables, *t_div, -1.0)?)],
+        Op::Embedding { table, ids } => vec![Some(embedding::embedding_backward(table.shape(), ids, g)?)],
+        Op::CrossEntropy { logits, labels, lse, count } => {
+            vec![Some(loss::cross_entropy_backward(logits, labels, lse, count, g)?)]
+        }
+        Op::GateExpand { g: gate_w, h } => {
+            let (dg, dh) = gate::gate_expand_backward(gate_w, h, g)?;
+            vec![Some(dg), Some(dh)]
+        }
+        Op::Reshape { x } => vec![Some(g.reshape(x.shape())?)],
+        Op::Transpose { d0, d1, .. } => vec![Some(g.transpose(*d0, *d1)?)],
+        Op::Narrow { x, axis, start } => vec![Some(Tensor::zeros(x.device(), x.shape())?.with_slice(*axis, *start, g)?)],
+        Op::Concat { parts, axis } => {
+            let mut at = 0;
+            let mut grads = Vec::with_capacity(parts.len());
+            for p in parts {
+                grads.push(Some(g.narrow(*axis, at, p.dim(*axis))?));
+                at += p.dim(*axis);
+            }
+            grads
+        }
+        Op::Custom { inputs, op } => {
+            let refs: Vec<&Tensor> = inputs.iter().collect();
+            op.backward(&refs, out, g)?
+        }
+    })
+}

@@ -1,0 +1,516 @@
+//! The GPU device: adapter choice, limits, features, and the recording of kernel dispatches.
+//!
+//! Dispatches are recorded into a batch and submitted together; a readback is the only
+//! thing that forces a submit. Pipelines are compiled once per (shader, entry point).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{Error, Result};
+use crate::pool::{BufferPool, PoolStats};
+use crate::shaders::Shader;
+
+/// Bytes of the per-batch arena that holds every dispatch's small parameter block.
+const PARAMS_ARENA_BYTES: u64 = 256 * 1024;
+/// Dispatches recorded before a batch is submitted even if nothing asks for a result.
+const MAX_DISPATCHES_PER_BATCH: usize = 4096;
+
+/// What the engine knows about the adapter it runs on.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    /// `SHADER_F16`: f16 storage and arithmetic in shaders.
+    pub shader_f16: bool,
+    /// `SUBGROUP`: subgroup (wave/warp) operations.
+    pub subgroup: bool,
+    /// `TIMESTAMP_QUERY`: GPU timestamps for per-kernel profiling.
+    pub timestamp_query: bool,
+    pub limits: wgpu::Limits,
+}
+
+impl DeviceInfo {
+    /// The largest tensor one kernel binding can see, in bytes.
+    pub fn max_binding_bytes(&self) -> u64 {
+        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+    }
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = &self.limits;
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        writeln!(f, "adapter:              {}", self.name)?;
+        writeln!(f, "backend:              {}", self.backend)?;
+        writeln!(f, "device type:          {}", self.device_type)?;
+        writeln!(f, "driver:               {}", self.driver)?;
+        writeln!(f, "shader-f16:           {}", yes(self.shader_f16))?;
+        writeln!(f, "subgroup:             {}", yes(self.subgroup))?;
+        writeln!(f, "timestamp-query:      {}", yes(self.timestamp_query))?;
+        writeln!(f, "max buffer:           {} MiB", l.max_buffer_size >> 20)?;
+        writeln!(f, "max storage binding:  {} MiB", (l.max_storage_buffer_binding_size as u64) >> 20)?;
+        writeln!(f, "workgroup storage:    {} KiB", l.max_compute_workgroup_storage_size >> 10)?;
+        writeln!(f, "invocations/group:    {}", l.max_compute_invocations_per_workgroup)?;
+        write!(f, "workgroups/dimension: {}", l.max_compute_workgroups_per_dimension)
+    }
+}
+
+/// A GPU device shared by tensors; cheap to clone.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<DeviceInner>,
+}
+
+pub(crate) struct DeviceInner {
+    id: u64,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) info: DeviceInfo,
+    pub(crate) pool: Arc<BufferPool>,
+    pipelines: Mutex<PipelineCache>,
+    batch: Mutex<Batch>,
+    params_arena: wgpu::Buffer, // [PARAMS_ARENA_BYTES] u8, rewritten before each submit
+    params_align: u64,
+}
+
+/// Compiled pipelines, keyed by (shader, entry point), and layouts keyed by binding count.
+#[derive(Default)]
+struct PipelineCache {
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: HashMap<(&'static str, &'static str), wgpu::ComputePipeline>,
+    layouts: HashMap<(usize, usize), (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    created: usize,
+}
+
+/// The commands recorded since the last submit.
+#[derive(Default)]
+struct Batch {
+    commands: Vec<Command>,
+    params: Vec<u8>, // the bytes of the params arena for this batch
+    dispatches: usize,
+    submits: u64,
+}
+
+enum Command {
+    Dispatch {
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        groups: [u32; 3],
+    },
+    Copy {
+        src: wgpu::Buffer,
+        src_offset: u64,
+        dst: wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    },
+}
+
+/// One buffer bound to a kernel: the first `bytes` of `buffer`.
+pub(crate) struct Binding<'a> {
+    pub buffer: &'a wgpu::Buffer,
+    pub bytes: u64,
+}
+
+static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Device {
+    /// Opens the best adapter: `WGPU_ADAPTER_NAME` (a substring of the adapter's name) if set,
+    /// else a discrete GPU, then integrated, virtual, and last a CPU (software) device.
+    /// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`) restricts the backends searched.
+    pub fn new() -> Result<Device> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// [`Device::new`] for async callers.
+    pub async fn new_async() -> Result<Device> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = choose_adapter(&instance).await?;
+        let features = adapter.features()
+            & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
+        let info = adapter.get_info();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("hydralora"),
+                required_features: features,
+                // The adapter's real limits: large models need far more than the defaults.
+                required_limits: adapter.limits(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
+        Ok(Self::from_wgpu_with_info(device, queue, Some(info)))
+    }
+
+    /// Builds the engine's device on a `wgpu::Device` and `Queue` the caller already owns
+    /// (a desktop app sharing the device it renders with). Kernels run on that queue.
+    pub fn from_wgpu(device: wgpu::Device, queue: wgpu::Queue) -> Device {
+        Self::from_wgpu_with_info(device, queue, None)
+    }
+
+    /// [`Device::from_wgpu`] with the adapter's description, for [`Device::info`].
+    pub fn from_wgpu_with_info(device: wgpu::Device, queue: wgpu::Queue, adapter: Option<wgpu::AdapterInfo>) -> Device {
+        let features = device.features();
+        let limits = device.limits();
+        let info = DeviceInfo {
+            name: adapter.as_ref().map_or("shared device".into(), |a| a.name.clone()),
+            backend: adapter.as_ref().map_or("unknown".into(), |a| format!("{:?}", a.backend)),
+            device_type: adapter.as_ref().map_or("unknown".into(), |a| format!("{:?}", a.device_type)),
+            driver: adapter.as_ref().map_or(String::new(), |a| format!("{} {}", a.driver, a.driver_info)),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroup: features.contains(wgpu::Features::SUBGROUP),
+            timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            limits,
+        };
+        let params_align = info.limits.min_storage_buffer_offset_alignment.max(16) as u64;
+        let params_arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params arena"),
+            size: PARAMS_ARENA_BYTES,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let pool = Arc::new(BufferPool::new(device.clone()));
+        Device {
+            inner: Arc::new(DeviceInner {
+                id: NEXT_DEVICE_ID.fetch_add(1, Ordering::Relaxed),
+                device,
+                queue,
+                info,
+                pool,
+                pipelines: Mutex::default(),
+                batch: Mutex::default(),
+                params_arena,
+                params_align,
+            }),
+        }
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.inner.info
+    }
+
+    /// The underlying wgpu device and queue, for callers that mix their own work in.
+    pub fn wgpu(&self) -> (&wgpu::Device, &wgpu::Queue) {
+        (&self.inner.device, &self.inner.queue)
+    }
+
+    pub fn same_as(&self, other: &Device) -> bool {
+        self.inner.id == other.inner.id
+    }
+
+    /// Bytes held by the buffer pool: in use now, at the peak, and kept for reuse.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    /// Resets the pool's peak counter to what is in use now (to measure one phase).
+    pub fn reset_peak(&self) {
+        self.inner.pool.reset_peak()
+    }
+
+    /// Pipelines compiled so far (a training step should stop adding to this after the first).
+    pub fn pipelines_created(&self) -> usize {
+        self.lock_pipelines().created
+    }
+
+    /// Batches submitted so far.
+    pub fn submits(&self) -> u64 {
+        self.lock_batch().submits
+    }
+
+    /// Submits everything recorded so far without waiting for it.
+    pub fn flush(&self) {
+        let mut batch = self.lock_batch();
+        self.submit(&mut batch);
+    }
+
+    /// Submits everything recorded and blocks until the GPU has finished it.
+    pub fn synchronize(&self) -> Result<()> {
+        self.flush();
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Readback(e.to_string()))
+    }
+
+    fn lock_batch(&self) -> MutexGuard<'_, Batch> {
+        self.inner.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_pipelines(&self) -> MutexGuard<'_, PipelineCache> {
+        self.inner.pipelines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one kernel dispatch. Bindings follow the engine's convention: binding 0 is the
+    /// params block (`var<storage, read>`), then `reads` (read-only), then `writes` (read-write).
+    pub(crate) fn dispatch(
+        &self,
+        shader: &'static Shader,
+        entry: &'static str,
+        params: &[u32],
+        reads: &[Binding<'_>],
+        writes: &[Binding<'_>],
+        groups: [u32; 3],
+    ) {
+        if groups.iter().any(|&g| g == 0) {
+            return; // an empty tensor: nothing to compute
+        }
+        let (pipeline, layout) = self.pipeline(shader, entry, reads.len(), writes.len());
+        let mut batch = self.lock_batch();
+        let params_bytes = (params.len().max(1) * 4) as u64;
+        let offset = align_up(batch.params.len() as u64, self.inner.params_align);
+        if offset + params_bytes > PARAMS_ARENA_BYTES || batch.dispatches >= MAX_DISPATCHES_PER_BATCH {
+            self.submit(&mut batch);
+        }
+        let offset = align_up(batch.params.len() as u64, self.inner.params_align);
+        batch.params.resize(offset as usize, 0);
+        if params.is_empty() {
+            batch.params.extend_from_slice(&[0u8; 4]);
+        } else {
+            batch.params.extend_from_slice(bytemuck::cast_slice(params));
+        }
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.inner.params_arena,
+                offset,
+                size: std::num::NonZeroU64::new(params_bytes),
+            }),
+        }];
+        for (i, b) in reads.iter().chain(writes).enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buffer,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(align_up(b.bytes.max(4), 4)),
+                }),
+            });
+        }
+        let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &layout,
+            entries: &entries,
+        });
+        batch.commands.push(Command::Dispatch { pipeline, bind_group, groups });
+        batch.dispatches += 1;
+    }
+
+    /// Records a buffer-to-buffer copy, ordered with the dispatches around it.
+    pub(crate) fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let mut batch = self.lock_batch();
+        batch.commands.push(Command::Copy {
+            src: src.clone(),
+            src_offset,
+            dst: dst.clone(),
+            dst_offset,
+            bytes,
+        });
+    }
+
+    /// Uploads host bytes into `dst`, ordered with the recorded dispatches (through a staging
+    /// buffer, so a pooled buffer still read by an unsubmitted kernel is never overwritten early).
+    pub(crate) fn upload(&self, dst: &wgpu::Buffer, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let padded = align_up(bytes.len() as u64, 4);
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("upload"),
+            size: padded,
+            usage: wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: true,
+        });
+        {
+            let mut view = staging.get_mapped_range_mut(..).expect("a buffer mapped at creation");
+            let mut data = bytes.to_vec();
+            data.resize(padded as usize, 0);
+            view.copy_from_slice(&data);
+        }
+        staging.unmap();
+        self.copy(&staging, 0, dst, 0, padded);
+    }
+
+    /// Copies the first `bytes` of `src` to the host; submits what is recorded and waits.
+    pub(crate) fn read_bytes(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let padded = align_up(bytes.max(4), 4);
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.copy(src, 0, &staging, 0, padded);
+        self.flush();
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::Readback(e.to_string()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+        let out = view[..bytes as usize].to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Encodes the batch into one command buffer (runs of dispatches share a compute pass).
+    fn submit(&self, batch: &mut Batch) {
+        if batch.commands.is_empty() {
+            return;
+        }
+        let dev = &self.inner;
+        if !batch.params.is_empty() {
+            dev.queue.write_buffer(&dev.params_arena, 0, &batch.params);
+        }
+        let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        let mut commands = std::mem::take(&mut batch.commands).into_iter().peekable();
+        while let Some(cmd) = commands.next() {
+            match cmd {
+                Command::Copy { src, src_offset, dst, dst_offset, bytes } => {
+                    encoder.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, bytes);
+                }
+                Command::Dispatch { pipeline, bind_group, groups } => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                    let mut next = Some((pipeline, bind_group, groups));
+                    while let Some((pipeline, bind_group, groups)) = next.take() {
+                        pass.set_pipeline(&pipeline);
+                        pass.set_bind_group(0, &bind_group, &[]);
+                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                        if let Some(Command::Dispatch { .. }) = commands.peek() {
+                            if let Some(Command::Dispatch { pipeline, bind_group, groups }) = commands.next() {
+                                next = Some((pipeline, bind_group, groups));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dev.queue.submit([encoder.finish()]);
+        batch.params.clear();
+        batch.dispatches = 0;
+        batch.submits += 1;
+    }
+
+    fn pipeline(
+        &self,
+        shader: &'static Shader,
+        entry: &'static str,
+        reads: usize,
+        writes: usize,
+    ) -> (wgpu::ComputePipeline, wgpu::BindGroupLayout) {
+        let mut cache = self.lock_pipelines();
+        let device = &self.inner.device;
+        let (bgl, layout) = cache
+            .layouts
+            .entry((reads, writes))
+            .or_insert_with(|| bind_layout(device, reads, writes))
+            .clone();
+        if let Some(p) = cache.pipelines.get(&(shader.name, entry)) {
+            return (p.clone(), bgl);
+        }
+        let module = cache
+            .modules
+            .entry(shader.name)
+            .or_insert_with(|| {
+                device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                })
+            })
+            .clone();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        cache.pipelines.insert((shader.name, entry), pipeline.clone());
+        cache.created += 1;
+        (pipeline, bgl)
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.inner.info.name)
+    }
+}
+
+/// Binding 0: params; then `reads` read-only and `writes` read-write storage buffers.
+fn bind_layout(device: &wgpu::Device, reads: usize, writes: usize) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let mut entries = vec![entry(0, true)];
+    entries.extend((0..reads).map(|i| entry(1 + i as u32, true)));
+    entries.extend((0..writes).map(|i| entry(1 + (reads + i) as u32, false)));
+    let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("hydralora kernel"),
+        entries: &entries,
+    });
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("hydralora kernel"),
+        bind_group_layouts: &[Some(&bgl)],
+        immediate_size: 0,
+    });
+    (bgl, layout)
+}
+
+async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
+    let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted_lc = wanted.to_lowercase();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc))
+            .ok_or_else(|| Error::NoAdapter {
+                detail: format!(" matching WGPU_ADAPTER_NAME={wanted:?} (adapters found: {names:?})"),
+            });
+    }
+    let rank = |a: &wgpu::Adapter| {
+        let info = a.get_info();
+        let kind = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        // GL has the weakest compute support: last resort.
+        (info.backend == wgpu::Backend::Gl, kind)
+    };
+    adapters.into_iter().min_by_key(rank).ok_or_else(|| Error::NoAdapter {
+        detail: match std::env::var("WGPU_BACKEND") {
+            Ok(b) => format!(" for WGPU_BACKEND={b:?}"),
+            Err(_) => String::new(),
+        },
+    })
+}
+
+pub(crate) fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}

@@ -1,0 +1,72 @@
+//! The engine's error type: every message names the op and the shapes involved.
+
+use crate::tensor::DType;
+
+/// Everything that can go wrong when a user's input or device meets the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no GPU adapter found{detail}. Install a GPU driver with Vulkan, Metal or DX12 support; \
+         on a Linux machine without a GPU, install Mesa's software Vulkan driver (lavapipe): \
+         `apt-get install -y mesa-vulkan-drivers libvulkan1`"
+    )]
+    NoAdapter { detail: String },
+
+    #[error("could not open the GPU device `{adapter}`: {reason}")]
+    RequestDevice { adapter: String, reason: String },
+
+    #[error("{op}: shapes {lhs:?} and {rhs:?} do not match: {why}")]
+    ShapeMismatch {
+        op: &'static str,
+        lhs: Vec<usize>,
+        rhs: Vec<usize>,
+        why: String,
+    },
+
+    #[error("{op}: invalid argument for shape {shape:?}: {why}")]
+    InvalidArgument {
+        op: &'static str,
+        shape: Vec<usize>,
+        why: String,
+    },
+
+    #[error("{op}: dtype {got:?} is not accepted here (expected {expected})")]
+    DType {
+        op: &'static str,
+        got: DType,
+        expected: &'static str,
+    },
+
+    #[error(
+        "{op}: tensor of shape {shape:?} needs {bytes} bytes, over the device's limit of {limit} bytes \
+         ({which})"
+    )]
+    TooLarge {
+        op: &'static str,
+        shape: Vec<usize>,
+        bytes: u64,
+        limit: u64,
+        which: &'static str,
+    },
+
+    #[error("{op}: tensors live on two different devices")]
+    DeviceMismatch { op: &'static str },
+
+    #[error("host data of {got} elements does not fill a tensor of shape {shape:?} ({want} elements)")]
+    HostLength {
+        shape: Vec<usize>,
+        got: usize,
+        want: usize,
+    },
+
+    #[error("backward: {0}")]
+    Backward(String),
+
+    #[error("reading a buffer back from the GPU failed: {0}")]
+    Readback(String),
+
+    #[error("the device does not support {0}")]
+    Unsupported(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,50 @@
+//! # hydralora-engine
+//!
+//! GPU tensors whose every kernel is a WGSL compute shader run through `wgpu` (Vulkan,
+//! Metal, DX12), with reverse-mode autodiff, AdamW and a gradient checker.
+//!
+//! ```no_run
+//! use hydralora_engine::{Device, Tensor};
+//! # fn main() -> hydralora_engine::Result<()> {
+//! let dev = Device::new()?;
+//! let w = Tensor::rand_uniform(&dev, &[3, 4], -1.0, 1.0, 0)?.into_param();
+//! let x = Tensor::from_slice(&dev, &[1.0, 2.0, 3.0, 4.0], &[1, 4])?;
+//! let loss = x.matmul_nt(&w)?.silu()?.sum_all()?;
+//! let grads = loss.backward()?;
+//! println!("dL/dw = {:?}", grads.get(&w).unwrap().to_vec_f32()?);
+//! # Ok(()) }
+//! ```
+
+mod backward;
+pub mod custom;
+mod device;
+mod error;
+pub mod gradcheck;
+mod op;
+pub mod ops;
+pub mod optim;
+mod pool;
+pub mod rng;
+pub mod shaders;
+mod tensor;
+
+pub(crate) mod autograd {
+    pub(crate) use crate::backward::is_recording;
+    pub(crate) use crate::op::Op;
+}
+
+pub use backward::{is_recording, no_grad, Gradients, NoGradGuard};
+pub use custom::CustomOp;
+pub use device::{Device, DeviceInfo};
+pub use error::{Error, Result};
+pub use ops::attention::causal_attention;
+pub use ops::embedding::embedding;
+pub use ops::gate::gate_expand;
+pub use ops::loss::{cross_entropy, IGNORE_INDEX};
+pub use ops::matmul::matmul_t;
+pub use ops::norm::rms_norm;
+pub use ops::rope::{rope, rope_inv_freq, RopeTables};
+pub use ops::softmax::{softmax_scaled, CausalMask};
+pub use optim::{AdamW, AdamWConfig};
+pub use pool::PoolStats;
+pub use tensor::{DType, Tensor, TensorId};

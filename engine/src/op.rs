@@ -1,0 +1,58 @@
+//! The list of differentiable ops: what each one remembers for its backward pass.
+//! A tensor computed from tensors that track gradients holds one of these; the rules that
+//! turn an output gradient into input gradients are all in `backward.rs`.
+
+use crate::ops::elementwise::{BinaryKind, UnaryKind};
+use crate::ops::rope::RopeTables;
+use crate::tensor::Tensor;
+
+pub(crate) enum Op {
+    /// op(a) op(b), op = transpose when the flag is set.
+    Matmul { a: Tensor, b: Tensor, ta: bool, tb: bool },
+    /// a (+ - * /) b with broadcasting.
+    Binary { a: Tensor, b: Tensor, kind: BinaryKind },
+    /// neg, exp, log, sqrt, silu, scale.
+    Unary { x: Tensor, kind: UnaryKind },
+    /// sum over `axis`, kept as size 1.
+    Sum { x: Tensor },
+    /// softmax(scale * x) over the last axis (causal masking included: masked y = 0).
+    Softmax { x: Tensor, scale: f32 },
+    /// w * x * rstd, rstd = 1/sqrt(mean(x^2) + eps) per row (saved).
+    RmsNorm { x: Tensor, w: Tensor, rstd: Tensor },
+    /// rotate-half RoPE with the given tables.
+    Rope { x: Tensor, tables: RopeTables, t_div: usize },
+    /// table[ids].
+    Embedding { table: Tensor, ids: Tensor },
+    /// mean cross-entropy; lse per row and the counted-row total are saved.
+    CrossEntropy { logits: Tensor, labels: Tensor, lse: Tensor, count: Tensor },
+    /// z[t, i r + j] = g[t, i] h[t, j].
+    GateExpand { g: Tensor, h: Tensor },
+    Reshape { x: Tensor },
+    Transpose { x: Tensor, d0: usize, d1: usize },
+    Narrow { x: Tensor, axis: usize, start: usize },
+    Concat { parts: Vec<Tensor>, axis: usize },
+    /// A user-defined op (see [`crate::CustomOp`]).
+    Custom { inputs: Vec<Tensor>, op: std::sync::Arc<dyn crate::CustomOp> },
+}
+
+impl Op {
+    /// The tensors this op read, in the order its backward rule returns gradients for.
+    pub fn inputs(&self) -> Vec<&Tensor> {
+        match self {
+            Op::Matmul { a, b, .. } | Op::Binary { a, b, .. } => vec![a, b],
+            Op::Unary { x, .. }
+            | Op::Sum { x, .. }
+            | Op::Softmax { x, .. }
+            | Op::Rope { x, .. }
+            | Op::Reshape { x }
+            | Op::Transpose { x, .. }
+            | Op::Narrow { x, .. } => vec![x],
+            Op::RmsNorm { x, w, .. } => vec![x, w],
+            Op::Embedding { table, .. } => vec![table],
+            Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::GateExpand { g, h } => vec![g, h],
+            Op::Concat { parts, .. } => parts.iter().collect(),
+            Op::Custom { inputs, .. } => inputs.iter().collect(),
+        }
+    }
+}

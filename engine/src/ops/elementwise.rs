@@ -1,0 +1,177 @@
+//! Elementwise ops: add, sub, mul, div with NumPy broadcasting; neg, exp, log, sqrt, silu, scale.
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::ops::{contiguous_strides, grid, pad6, MAX_RANK};
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// Binary op codes, as in `shaders/elementwise.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryKind {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+}
+
+/// Unary op codes, as in `shaders/unary.wgsl`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryKind {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Silu,
+    Scale(f32),
+}
+
+impl UnaryKind {
+    fn code(self) -> (u32, f32) {
+        match self {
+            UnaryKind::Neg => (0, 0.0),
+            UnaryKind::Exp => (1, 0.0),
+            UnaryKind::Log => (2, 0.0),
+            UnaryKind::Sqrt => (3, 0.0),
+            UnaryKind::Silu => (4, 0.0),
+            UnaryKind::Scale(s) => (5, s),
+        }
+    }
+}
+
+/// The broadcast shape of `a` and `b` (NumPy rules), or an error naming both.
+pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    if rank > MAX_RANK {
+        return Err(Error::InvalidArgument { op, shape: a.to_vec(), why: format!("rank above {MAX_RANK}") });
+    }
+    let dim = |s: &[usize], d: usize| if d < rank - s.len() { 1 } else { s[d - (rank - s.len())] };
+    (0..rank)
+        .map(|d| match (dim(a, d), dim(b, d)) {
+            (x, y) if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            _ => Err(Error::ShapeMismatch {
+                op,
+                lhs: a.to_vec(),
+                rhs: b.to_vec(),
+                why: format!("axis {d} cannot be broadcast"),
+            }),
+        })
+        .collect()
+}
+
+/// Strides of `shape` read as `out_shape`: 0 along broadcast axes.
+fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    let own = contiguous_strides(shape);
+    let lead = out_shape.len() - shape.len();
+    (0..out_shape.len())
+        .map(|d| if d < lead || shape[d - lead] == 1 { 0 } else { own[d - lead] })
+        .collect()
+}
+
+pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor> {
+    let name = match kind {
+        BinaryKind::Add => "add",
+        BinaryKind::Sub => "sub",
+        BinaryKind::Mul => "mul",
+        BinaryKind::Div => "div",
+    };
+    a.expect_same_device(name, b)?;
+    a.expect_dtype(name, DType::F32, "f32")?;
+    b.expect_dtype(name, DType::F32, "f32")?;
+    let shape = broadcast_shape(name, a.shape(), b.shape())?;
+    let out = Tensor::empty(a.device(), &shape, DType::F32)?;
+    let numel = out.numel();
+    let same = a.shape() == b.shape();
+    let mut params = vec![kind as u32, numel as u32, u32::from(!same)];
+    params.extend(pad6(&shape, 1));
+    params.extend(pad6(&broadcast_strides(a.shape(), &shape), 0));
+    params.extend(pad6(&broadcast_strides(b.shape(), &shape), 0));
+    a.device().dispatch(
+        &shaders::ELEMENTWISE,
+        "binary",
+        &params,
+        &[a.binding(), b.binding()],
+        &[out.binding()],
+        grid(a.device(), numel, 256),
+    );
+    Ok(out.with_op(|| Op::Binary { a: a.clone(), b: b.clone(), kind }, &[a, b]))
+}
+
+pub(crate) fn unary(x: &Tensor, kind: UnaryKind) -> Result<Tensor> {
+    x.expect_dtype("unary", DType::F32, "f32")?;
+    let out = Tensor::empty(x.device(), x.shape(), DType::F32)?;
+    let (code, scalar) = kind.code();
+    x.device().dispatch(
+        &shaders::UNARY,
+        "unary",
+        &[code, x.numel() as u32, scalar.to_bits()],
+        &[x.binding()],
+        &[out.binding()],
+        grid(x.device(), x.numel(), 256),
+    );
+    Ok(out.with_op(|| Op::Unary { x: x.clone(), kind }, &[x]))
+}
+
+/// dx for y = f(x), given the upstream gradient dy.
+pub(crate) fn unary_backward(x: &Tensor, y: &Tensor, dy: &Tensor, kind: UnaryKind) -> Result<Tensor> {
+    let dx = Tensor::empty(x.device(), x.shape(), DType::F32)?;
+    let (code, scalar) = kind.code();
+    x.device().dispatch(
+        &shaders::UNARY_BACKWARD,
+        "unary_backward",
+        &[code, x.numel() as u32, scalar.to_bits()],
+        &[x.binding(), y.binding(), dy.binding()],
+        &[dx.binding()],
+        grid(x.device(), x.numel(), 256),
+    );
+    Ok(dx)
+}
+
+/// Overwrites every element of `t` with `value`.
+pub(crate) fn fill(t: &Tensor, value: f32) {
+    t.device().dispatch(
+        &shaders::FILL,
+        "fill",
+        &[t.numel() as u32, value.to_bits()],
+        &[],
+        &[t.binding()],
+        grid(t.device(), t.numel(), 256),
+    );
+}
+
+impl Tensor {
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryKind::Add)
+    }
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryKind::Sub)
+    }
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryKind::Mul)
+    }
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        binary(self, rhs, BinaryKind::Div)
+    }
+    pub fn neg(&self) -> Result<Tensor> {
+        unary(self, UnaryKind::Neg)
+    }
+    pub fn exp(&self) -> Result<Tensor> {
+        unary(self, UnaryKind::Exp)
+    }
+    pub fn log(&self) -> Result<Tensor> {
+        unary(self, UnaryKind::Log)
+    }
+    pub fn sqrt(&self) -> Result<Tensor> {
+        unary(self, UnaryKind::Sqrt)
+    }
+    /// x * sigmoid(x)
+    pub fn silu(&self) -> Result<Tensor> {
+        unary(self, UnaryKind::Silu)
+    }
+    /// x * s
+    pub fn scale(&self, s: f32) -> Result<Tensor> {
+        unary(self, UnaryKind::Scale(s))
+    }
+}

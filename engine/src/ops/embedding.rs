@@ -1,0 +1,75 @@
+//! Embedding gather, and its deterministic scatter-add backward.
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::ops::grid;
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// Rows of `table` [vocab, dim] picked by `ids` (u32, any shape): [..ids shape, dim].
+pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    table.expect_dtype("embedding", DType::F32, "f32")?;
+    ids.expect_dtype("embedding", DType::U32, "u32 ids")?;
+    table.expect_same_device("embedding", ids)?;
+    if table.rank() != 2 {
+        return Err(Error::InvalidArgument { op: "embedding", shape: table.shape().to_vec(), why: "the table must be [vocab, dim]".into() });
+    }
+    table.expect_bindable("embedding")?;
+    let (vocab, dim) = (table.dim(0), table.dim(1));
+    let mut shape = ids.shape().to_vec();
+    shape.push(dim);
+    let out = Tensor::empty(table.device(), &shape, DType::F32)?;
+    table.device().dispatch(
+        &shaders::EMBEDDING,
+        "gather",
+        &[ids.numel() as u32, dim as u32, vocab as u32],
+        &[table.binding(), ids.binding()],
+        &[out.binding()],
+        grid(table.device(), out.numel(), 256),
+    );
+    Ok(out.with_op(|| Op::Embedding { table: table.clone(), ids: ids.clone() }, &[table]))
+}
+
+/// d table: the rows of `dy` added into the rows their ids name, in a fixed order.
+pub(crate) fn embedding_backward(table_shape: &[usize], ids: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    let dev = dy.device();
+    let (vocab, dim) = (table_shape[0], table_shape[1]);
+    let ids_host = ids.to_vec_u32()?;
+    // Group positions by id (CSR, ids ascending, positions ascending within an id).
+    let mut order: Vec<u32> = (0..ids_host.len() as u32).collect();
+    order.sort_by_key(|&i| (ids_host[i as usize], i));
+    let (mut uniq, mut offsets) = (Vec::new(), vec![0u32]);
+    for (k, &pos) in order.iter().enumerate() {
+        let id = ids_host[pos as usize];
+        if id as usize >= vocab {
+            return Err(Error::InvalidArgument {
+                op: "embedding_backward",
+                shape: table_shape.to_vec(),
+                why: format!("id {id} is outside the table"),
+            });
+        }
+        if uniq.last() != Some(&id) {
+            if !uniq.is_empty() {
+                offsets.push(k as u32);
+            }
+            uniq.push(id);
+        }
+    }
+    offsets.push(order.len() as u32);
+    let dtable = Tensor::zeros(dev, table_shape)?;
+    if uniq.is_empty() {
+        return Ok(dtable);
+    }
+    let uniq_t = Tensor::from_u32(dev, &uniq, &[uniq.len()])?;
+    let offsets_t = Tensor::from_u32(dev, &offsets, &[offsets.len()])?;
+    let positions_t = Tensor::from_u32(dev, &order, &[order.len()])?;
+    dev.dispatch(
+        &shaders::EMBEDDING_BACKWARD,
+        "scatter_add",
+        &[uniq.len() as u32, dim as u32],
+        &[dy.binding(), uniq_t.binding(), offsets_t.binding(), positions_t.binding()],
+        &[dtable.binding()],
+        grid(dev, uniq.len() * dim, 256),
+    );
+    Ok(dtable)
+}

@@ -1,0 +1,130 @@
+//! Shape changes: reshape (free), and transpose, narrow, concat (the strided copy kernel).
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::ops::{contiguous_strides, grid, pad6, MAX_RANK};
+use crate::shaders;
+use crate::tensor::{numel, DType, Tensor};
+
+/// Copies the index space `dims` from `src` (strides, offset) into `dst` (strides, offset), in 32-bit words.
+fn copy_strided(src: &Tensor, src_strides: &[usize], src_offset: usize, dst: &Tensor, dst_strides: &[usize], dst_offset: usize, dims: &[usize]) {
+    let mut params = vec![numel(dims) as u32, src_offset as u32, dst_offset as u32];
+    params.extend(pad6(dims, 1));
+    params.extend(pad6(src_strides, 0));
+    params.extend(pad6(dst_strides, 0));
+    src.device().dispatch(
+        &shaders::COPY,
+        "copy_strided",
+        &params,
+        &[src.binding()],
+        &[dst.binding()],
+        grid(src.device(), numel(dims), 256),
+    );
+}
+
+fn expect_words(op: &'static str, x: &Tensor) -> Result<()> {
+    if x.dtype() == DType::F16 {
+        return Err(Error::DType { op, got: x.dtype(), expected: "a 32-bit dtype (f32, u32, i32)" });
+    }
+    if x.rank() > MAX_RANK {
+        return Err(Error::InvalidArgument { op, shape: x.shape().to_vec(), why: format!("rank above {MAX_RANK}") });
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// The same data with another shape of the same element count (no copy).
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(Error::ShapeMismatch {
+                op: "reshape",
+                lhs: self.shape().to_vec(),
+                rhs: shape.to_vec(),
+                why: "element counts differ".into(),
+            });
+        }
+        let out = Tensor::from_parts(self.device(), shape.to_vec(), self.dtype(), self.0.storage.clone(), None);
+        Ok(out.with_op(|| Op::Reshape { x: self.clone() }, &[self]))
+    }
+
+    /// Swaps axes `d0` and `d1` (a copy).
+    pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
+        expect_words("transpose", self)?;
+        if d0 >= self.rank() || d1 >= self.rank() {
+            return Err(Error::InvalidArgument {
+                op: "transpose",
+                shape: self.shape().to_vec(),
+                why: format!("axes {d0} and {d1}"),
+            });
+        }
+        let mut shape = self.shape().to_vec();
+        shape.swap(d0, d1);
+        let mut src_strides = contiguous_strides(self.shape());
+        src_strides.swap(d0, d1);
+        let out = Tensor::empty(self.device(), &shape, self.dtype())?;
+        copy_strided(self, &src_strides, 0, &out, &contiguous_strides(&shape), 0, &shape);
+        Ok(out.with_op(|| Op::Transpose { x: self.clone(), d0, d1 }, &[self]))
+    }
+
+    /// Elements `start..start + len` along `axis` (a copy).
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        expect_words("narrow", self)?;
+        if axis >= self.rank() || start + len > self.dim(axis) {
+            return Err(Error::InvalidArgument {
+                op: "narrow",
+                shape: self.shape().to_vec(),
+                why: format!("axis {axis}, range {start}..{}", start + len),
+            });
+        }
+        let mut shape = self.shape().to_vec();
+        shape[axis] = len;
+        let strides = contiguous_strides(self.shape());
+        let out = Tensor::empty(self.device(), &shape, self.dtype())?;
+        copy_strided(self, &strides, start * strides[axis], &out, &contiguous_strides(&shape), 0, &shape);
+        Ok(out.with_op(|| Op::Narrow { x: self.clone(), axis, start }, &[self]))
+    }
+
+    /// Joins tensors along `axis`; every other dim must match.
+    pub fn concat(parts: &[Tensor], axis: usize) -> Result<Tensor> {
+        let first = parts.first().ok_or(Error::InvalidArgument { op: "concat", shape: vec![], why: "no tensors".into() })?;
+        expect_words("concat", first)?;
+        if axis >= first.rank() {
+            return Err(Error::InvalidArgument { op: "concat", shape: first.shape().to_vec(), why: format!("no axis {axis}") });
+        }
+        let mut shape = first.shape().to_vec();
+        shape[axis] = 0;
+        for p in parts {
+            p.expect_same_device("concat", first)?;
+            let same_rest = p.rank() == first.rank()
+                && (0..p.rank()).all(|d| d == axis || p.dim(d) == first.dim(d))
+                && p.dtype() == first.dtype();
+            if !same_rest {
+                return Err(Error::ShapeMismatch {
+                    op: "concat",
+                    lhs: first.shape().to_vec(),
+                    rhs: p.shape().to_vec(),
+                    why: format!("only axis {axis} may differ (and dtypes must match)"),
+                });
+            }
+            shape[axis] += p.dim(axis);
+        }
+        let out = Tensor::empty(first.device(), &shape, first.dtype())?;
+        let out_strides = contiguous_strides(&shape);
+        let mut at = 0;
+        for p in parts {
+            copy_strided(p, &contiguous_strides(p.shape()), 0, &out, &out_strides, at * out_strides[axis], p.shape());
+            at += p.dim(axis);
+        }
+        let refs: Vec<&Tensor> = parts.iter().collect();
+        Ok(out.with_op(|| Op::Concat { parts: parts.to_vec(), axis }, &refs))
+    }
+
+    /// Writes `src` into the slice `start..` of `axis` of a copy of `self` (zeros elsewhere
+    /// when `self` is zeros): the backward of narrow.
+    pub(crate) fn with_slice(&self, axis: usize, start: usize, src: &Tensor) -> Result<Tensor> {
+        let out = self.deep_clone()?;
+        let strides = contiguous_strides(self.shape());
+        copy_strided(src, &contiguous_strides(src.shape()), 0, &out, &strides, start * strides[axis], src.shape());
+        Ok(out)
+    }
+}

@@ -1,0 +1,65 @@
+//! Softmax over the last axis, plain or scaled and causally masked (attention scores).
+
+use crate::error::{Error, Result};
+use crate::op::Op;
+use crate::ops::rows_grid;
+use crate::shaders;
+use crate::tensor::{DType, Tensor};
+
+/// The causal mask of attention scores: row r of a score tensor is query position
+/// `r % q_len`, which sees keys `0..=r % q_len + offset` (offset = tokens already cached).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CausalMask {
+    pub q_len: usize,
+    pub offset: usize,
+}
+
+fn rows_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
+    x.expect_dtype(op, DType::F32, "f32")?;
+    let cols = *x.shape().last().ok_or(Error::InvalidArgument { op, shape: vec![], why: "a scalar has no last axis".into() })?;
+    Ok((x.numel() / cols.max(1), cols))
+}
+
+/// softmax(scale * x) over the last axis, with an optional causal mask.
+pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Result<Tensor> {
+    let (rows, cols) = rows_cols("softmax", x)?;
+    let (causal, q_len, offset) = match mask {
+        Some(m) if m.q_len == 0 => {
+            return Err(Error::InvalidArgument { op: "softmax", shape: x.shape().to_vec(), why: "q_len 0".into() })
+        }
+        Some(m) => (1, m.q_len, m.offset),
+        None => (0, 1, 0),
+    };
+    let y = Tensor::empty(x.device(), x.shape(), DType::F32)?;
+    x.device().dispatch(
+        &shaders::SOFTMAX,
+        "softmax",
+        &[rows as u32, cols as u32, scale.to_bits(), causal, q_len as u32, offset as u32],
+        &[x.binding()],
+        &[y.binding()],
+        rows_grid(x.device(), rows),
+    );
+    Ok(y.with_op(|| Op::Softmax { x: x.clone(), scale }, &[x]))
+}
+
+/// dx for y = softmax(scale * x), given y and dy.
+pub(crate) fn softmax_backward(y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
+    let (rows, cols) = rows_cols("softmax_backward", y)?;
+    let dx = Tensor::empty(y.device(), y.shape(), DType::F32)?;
+    y.device().dispatch(
+        &shaders::SOFTMAX_BACKWARD,
+        "softmax_backward",
+        &[rows as u32, cols as u32, scale.to_bits()],
+        &[y.binding(), dy.binding()],
+        &[dx.binding()],
+        rows_grid(y.device(), rows),
+    );
+    Ok(dx)
+}
+
+impl Tensor {
+    /// Softmax over the last axis.
+    pub fn softmax(&self) -> Result<Tensor> {
+        softmax_scaled(self, 1.0, None)
+    }
+}

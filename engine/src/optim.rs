@@ -1,0 +1,99 @@
+//! AdamW with PyTorch semantics, one fused kernel per parameter tensor, in place.
+
+use std::collections::HashMap;
+
+use crate::backward::{no_grad, Gradients};
+use crate::error::{Error, Result};
+use crate::ops::grid;
+use crate::shaders;
+use crate::tensor::{Tensor, TensorId};
+
+/// AdamW settings (PyTorch's defaults except the learning rate).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+/// The optimizer and its per-parameter moments.
+pub struct AdamW {
+    pub config: AdamWConfig,
+    step: u64,
+    moments: HashMap<TensorId, (Tensor, Tensor)>, // param id -> (m, v), each the param's shape
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW { config, step: 0, moments: HashMap::new() }
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// One update of every parameter that has a gradient, with learning rate `lr`
+    /// (a schedule's value for this step). Parameters without a gradient are left alone.
+    pub fn step_with_lr(&mut self, params: &[Tensor], grads: &Gradients, lr: f32) -> Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let t = self.step as i32;
+        let bias_correction1 = 1.0 - (c.beta1 as f64).powi(t);
+        let bias_correction2_sqrt = (1.0 - (c.beta2 as f64).powi(t)).sqrt();
+        no_grad(|| {
+            for p in params {
+                let Some(g) = grads.get(p) else { continue };
+                if g.shape() != p.shape() {
+                    return Err(Error::ShapeMismatch { op: "adamw", lhs: p.shape().to_vec(), rhs: g.shape().to_vec(), why: "gradient and parameter differ".into() });
+                }
+                let (m, v) = match self.moments.get(&p.id()) {
+                    Some(mv) => mv.clone(),
+                    None => {
+                        let mv = (Tensor::zeros(p.device(), p.shape())?, Tensor::zeros(p.device(), p.shape())?);
+                        self.moments.insert(p.id(), mv.clone());
+                        mv
+                    }
+                };
+                let params = [
+                    p.numel() as u32,
+                    lr.to_bits(),
+                    c.beta1.to_bits(),
+                    c.beta2.to_bits(),
+                    c.eps.to_bits(),
+                    c.weight_decay.to_bits(),
+                    (bias_correction1 as f32).to_bits(),
+                    (bias_correction2_sqrt as f32).to_bits(),
+                ];
+                p.device().dispatch(&shaders::ADAMW, "adamw", &params, &[g.binding()], &[p.binding(), m.binding(), v.binding()], grid(p.device(), p.numel(), 256));
+            }
+            Ok(())
+        })
+    }
+
+    /// [`AdamW::step_with_lr`] at the configured learning rate.
+    pub fn step(&mut self, params: &[Tensor], grads: &Gradients) -> Result<()> {
+        self.step_with_lr(params, grads, self.config.lr)
+    }
+
+    /// The moments (m, v) of a parameter, for checkpoints.
+    pub fn moments(&self, param: &Tensor) -> Option<&(Tensor, Tensor)> {
+        self.moments.get(&param.id())
+    }
+
+    /// Restores the step count and moments (from a checkpoint).
+    pub fn restore(&mut self, step: u64, moments: Vec<(&Tensor, Tensor, Tensor)>) {
+        self.step = step;
+        for (p, m, v) in moments {
+            self.moments.insert(p.id(), (m, v));
+        }
+    }
+}

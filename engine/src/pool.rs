@@ -1,0 +1,121 @@
+//! A size-class buffer pool: tensors take a GPU buffer from it and give it back on drop,
+//! so a training step that repeats the same shapes allocates nothing after the first step.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Byte counts of the pool, for benchmarks and memory reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of buffers held by live tensors now.
+    pub in_use: u64,
+    /// The most bytes held by live tensors at once since the last reset.
+    pub peak_in_use: u64,
+    /// Bytes of idle buffers kept for reuse.
+    pub cached: u64,
+    /// Buffers created from the driver so far.
+    pub allocations: u64,
+}
+
+pub(crate) struct BufferPool {
+    device: wgpu::Device,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Default)]
+struct PoolState {
+    free: HashMap<u64, Vec<wgpu::Buffer>>, // size class -> idle buffers of that size
+    stats: PoolStats,
+}
+
+/// A buffer on loan from the pool; it returns there when dropped.
+pub(crate) struct PooledBuffer {
+    buffer: Option<wgpu::Buffer>,
+    class: u64,
+    pool: Arc<BufferPool>,
+}
+
+impl PooledBuffer {
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.buffer.as_ref().expect("a pooled buffer is present until drop")
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take() {
+            let mut state = self.pool.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.stats.in_use -= self.class;
+            state.stats.cached += self.class;
+            state.free.entry(self.class).or_default().push(buffer);
+        }
+    }
+}
+
+impl BufferPool {
+    pub fn new(device: wgpu::Device) -> Self {
+        BufferPool { device, state: Mutex::default() }
+    }
+
+    /// A buffer of at least `bytes` bytes (storage, copy source and destination).
+    pub fn take(self: &Arc<Self>, bytes: u64) -> PooledBuffer {
+        let class = size_class(bytes);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let reused = state.free.get_mut(&class).and_then(Vec::pop);
+        let buffer = match reused {
+            Some(b) => {
+                state.stats.cached -= class;
+                b
+            }
+            None => {
+                state.stats.allocations += 1;
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("tensor"),
+                    size: class,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        state.stats.in_use += class;
+        state.stats.peak_in_use = state.stats.peak_in_use.max(state.stats.in_use);
+        PooledBuffer { buffer: Some(buffer), class, pool: self.clone() }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).stats
+    }
+
+    pub fn reset_peak(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.stats.peak_in_use = state.stats.in_use;
+    }
+}
+
+/// Rounds up to 256 bytes, then to one of four steps per power of two (at most 25% waste).
+fn size_class(bytes: u64) -> u64 {
+    let b = bytes.max(256).div_ceil(256) * 256;
+    if b <= 4096 {
+        return b.next_power_of_two();
+    }
+    let pow = 1u64 << (63 - b.leading_zeros()); // largest power of two <= b
+    let step = pow / 4;
+    b.div_ceil(step) * step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_cover_the_request_with_little_waste() {
+        for bytes in [1u64, 255, 256, 257, 4095, 4097, 10_000, 1 << 20, (1 << 20) + 1, 262_144_000] {
+            let c = size_class(bytes);
+            assert!(c >= bytes, "{bytes} -> {c}");
+            assert_eq!(c % 256, 0);
+            if bytes > 4096 {
+                assert!(c as f64 <= bytes as f64 * 1.25 + 256.0, "{bytes} -> {c}");
+            }
+        }
+    }
+}

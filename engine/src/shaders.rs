@@ -1,0 +1,62 @@
+//! Every WGSL kernel file, embedded in the binary. Binding convention for all of them:
+//! `@binding(0)` is the params block (`var<storage, read>`), then the read-only inputs,
+//! then the read-write outputs, in that order.
+
+/// One `.wgsl` file from `shaders/`.
+#[derive(Debug)]
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+macro_rules! shader {
+    ($ident:ident, $file:literal) => {
+        pub const $ident: Shader = Shader {
+            name: $file,
+            source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
+        };
+    };
+}
+
+shader!(ELEMENTWISE, "elementwise");
+shader!(FILL, "fill");
+shader!(UNARY, "unary");
+shader!(UNARY_BACKWARD, "unary_backward");
+shader!(REDUCE, "reduce");
+shader!(COPY, "copy");
+shader!(MATMUL, "matmul");
+shader!(SOFTMAX, "softmax");
+shader!(SOFTMAX_BACKWARD, "softmax_backward");
+shader!(RMS_NORM, "rms_norm");
+shader!(RMS_NORM_BACKWARD, "rms_norm_backward");
+shader!(ROPE, "rope");
+shader!(EMBEDDING, "embedding");
+shader!(EMBEDDING_BACKWARD, "embedding_backward");
+shader!(CROSS_ENTROPY, "cross_entropy");
+shader!(CROSS_ENTROPY_BACKWARD, "cross_entropy_backward");
+shader!(GATE, "gate");
+shader!(GATE_BACKWARD, "gate_backward");
+shader!(ADAMW, "adamw");
+
+/// All kernels, for validation and for warming the pipeline cache.
+pub const ALL: &[&Shader] = &[
+    &ELEMENTWISE,
+    &FILL,
+    &UNARY,
+    &UNARY_BACKWARD,
+    &REDUCE,
+    &COPY,
+    &MATMUL,
+    &SOFTMAX,
+    &SOFTMAX_BACKWARD,
+    &RMS_NORM,
+    &RMS_NORM_BACKWARD,
+    &ROPE,
+    &EMBEDDING,
+    &EMBEDDING_BACKWARD,
+    &CROSS_ENTROPY,
+    &CROSS_ENTROPY_BACKWARD,
+    &GATE,
+    &GATE_BACKWARD,
+    &ADAMW,
+];

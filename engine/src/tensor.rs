@@ -1,0 +1,344 @@
+//! Tensors: a shape, a dtype and a pooled GPU buffer, reference-counted and contiguous
+//! (row-major). A tensor made by an op on tensors that need gradients remembers that op,
+//! which is the autodiff graph.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::autograd::{self, Op};
+use crate::device::{Binding, Device};
+use crate::error::{Error, Result};
+use crate::pool::PooledBuffer;
+
+/// Element types. Compute is f32; ids are u32 (labels i32, where -100 means "no loss");
+/// f16 is a storage format for frozen weights on devices with `SHADER_F16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    U32,
+    I32,
+}
+
+impl DType {
+    pub fn size_in_bytes(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            _ => 4,
+        }
+    }
+}
+
+/// A unique tensor identity, the key of [`crate::Gradients`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(u64);
+
+static NEXT_TENSOR_ID: AtomicU64 = AtomicU64::new(1);
+
+impl TensorId {
+    fn new() -> Self {
+        TensorId(NEXT_TENSOR_ID.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A GPU tensor; cloning shares it.
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<TensorInner>);
+
+pub(crate) struct TensorInner {
+    pub id: TensorId,
+    pub shape: Vec<usize>,
+    pub dtype: DType,
+    pub storage: Arc<PooledBuffer>, // numel * dtype bytes (rounded up to 4), shared by reshapes
+    pub device: Device,
+    pub op: Option<Op>,       // how this tensor was computed, if it is in the autodiff graph
+    pub requires_grad: bool,  // a leaf whose gradient the user wants
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor({:?}, {:?}, {:?})", self.id(), self.shape(), self.dtype())
+    }
+}
+
+pub(crate) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// A new, uninitialised tensor (every kernel writes all of its output).
+    pub(crate) fn empty(device: &Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = (numel(shape) * dtype.size_in_bytes()) as u64;
+        let limit = device.info().limits.max_buffer_size;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                op: "alloc",
+                shape: shape.to_vec(),
+                bytes,
+                limit,
+                which: "max_buffer_size",
+            });
+        }
+        let storage = device.inner.pool.take(bytes.max(4));
+        Ok(Self::from_parts(device, shape.to_vec(), dtype, Arc::new(storage), None))
+    }
+
+    pub(crate) fn from_parts(
+        device: &Device,
+        shape: Vec<usize>,
+        dtype: DType,
+        storage: Arc<PooledBuffer>,
+        op: Option<Op>,
+    ) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: TensorId::new(),
+            shape,
+            dtype,
+            storage,
+            device: device.clone(),
+            op,
+            requires_grad: false,
+        }))
+    }
+
+    /// Uploads f32 host data.
+    pub fn from_slice(device: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        Self::from_bytes(device, bytemuck::cast_slice(data), data.len(), shape, DType::F32)
+    }
+
+    /// Uploads u32 host data (token ids, positions).
+    pub fn from_u32(device: &Device, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        Self::from_bytes(device, bytemuck::cast_slice(data), data.len(), shape, DType::U32)
+    }
+
+    /// Uploads i32 host data (labels, where -100 means "ignore").
+    pub fn from_i32(device: &Device, data: &[i32], shape: &[usize]) -> Result<Tensor> {
+        Self::from_bytes(device, bytemuck::cast_slice(data), data.len(), shape, DType::I32)
+    }
+
+    fn from_bytes(device: &Device, bytes: &[u8], len: usize, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        if len != numel(shape) {
+            return Err(Error::HostLength { shape: shape.to_vec(), got: len, want: numel(shape) });
+        }
+        let t = Self::empty(device, shape, dtype)?;
+        device.upload(t.buffer(), bytes);
+        Ok(t)
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(device: &Device, shape: &[usize]) -> Result<Tensor> {
+        Self::full(device, shape, 0.0)
+    }
+
+    /// A tensor filled with `value` (by a kernel: nothing crosses from the host).
+    pub fn full(device: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
+        let t = Self::empty(device, shape, DType::F32)?;
+        crate::ops::elementwise::fill(&t, value);
+        Ok(t)
+    }
+
+    /// Uniform values in `[lo, hi)` from a seeded generator: the same seed gives the same
+    /// tensor on every device.
+    pub fn rand_uniform(device: &Device, shape: &[usize], lo: f32, hi: f32, seed: u64) -> Result<Tensor> {
+        let mut rng = crate::rng::Rng::new(seed);
+        let data: Vec<f32> = (0..numel(shape)).map(|_| lo + (hi - lo) * rng.next_f32()).collect();
+        Self::from_slice(device, &data, shape)
+    }
+
+    /// Normal values with the given mean and standard deviation, seeded like [`Tensor::rand_uniform`].
+    pub fn randn(device: &Device, shape: &[usize], mean: f32, std: f32, seed: u64) -> Result<Tensor> {
+        let mut rng = crate::rng::Rng::new(seed);
+        let data: Vec<f32> = (0..numel(shape)).map(|_| mean + std * rng.next_normal()).collect();
+        Self::from_slice(device, &data, shape)
+    }
+
+    pub fn id(&self) -> TensorId {
+        self.0.id
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    pub fn rank(&self) -> usize {
+        self.0.shape.len()
+    }
+
+    pub fn dim(&self, axis: usize) -> usize {
+        self.0.shape[axis]
+    }
+
+    pub fn numel(&self) -> usize {
+        numel(&self.0.shape)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    /// Bytes of this tensor's data.
+    pub fn size_in_bytes(&self) -> u64 {
+        (self.numel() * self.dtype().size_in_bytes()) as u64
+    }
+
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        self.0.storage.buffer()
+    }
+
+    /// This tensor as a kernel binding.
+    pub(crate) fn binding(&self) -> Binding<'_> {
+        Binding { buffer: self.buffer(), bytes: self.size_in_bytes() }
+    }
+
+    pub(crate) fn op(&self) -> Option<&Op> {
+        self.0.op.as_ref()
+    }
+
+    /// A leaf that gradients are computed for ("a parameter").
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    /// Whether ops on this tensor are recorded: a parameter or something computed from one.
+    pub fn tracks_grad(&self) -> bool {
+        self.0.requires_grad || self.0.op.is_some()
+    }
+
+    /// The same data as a new leaf that requires gradients (a trainable parameter).
+    pub fn into_param(self) -> Tensor {
+        Tensor(Arc::new(TensorInner {
+            id: TensorId::new(),
+            shape: self.0.shape.clone(),
+            dtype: self.0.dtype,
+            storage: self.0.storage.clone(),
+            device: self.0.device.clone(),
+            op: None,
+            requires_grad: true,
+        }))
+    }
+
+    /// The same data, cut off from the graph: no gradient flows through the result.
+    pub fn detach(&self) -> Tensor {
+        Self::from_parts(&self.0.device, self.0.shape.clone(), self.0.dtype, self.0.storage.clone(), None)
+    }
+
+    /// Copies the data into a new buffer (a tensor that shares no storage with this one).
+    pub fn deep_clone(&self) -> Result<Tensor> {
+        let t = Self::empty(self.device(), self.shape(), self.dtype())?;
+        self.device().copy(self.buffer(), 0, t.buffer(), 0, crate::device::align_up(self.size_in_bytes(), 4));
+        Ok(t)
+    }
+
+    /// Replaces this tensor's data with `src`'s, in place (same shape and dtype). For
+    /// optimizers and loading; never recorded in the graph.
+    pub fn assign(&self, src: &Tensor) -> Result<()> {
+        if src.shape() != self.shape() || src.dtype() != self.dtype() {
+            return Err(Error::ShapeMismatch {
+                op: "assign",
+                lhs: self.shape().to_vec(),
+                rhs: src.shape().to_vec(),
+                why: "assign needs the same shape and dtype".into(),
+            });
+        }
+        self.device().copy(src.buffer(), 0, self.buffer(), 0, crate::device::align_up(self.size_in_bytes(), 4));
+        Ok(())
+    }
+
+    /// Overwrites this tensor's data with host values, in place, ordered after pending work.
+    pub fn write_f32(&self, data: &[f32]) -> Result<()> {
+        self.expect_dtype("write_f32", DType::F32, "f32")?;
+        if data.len() != self.numel() {
+            return Err(Error::HostLength { shape: self.shape().to_vec(), got: data.len(), want: self.numel() });
+        }
+        self.device().upload(self.buffer(), bytemuck::cast_slice(data));
+        Ok(())
+    }
+
+    /// Copies an f32 tensor to the host (submits pending work and waits for it).
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        self.expect_dtype("to_vec_f32", DType::F32, "f32")?;
+        Ok(bytemuck::cast_slice(&self.read_bytes()?).to_vec())
+    }
+
+    /// Copies a u32 tensor to the host.
+    pub fn to_vec_u32(&self) -> Result<Vec<u32>> {
+        self.expect_dtype("to_vec_u32", DType::U32, "u32")?;
+        Ok(bytemuck::cast_slice(&self.read_bytes()?).to_vec())
+    }
+
+    /// Copies an i32 tensor to the host.
+    pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
+        self.expect_dtype("to_vec_i32", DType::I32, "i32")?;
+        Ok(bytemuck::cast_slice(&self.read_bytes()?).to_vec())
+    }
+
+    /// The single value of a one-element f32 tensor.
+    pub fn to_scalar(&self) -> Result<f32> {
+        if self.numel() != 1 {
+            return Err(Error::InvalidArgument {
+                op: "to_scalar",
+                shape: self.shape().to_vec(),
+                why: "needs exactly one element".into(),
+            });
+        }
+        Ok(self.to_vec_f32()?[0])
+    }
+
+    fn read_bytes(&self) -> Result<Vec<u8>> {
+        let bytes = self.size_in_bytes();
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        self.device().read_bytes(self.buffer(), bytes)
+    }
+
+    pub(crate) fn expect_dtype(&self, op: &'static str, dtype: DType, name: &'static str) -> Result<()> {
+        if self.dtype() != dtype {
+            return Err(Error::DType { op, got: self.dtype(), expected: name });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn expect_same_device(&self, op: &'static str, other: &Tensor) -> Result<()> {
+        if !self.device().same_as(other.device()) {
+            return Err(Error::DeviceMismatch { op });
+        }
+        Ok(())
+    }
+
+    /// Fails when this tensor is larger than one kernel binding may be.
+    pub(crate) fn expect_bindable(&self, op: &'static str) -> Result<()> {
+        let limit = self.device().info().max_binding_bytes();
+        if self.size_in_bytes() > limit {
+            return Err(Error::TooLarge {
+                op,
+                shape: self.shape().to_vec(),
+                bytes: self.size_in_bytes(),
+                limit,
+                which: "max_storage_buffer_binding_size; split the tensor",
+            });
+        }
+        Ok(())
+    }
+
+    /// Wraps a freshly computed result, recording `op` when any input tracks gradients.
+    pub(crate) fn with_op(self, op: impl FnOnce() -> Op, inputs: &[&Tensor]) -> Tensor {
+        if !autograd::is_recording() || !inputs.iter().any(|t| t.tracks_grad()) {
+            return self;
+        }
+        let inner = Arc::try_unwrap(self.0).unwrap_or_else(|arc| TensorInner {
+            id: TensorId::new(),
+            shape: arc.shape.clone(),
+            dtype: arc.dtype,
+            storage: arc.storage.clone(),
+            device: arc.device.clone(),
+            op: None,
+            requires_grad: false,
+        });
+        Tensor(Arc::new(TensorInner { op: Some(op()), ..inner }))
+    }
+}

@@ -1,0 +1,19 @@
+//! LLaMA with LoRA and HydraLoRA adapters on the hydralora engine.
+//!
+//! Host-side I/O (no GPU): [`config`] reads `config.json` / `generation_config.json`,
+//! [`weights`] reads and writes safetensors checkpoints, [`tokenizer`] wraps `tokenizer.json`.
+
+pub use hydralora_engine as engine;
+
+pub mod config;
+pub mod error;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
+pub use error::{ModelError, Result};
+pub use tokenizer::{DecodeStream, Tokenizer};
+pub use weights::{
+    llama_tensor_shapes, save_checkpoint, write_atomically, write_safetensors, Checkpoint,
+    WeightFile,
+};

@@ -1,0 +1,59 @@
+// Elementwise kernels: broadcasting binary ops, unary ops, fill.
+// Bindings follow the engine's convention: 0 = params, then reads, then writes.
+
+const MAX_RANK: u32 = 6u;
+
+// Binary op codes (engine/src/ops/elementwise.rs: BinaryKind).
+const ADD: u32 = 0u;
+const SUB: u32 = 1u;
+const MUL: u32 = 2u;
+const DIV: u32 = 3u;
+
+struct BinaryParams {
+    op: u32,
+    numel: u32,
+    broadcast: u32,          // 0: a, b and out share one shape
+    out_dims: array<u32, 6>, // the output shape, padded in front with 1s
+    a_strides: array<u32, 6>, // 0 on an axis that a broadcasts along
+    b_strides: array<u32, 6>,
+}
+
+@group(0) @binding(0) var<storage, read> bp: BinaryParams;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+// The flat index of this invocation in a 2-D grid of 256-wide workgroups.
+fn flat_id(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
+    return gid.x + gid.y * groups.x * 256u;
+}
+
+fn apply(op: u32, x: f32, y: f32) -> f32 {
+    switch op {
+        case 0u: { return x + y; }
+        case 1u: { return x - y; }
+        case 2u: { return x * y; }
+        default: { return x / y; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat_id(gid, groups);
+    if i >= bp.numel { return; }
+    if bp.broadcast == 0u {
+        out[i] = apply(bp.op, a[i], b[i]);
+        return;
+    }
+    var rest = i;
+    var ia = 0u;
+    var ib = 0u;
+    for (var d = i32(MAX_RANK) - 1; d >= 0; d--) {
+        let n = bp.out_dims[d];
+        let c = rest % n;
+        rest = rest / n;
+        ia += c * bp.a_strides[d];
+        ib += c * bp.b_strides[d];
+    }
+    out[i] = apply(bp.op, a[ia], b[ib]);
+}
