@@ -1,14 +1,16 @@
-// Embedding gather: out[n, :] = table[ids[n], :]. An id past the table gives zeros
-// (ids from users are checked on the host before they get here).
+// Embedding gather: out[n, :] = table[ids[n] - row_offset, :] for the ids this table part
+// holds (rows row_offset .. row_offset + rows); other rows of out are left as they are, so
+// a table too large for one binding is gathered part by part into a zeroed output.
 
 struct GatherParams {
     n: u32,
     dim: u32,
-    vocab: u32,
+    rows: u32,       // rows in this part of the table
+    row_offset: u32, // the id of this part's first row
 }
 
 @group(0) @binding(0) var<storage, read> p: GatherParams;
-@group(0) @binding(1) var<storage, read> table: array<f32>;     // [vocab, dim]
+@group(0) @binding(1) var<storage, read> table: array<f32>;     // [rows, dim]
 @group(0) @binding(2) var<storage, read> ids: array<u32>;       // [n]
 @group(0) @binding(3) var<storage, read_write> out: array<f32>; // [n, dim]
 
@@ -16,8 +18,8 @@ struct GatherParams {
 fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = gid.x + gid.y * groups.x * 256u;
     if i >= p.n * p.dim { return; }
-    let row = ids[i / p.dim];
-    var v = 0.0;
-    if row < p.vocab { v = table[row * p.dim + i % p.dim]; }
-    out[i] = v;
+    let id = ids[i / p.dim];
+    if id >= p.row_offset && id - p.row_offset < p.rows {
+        out[i] = table[(id - p.row_offset) * p.dim + i % p.dim];
+    }
 }

@@ -107,6 +107,10 @@ pub enum ModelError {
     /// An error from the GPU engine (device, shapes of an op, readback).
     #[error(transparent)]
     Engine(#[from] hydralora_engine::Error),
+
+    /// Input a caller passed in (token ids, labels, batch sizes) that the model cannot take.
+    #[error("{0}")]
+    Input(String),
 }
 
 /// The result type of this crate.

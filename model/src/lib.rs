@@ -6,10 +6,15 @@
 pub use hydralora_engine as engine;
 
 pub mod config;
+pub mod linear;
+pub mod llama;
 pub mod error;
 pub mod tokenizer;
+pub mod verify;
 pub mod weights;
 
+pub use linear::{Adapter, Linear};
+pub use llama::{KvCache, Layer, Llama, TARGET_MODULES};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use tokenizer::{DecodeStream, Tokenizer};

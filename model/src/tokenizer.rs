@@ -1,5 +1,6 @@
 //! A Hugging Face `tokenizer.json`, through the `tokenizers` crate.
 
+use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,16 @@ pub struct Tokenizer {
     path: PathBuf,
     /// The model config's `bos_token_id`, prepended by [`Tokenizer::encode`] on request.
     bos_token_id: Option<u32>,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("vocab_size", &self.vocab_size())
+            .field("bos_token_id", &self.bos_token_id)
+            .finish()
+    }
 }
 
 impl Tokenizer {

@@ -7,27 +7,43 @@ use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
 /// Rows of `table` [vocab, dim] picked by `ids` (u32, any shape): [..ids shape, dim].
+/// An id outside the table gives a row of zeros (check ids from users before).
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    table.expect_dtype("embedding", DType::F32, "f32")?;
+    let out = embedding_parts(std::slice::from_ref(table), ids)?;
+    Ok(out.with_op(|| Op::Embedding { table: table.clone(), ids: ids.clone() }, &[table]))
+}
+
+/// [`embedding`] from a table split by rows into parts (each [rows_i, dim], in order), for
+/// tables larger than one kernel binding. Not differentiable: frozen tables only.
+pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
+    let first = parts.first().ok_or(Error::InvalidArgument { op: "embedding", shape: vec![], why: "no table".into() })?;
     ids.expect_dtype("embedding", DType::U32, "u32 ids")?;
-    table.expect_same_device("embedding", ids)?;
-    if table.rank() != 2 {
-        return Err(Error::InvalidArgument { op: "embedding", shape: table.shape().to_vec(), why: "the table must be [vocab, dim]".into() });
+    let dim = *first.shape().last().unwrap_or(&0);
+    for part in parts {
+        part.expect_dtype("embedding", DType::F32, "f32")?;
+        part.expect_same_device("embedding", ids)?;
+        part.expect_bindable("embedding")?;
+        if part.rank() != 2 || part.dim(1) != dim {
+            return Err(Error::InvalidArgument { op: "embedding", shape: part.shape().to_vec(), why: "the table must be [vocab, dim]".into() });
+        }
     }
-    table.expect_bindable("embedding")?;
-    let (vocab, dim) = (table.dim(0), table.dim(1));
+    let dev = first.device();
     let mut shape = ids.shape().to_vec();
     shape.push(dim);
-    let out = Tensor::empty(table.device(), &shape, DType::F32)?;
-    table.device().dispatch(
-        &shaders::EMBEDDING,
-        "gather",
-        &[ids.numel() as u32, dim as u32, vocab as u32],
-        &[table.binding(), ids.binding()],
-        &[out.binding()],
-        grid(table.device(), out.numel(), 256),
-    );
-    Ok(out.with_op(|| Op::Embedding { table: table.clone(), ids: ids.clone() }, &[table]))
+    let out = Tensor::zeros(dev, &shape)?;
+    let mut row_offset = 0;
+    for part in parts {
+        dev.dispatch(
+            &shaders::EMBEDDING,
+            "gather",
+            &[ids.numel() as u32, dim as u32, part.dim(0) as u32, row_offset as u32],
+            &[part.binding(), ids.binding()],
+            &[out.binding()],
+            grid(dev, out.numel(), 256),
+        );
+        row_offset += part.dim(0);
+    }
+    Ok(out)
 }
 
 /// d table: the rows of `dy` added into the rows their ids name, in a fixed order.

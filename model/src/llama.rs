@@ -1,0 +1,262 @@
+//! The LLaMA decoder on the engine: embedding, N x (rms_norm, attention with RoPE and
+//! grouped-query heads, residual, rms_norm, SwiGLU MLP, residual), final norm, lm_head.
+//! One forward serves training (recorded for autodiff) and inference (under `no_grad`).
+
+use std::path::Path;
+
+use hydralora_engine::{causal_attention, embedding_parts, no_grad, rope, Device, RopeTables, Tensor, IGNORE_INDEX};
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::linear::Linear;
+use crate::weights::Checkpoint;
+
+/// The seven linear layers an adapter can target, in Hugging Face module names.
+pub const TARGET_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// One decoder layer's weights.
+#[derive(Debug)]
+pub struct Layer {
+    pub input_norm: Tensor, // [H]
+    pub q_proj: Linear,     // [nh hd, H]
+    pub k_proj: Linear,     // [nkv hd, H]
+    pub v_proj: Linear,     // [nkv hd, H]
+    pub o_proj: Linear,     // [H, nh hd]
+    pub post_norm: Tensor,  // [H]
+    pub gate_proj: Linear,  // [I, H]
+    pub up_proj: Linear,    // [I, H]
+    pub down_proj: Linear,  // [H, I]
+}
+
+impl Layer {
+    /// The linear layer named by its Hugging Face module name (`q_proj`, ..., `down_proj`).
+    pub fn linear(&self, module: &str) -> Option<&Linear> {
+        Some(match module {
+            "q_proj" => &self.q_proj,
+            "k_proj" => &self.k_proj,
+            "v_proj" => &self.v_proj,
+            "o_proj" => &self.o_proj,
+            "gate_proj" => &self.gate_proj,
+            "up_proj" => &self.up_proj,
+            "down_proj" => &self.down_proj,
+            _ => return None,
+        })
+    }
+
+    pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
+        Some(match module {
+            "q_proj" => &mut self.q_proj,
+            "k_proj" => &mut self.k_proj,
+            "v_proj" => &mut self.v_proj,
+            "o_proj" => &mut self.o_proj,
+            "gate_proj" => &mut self.gate_proj,
+            "up_proj" => &mut self.up_proj,
+            "down_proj" => &mut self.down_proj,
+            _ => return None,
+        })
+    }
+
+    /// The Hugging Face prefix of a module of layer `i`, e.g. `model.layers.0.mlp.up_proj`.
+    pub fn module_path(i: usize, module: &str) -> String {
+        let block = if ["gate_proj", "up_proj", "down_proj"].contains(&module) { "mlp" } else { "self_attn" };
+        format!("model.layers.{i}.{block}.{module}")
+    }
+}
+
+/// Keys and values of the tokens seen so far, per layer: [B, nkv, S, hd] each.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Tokens cached so far (S).
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends this step's keys and values for `layer` and returns all of them.
+    fn extend(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || None);
+        }
+        let kv = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::concat(&[pk, k], 2)?, Tensor::concat(&[pv, v], 2)?),
+            None => (k, v),
+        };
+        self.layers[layer] = Some(kv.clone());
+        Ok(kv)
+    }
+}
+
+/// A LLaMA-family causal language model.
+pub struct Llama {
+    pub config: LlamaConfig,
+    device: Device,
+    /// The embedding, split by rows where it is larger than one kernel binding.
+    pub embed: Vec<Tensor>, // parts of [V, H]
+    pub layers: Vec<Layer>,
+    pub norm: Tensor, // [H]
+    /// lm_head split by rows like `embed` (the same tensors when tied).
+    pub lm_head: Vec<Tensor>, // parts of [V, H]
+    inv_freq: Vec<f64>,       // [hd / 2]
+}
+
+impl Llama {
+    /// Loads a Hugging Face model folder (`config.json` + safetensors, single or sharded).
+    pub fn load(device: &Device, dir: impl AsRef<Path>) -> Result<Llama> {
+        let dir = dir.as_ref();
+        let config = LlamaConfig::from_dir(dir)?;
+        let ckpt = Checkpoint::open(dir)?;
+        ckpt.check_llama(&config)?;
+        Self::from_tensors(device, config, |name, shape| ckpt.expect_f32(name, shape))
+    }
+
+    /// Builds the model from a source of named f32 tensors (checked against `shape`).
+    pub fn from_tensors(device: &Device, config: LlamaConfig, mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>) -> Result<Llama> {
+        config.validate()?;
+        let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+        let (q, kv) = (config.q_dim(), config.kv_dim());
+        let embed = split_rows(device, &get("model.embed_tokens.weight", &[v, h])?, v, h)?;
+        let mut tensor = |name: &str, shape: &[usize]| -> Result<Tensor> { Ok(Tensor::from_slice(device, &get(name, shape)?, shape)?) };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            let mut lin = |s: &str, shape: &[usize]| -> Result<Linear> { Ok(Linear::new(tensor(&p(s), shape)?)) };
+            layers.push(Layer {
+                q_proj: lin("self_attn.q_proj.weight", &[q, h])?,
+                k_proj: lin("self_attn.k_proj.weight", &[kv, h])?,
+                v_proj: lin("self_attn.v_proj.weight", &[kv, h])?,
+                o_proj: lin("self_attn.o_proj.weight", &[h, q])?,
+                gate_proj: lin("mlp.gate_proj.weight", &[i, h])?,
+                up_proj: lin("mlp.up_proj.weight", &[i, h])?,
+                down_proj: lin("mlp.down_proj.weight", &[h, i])?,
+                input_norm: tensor(&p("input_layernorm.weight"), &[h])?,
+                post_norm: tensor(&p("post_attention_layernorm.weight"), &[h])?,
+            });
+        }
+        let norm = tensor("model.norm.weight", &[h])?;
+        drop(tensor);
+        let lm_head = if config.tie_word_embeddings {
+            embed.clone()
+        } else {
+            split_rows(device, &get("lm_head.weight", &[v, h])?, v, h)?
+        };
+        let inv_freq = config.inv_freq();
+        Ok(Llama { config, device: device.clone(), embed, layers, norm, lm_head, inv_freq })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Logits [B, T, V] for token ids [B, T] (row-major in `ids`). With a cache, the tokens
+    /// continue the cached ones (positions start at the cache length) and are appended to it.
+    pub fn forward(&self, ids: &[u32], batch: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, batch, cache)?; // [B T, H]
+        let t = ids.len() / batch;
+        let logits = self.project_vocab(&hidden)?; // [B T, V]
+        Ok(logits.reshape(&[batch, t, self.config.vocab_size])?)
+    }
+
+    /// The final normed hidden states [B T, H].
+    pub fn hidden_states(&self, ids: &[u32], batch: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        let c = &self.config;
+        if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
+            return Err(ModelError::Input(format!("{} token ids do not split into {batch} sequences of equal length", ids.len())));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {} tokens", c.vocab_size)));
+        }
+        let t = ids.len() / batch;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let positions: Vec<u32> = (past..past + t).map(|p| p as u32).collect();
+        let tables = RopeTables::new(&self.device, &positions, &self.inv_freq)?;
+        let ids_t = Tensor::from_u32(&self.device, ids, &[batch * t])?;
+        let mut x = embedding_parts(&self.embed, &ids_t)?; // [B T, H]
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = x.rms_norm(&layer.input_norm, c.rms_norm_eps as f32)?;
+            let attn = self.attention(layer, &h, batch, t, &tables, cache.as_deref_mut().map(|c| (c, l)))?;
+            x = x.add(&attn)?;
+            let h = x.rms_norm(&layer.post_norm, c.rms_norm_eps as f32)?;
+            let mlp = layer.down_proj.forward(&layer.gate_proj.forward(&h)?.silu()?.mul(&layer.up_proj.forward(&h)?)?)?;
+            x = x.add(&mlp)?;
+        }
+        Ok(x.rms_norm(&self.norm, c.rms_norm_eps as f32)?)
+    }
+
+    /// Self-attention of one layer: h [B T, H] -> [B T, H].
+    fn attention(&self, layer: &Layer, h: &Tensor, b: usize, t: usize, tables: &RopeTables, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+        // Project, rotate in [B, T, heads, hd] (table row = token), then heads first.
+        let q = rope(&layer.q_proj.forward(h)?.reshape(&[b, t, nh, hd])?, tables, nh)?.transpose(1, 2)?; // [B, nh, T, hd]
+        let k = rope(&layer.k_proj.forward(h)?.reshape(&[b, t, nkv, hd])?, tables, nkv)?.transpose(1, 2)?; // [B, nkv, T, hd]
+        let v = layer.v_proj.forward(h)?.reshape(&[b, t, nkv, hd])?.transpose(1, 2)?; // [B, nkv, T, hd]
+        let (k, v) = match cache {
+            Some((cache, l)) => cache.extend(l, k, v)?, // [B, nkv, S, hd]
+            None => (k, v),
+        };
+        let out = causal_attention(&q, &k, &v)?; // [B, nh, T, hd]
+        let out = out.transpose(1, 2)?.reshape(&[b * t, nh * hd])?;
+        Ok(layer.o_proj.forward(&out)?)
+    }
+
+    /// logits = hidden lm_head^T, [N, V], part by part when lm_head is split.
+    pub fn project_vocab(&self, hidden: &Tensor) -> Result<Tensor> {
+        let parts: Vec<Tensor> = self.lm_head.iter().map(|w| hidden.matmul_nt(w)).collect::<hydralora_engine::Result<_>>()?;
+        Ok(if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::concat(&parts, 1)? })
+    }
+
+    /// The causal-LM loss with the `transformers` convention: logits at t predict labels at
+    /// t + 1 (the shift happens here), -100 labels are ignored, mean over the rest.
+    /// logits: [B, T, V]; labels: [B, T] row-major.
+    pub fn causal_lm_loss(&self, logits: &Tensor, labels: &[i32]) -> Result<Tensor> {
+        let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
+        if labels.len() != b * t {
+            return Err(ModelError::Input(format!("{} labels for logits of shape {:?}", labels.len(), logits.shape())));
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE_INDEX && (l < 0 || l as usize >= v)) {
+            return Err(ModelError::Input(format!("label {bad} is outside the vocabulary of {v} tokens (and is not -100)")));
+        }
+        let shifted = shift_labels(labels, b, t);
+        let labels_t = Tensor::from_i32(&self.device, &shifted, &[b * t])?;
+        Ok(hydralora_engine::cross_entropy(&logits.reshape(&[b * t, v])?, &labels_t)?)
+    }
+
+    /// Logits under `no_grad`, for inference.
+    pub fn logits(&self, ids: &[u32], batch: usize) -> Result<Tensor> {
+        no_grad(|| self.forward(ids, batch, None))
+    }
+}
+
+/// labels[:, 1:] followed by -100: what logits[:, t] is scored against.
+pub fn shift_labels(labels: &[i32], batch: usize, t: usize) -> Vec<i32> {
+    let mut out = vec![IGNORE_INDEX; batch * t];
+    for b in 0..batch {
+        out[b * t..b * t + t - 1].copy_from_slice(&labels[b * t + 1..b * t + t]);
+    }
+    out
+}
+
+/// Uploads a [rows, cols] matrix as row blocks that each fit one kernel binding.
+fn split_rows(device: &Device, data: &[f32], rows: usize, cols: usize) -> Result<Vec<Tensor>> {
+    let limit = device.info().max_binding_bytes() as usize;
+    let rows_per_part = (limit / (cols.max(1) * 4)).clamp(1, rows.max(1));
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let n = rows_per_part.min(rows - start);
+        parts.push(Tensor::from_slice(device, &data[start * cols..(start + n) * cols], &[n, cols])?);
+        start += n;
+    }
+    Ok(parts)
+}
