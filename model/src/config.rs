@@ -202,17 +202,30 @@ impl LlamaConfig {
             );
         }
         if self.head_dim() % 2 != 0 {
-            let field = if self.head_dim.is_some() { "head_dim" } else { "num_attention_heads" };
+            let field = if self.head_dim.is_some() {
+                "head_dim"
+            } else {
+                "num_attention_heads"
+            };
             return err(
                 field,
-                format!("head_dim {} must be even for rotary embeddings", self.head_dim()),
+                format!(
+                    "head_dim {} must be even for rotary embeddings",
+                    self.head_dim()
+                ),
             );
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return err("rms_norm_eps", format!("must be > 0, found {}", self.rms_norm_eps));
+            return err(
+                "rms_norm_eps",
+                format!("must be > 0, found {}", self.rms_norm_eps),
+            );
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return err("rope_theta", format!("must be > 0, found {}", self.rope_theta));
+            return err(
+                "rope_theta",
+                format!("must be > 0, found {}", self.rope_theta),
+            );
         }
         if let Some(scaling) = &self.rope_scaling {
             validate_llama3(scaling, file)?;
@@ -299,13 +312,20 @@ impl LlamaConfig {
 /// Checks a `llama3` scaling's parameters; fields are named as in `rope_parameters`.
 fn validate_llama3(s: &Llama3RopeScaling, file: Option<&Path>) -> Result<()> {
     let err = |field: &str, why: String| {
-        Err(ModelError::config(file, format!("rope_parameters.{field}"), why))
+        Err(ModelError::config(
+            file,
+            format!("rope_parameters.{field}"),
+            why,
+        ))
     };
     if !(s.factor.is_finite() && s.factor > 0.0) {
         return err("factor", format!("must be > 0, found {}", s.factor));
     }
     if !(s.low_freq_factor.is_finite() && s.low_freq_factor > 0.0) {
-        return err("low_freq_factor", format!("must be > 0, found {}", s.low_freq_factor));
+        return err(
+            "low_freq_factor",
+            format!("must be > 0, found {}", s.low_freq_factor),
+        );
     }
     if !(s.high_freq_factor.is_finite() && s.high_freq_factor > s.low_freq_factor) {
         return err(
@@ -317,7 +337,10 @@ fn validate_llama3(s: &Llama3RopeScaling, file: Option<&Path>) -> Result<()> {
         );
     }
     if s.original_max_position_embeddings == 0 {
-        return err("original_max_position_embeddings", "must be greater than 0".into());
+        return err(
+            "original_max_position_embeddings",
+            "must be greater than 0".into(),
+        );
     }
     Ok(())
 }
@@ -346,8 +369,14 @@ fn parse_rope(fields: &Fields) -> Result<(f64, Option<Llama3RopeScaling>)> {
     }
     let theta = new_theta.or(old_theta).unwrap_or(DEFAULT_ROPE_THETA);
 
-    let new_scaling = parameters.as_ref().map(|p| parse_rope_type(p, false)).transpose()?;
-    let old_scaling = legacy_scaling.as_ref().map(|s| parse_rope_type(s, true)).transpose()?;
+    let new_scaling = parameters
+        .as_ref()
+        .map(|p| parse_rope_type(p, false))
+        .transpose()?;
+    let old_scaling = legacy_scaling
+        .as_ref()
+        .map(|s| parse_rope_type(s, true))
+        .transpose()?;
     if let (Some(new), Some(old)) = (&new_scaling, &old_scaling) {
         if new != old {
             return Err(fields.error(
@@ -451,7 +480,11 @@ impl<'a> Fields<'a> {
     /// The top-level object of a config file.
     fn top(value: &'a Value, file: Option<&'a Path>) -> Result<Self> {
         match value {
-            Value::Object(map) => Ok(Fields { map, file, prefix: String::new() }),
+            Value::Object(map) => Ok(Fields {
+                map,
+                file,
+                prefix: String::new(),
+            }),
             other => Err(ModelError::config(
                 file,
                 "(top level)",
@@ -469,12 +502,19 @@ impl<'a> Fields<'a> {
     }
 
     fn usize(&self, name: &str) -> Result<Option<usize>> {
-        let Some(value) = self.get(name) else { return Ok(None) };
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
         value
             .as_u64()
             .and_then(|v| usize::try_from(v).ok())
             .map(Some)
-            .ok_or_else(|| self.error(name, format!("expected a non-negative integer, found {value}")))
+            .ok_or_else(|| {
+                self.error(
+                    name,
+                    format!("expected a non-negative integer, found {value}"),
+                )
+            })
     }
 
     fn required_usize(&self, name: &str) -> Result<usize> {
@@ -483,7 +523,9 @@ impl<'a> Fields<'a> {
     }
 
     fn f64(&self, name: &str) -> Result<Option<f64>> {
-        let Some(value) = self.get(name) else { return Ok(None) };
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
         value
             .as_f64()
             .map(Some)
@@ -496,7 +538,9 @@ impl<'a> Fields<'a> {
     }
 
     fn bool(&self, name: &str) -> Result<Option<bool>> {
-        let Some(value) = self.get(name) else { return Ok(None) };
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
         value
             .as_bool()
             .map(Some)
@@ -504,7 +548,9 @@ impl<'a> Fields<'a> {
     }
 
     fn str(&self, name: &str) -> Result<Option<&'a str>> {
-        let Some(value) = self.get(name) else { return Ok(None) };
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
         value
             .as_str()
             .map(Some)
@@ -513,7 +559,9 @@ impl<'a> Fields<'a> {
 
     /// A nested object, or `None` if absent or null.
     fn object(&self, name: &str) -> Result<Option<Fields<'a>>> {
-        let Some(value) = self.get(name) else { return Ok(None) };
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
         match value {
             Value::Object(map) => Ok(Some(Fields {
                 map,
@@ -525,7 +573,9 @@ impl<'a> Fields<'a> {
     }
 
     fn token_id(&self, name: &str) -> Result<Option<u32>> {
-        let Some(value) = self.get(name) else { return Ok(None) };
+        let Some(value) = self.get(name) else {
+            return Ok(None);
+        };
         self.parse_token_id(name, value).map(Some)
     }
 
@@ -545,7 +595,12 @@ impl<'a> Fields<'a> {
         value
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| self.error(name, format!("expected a token id (0..2^32), found {value}")))
+            .ok_or_else(|| {
+                self.error(
+                    name,
+                    format!("expected a token id (0..2^32), found {value}"),
+                )
+            })
     }
 
     /// Fails unless the field is absent or equals `expected` (a string).

@@ -132,7 +132,10 @@ impl ModelError {
         // serde_json's message ends with " at line L column C"; the position is shown separately.
         let message = source.to_string();
         let suffix = format!(" at line {line} column {column}");
-        let message = message.strip_suffix(&suffix).unwrap_or(&message).to_string();
+        let message = message
+            .strip_suffix(&suffix)
+            .unwrap_or(&message)
+            .to_string();
         ModelError::Json {
             path: path.to_path_buf(),
             line,
@@ -142,7 +145,11 @@ impl ModelError {
     }
 
     /// A config error on `field`, optionally in `file`.
-    pub(crate) fn config(file: Option<&Path>, field: impl Into<String>, why: impl Into<String>) -> Self {
+    pub(crate) fn config(
+        file: Option<&Path>,
+        field: impl Into<String>,
+        why: impl Into<String>,
+    ) -> Self {
         ModelError::Config {
             file: file.map(Path::to_path_buf),
             field: field.into(),

@@ -6,6 +6,7 @@
 pub use hydralora_engine as engine;
 
 pub mod config;
+pub mod generate;
 pub mod linear;
 pub mod llama;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod tokenizer;
 pub mod verify;
 pub mod weights;
 
+pub use generate::{generate, SamplingConfig};
 pub use linear::{Adapter, Linear};
 pub use llama::{KvCache, Layer, Llama, TARGET_MODULES};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};

@@ -38,10 +38,11 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>, bos_token_id: Option<u32>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let bytes = fs::read(&path).map_err(|e| ModelError::io("read", &path, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
-            file: path.clone(),
-            why: format!("cannot load it: {e}"),
-        })?;
+        let inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
+                file: path.clone(),
+                why: format!("cannot load it: {e}"),
+            })?;
         Ok(Tokenizer {
             inner,
             path,
@@ -88,7 +89,10 @@ impl Tokenizer {
             .inner
             .encode(text, false)
             .map_err(|e| self.error(format!("cannot encode {text:?}: {e}")))?;
-        Ok(bos.into_iter().chain(encoding.get_ids().iter().copied()).collect())
+        Ok(bos
+            .into_iter()
+            .chain(encoding.get_ids().iter().copied())
+            .collect())
     }
 
     /// The text of `ids`, special tokens (BOS, EOS, ...) left out.
@@ -136,8 +140,9 @@ impl DecodeStream<'_> {
     /// of a multi-byte character gives `None`; the token that completes the character gives the
     /// whole character. Leading spaces that a one-token decode would drop are kept.
     pub fn step(&mut self, id: u32) -> Result<Option<String>> {
-        self.inner
-            .step(id)
-            .map_err(|e| self.tokenizer.error(format!("cannot decode token {id}: {e}")))
+        self.inner.step(id).map_err(|e| {
+            self.tokenizer
+                .error(format!("cannot decode token {id}: {e}"))
+        })
     }
 }

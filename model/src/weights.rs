@@ -55,7 +55,8 @@ impl WeightFile {
         // SAFETY: the map is read-only. As with any memory map, the file must not be truncated
         // or rewritten while it is open; this crate's own writers replace files by renaming a new
         // file over them, which leaves the mapped (old) file intact.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io("memory-map", &path, e))?;
+        let mmap =
+            unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io("memory-map", &path, e))?;
         let (header_len, header) =
             SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Safetensors {
                 file: path.clone(),
@@ -259,7 +260,9 @@ impl Checkpoint {
         let mut locations = BTreeMap::new();
         for (tensor, shard) in weight_map {
             let shard = shard.as_str().ok_or_else(|| {
-                index_error(format!("weight_map[`{tensor}`] is {shard}, expected a file name"))
+                index_error(format!(
+                    "weight_map[`{tensor}`] is {shard}, expected a file name"
+                ))
             })?;
             if !is_plain_file_name(shard) {
                 return Err(index_error(format!(
@@ -284,7 +287,11 @@ impl Checkpoint {
             locations.insert(tensor.clone(), id);
         }
         for (id, file) in files.iter().enumerate() {
-            if let Some(stray) = file.names().into_iter().find(|n| locations.get(*n) != Some(&id)) {
+            if let Some(stray) = file
+                .names()
+                .into_iter()
+                .find(|n| locations.get(*n) != Some(&id))
+            {
                 return Err(index_error(format!(
                     "shard `{}` holds tensor `{stray}`, which the weight_map does not assign to it",
                     file.path.display()
@@ -350,7 +357,8 @@ impl Checkpoint {
 
     /// Reads a float tensor as f32 after checking its shape; see [`WeightFile::expect_f32`].
     pub fn expect_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        self.locate(name, Some(expected))?.expect_f32(name, expected)
+        self.locate(name, Some(expected))?
+            .expect_f32(name, expected)
     }
 
     /// Reads an I32 tensor; see [`WeightFile::read_i32`].
@@ -394,7 +402,11 @@ impl Checkpoint {
 /// - `model.norm.weight` `[H]`
 /// - `lm_head.weight` `[V, H]`, unless `tie_word_embeddings`
 pub fn llama_tensor_shapes(config: &LlamaConfig) -> Vec<TensorShape> {
-    let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+    let (h, i, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
     let (q, kv) = (config.q_dim(), config.kv_dim());
     let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
     for layer in 0..config.num_hidden_layers {
@@ -446,7 +458,10 @@ fn check_llama_tensors(config: &LlamaConfig, present: &Present, source: &Path) -
     }
     let known: HashSet<&str> = expected.iter().map(|(name, _)| name.as_str()).collect();
     // A tied model's checkpoint may still carry a copy of the embedding as `lm_head.weight`.
-    let tied_head = ("lm_head.weight", vec![config.vocab_size, config.hidden_size]);
+    let tied_head = (
+        "lm_head.weight",
+        vec![config.vocab_size, config.hidden_size],
+    );
     for (&name, &(shape, file)) in present {
         let allowed = known.contains(name)
             || is_rotary_buffer(name)
@@ -526,7 +541,10 @@ fn safetensors_header(
         if elements != Some(data.len()) {
             return Err(invalid(
                 name,
-                format!("it has {} values but shape {shape:?} holds {elements:?}", data.len()),
+                format!(
+                    "it has {} values but shape {shape:?} holds {elements:?}",
+                    data.len()
+                ),
             ));
         }
         let end = offset + data.len() * 4;
@@ -587,7 +605,9 @@ pub fn save_checkpoint(
     fs::create_dir_all(dir).map_err(|e| ModelError::io("create the folder", dir, e))?;
     write_safetensors(&weights_path, tensors, &[])?;
     let config_text = config.to_json_string();
-    write_atomically(&dir.join(CONFIG_FILE), |out| out.write_all(config_text.as_bytes()))
+    write_atomically(&dir.join(CONFIG_FILE), |out| {
+        out.write_all(config_text.as_bytes())
+    })
 }
 
 /// Distinguishes the temporary files of concurrent writes from one process.
@@ -606,7 +626,11 @@ pub fn write_atomically(
         _ => Path::new("."),
     };
     let file_name = path.file_name().ok_or_else(|| {
-        ModelError::io("write", path, io::Error::other("the path does not name a file"))
+        ModelError::io(
+            "write",
+            path,
+            io::Error::other("the path does not name a file"),
+        )
     })?;
     let mut temp = TempFile {
         armed: true,
@@ -632,7 +656,8 @@ pub fn write_atomically(
         .map_err(|e| ModelError::io("sync", &temp.path, e))?;
     drop(file);
 
-    fs::rename(&temp.path, path).map_err(|e| ModelError::io("rename a temporary file to", path, e))?;
+    fs::rename(&temp.path, path)
+        .map_err(|e| ModelError::io("rename a temporary file to", path, e))?;
     temp.armed = false; // renamed: nothing left to clean up
     sync_folder(folder)
 }

@@ -1,0 +1,130 @@
+//! Text generation: a KV cache, greedy or sampled decoding (temperature, top-k, top-p) with a
+//! seed, stopping at EOS or a token budget, each token handed to the caller as it comes.
+
+use hydralora_engine::{no_grad, rng::Rng};
+
+use crate::error::{ModelError, Result};
+use crate::llama::{KvCache, Llama};
+
+/// How to pick each next token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingConfig {
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (None or 0: all).
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches p (None or 1: all).
+    pub top_p: Option<f32>,
+    pub seed: u64,
+    /// Tokens that end generation (EOS); the stop token is not returned.
+    pub stop_tokens: Vec<u32>,
+    /// Reuse keys and values of earlier tokens (false recomputes the whole prefix each step).
+    pub use_cache: bool,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig { max_new_tokens: 64, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop_tokens: vec![], use_cache: true }
+    }
+}
+
+impl SamplingConfig {
+    fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(ModelError::Input(format!("temperature must be finite and >= 0, got {}", self.temperature)));
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return Err(ModelError::Input(format!("top_p must be in (0, 1], got {p}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new token
+/// as soon as it is chosen (return false from it to stop early). Returns the new tokens.
+pub fn generate(model: &Llama, prompt: &[u32], cfg: &SamplingConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+    cfg.validate()?;
+    if prompt.is_empty() {
+        return Err(ModelError::Input("the prompt has no tokens".into()));
+    }
+    let max_len = model.config.max_position_embeddings;
+    let mut rng = Rng::new(cfg.seed);
+    let mut cache = KvCache::new();
+    let mut tokens = prompt.to_vec();
+    let mut out = Vec::new();
+    // With a cache, the first step feeds the prompt; later steps feed only the newest token.
+    let mut feed = prompt.to_vec();
+    while out.len() < cfg.max_new_tokens && tokens.len() < max_len {
+        let logits = if cfg.use_cache { last_logits(model, &feed, Some(&mut cache))? } else { last_logits(model, &tokens, None)? };
+        let next = pick(&logits, cfg, &mut rng);
+        if cfg.stop_tokens.contains(&next) {
+            break;
+        }
+        tokens.push(next);
+        out.push(next);
+        feed = vec![next];
+        if !on_token(next) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Logits [V] of the last position of a single sequence.
+fn last_logits(model: &Llama, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Vec<f32>> {
+    no_grad(|| {
+        let hidden = model.hidden_states(ids, 1, cache)?; // [T, H]
+        let last = hidden.narrow(0, ids.len() - 1, 1)?; // [1, H]
+        Ok(model.project_vocab(&last)?.to_vec_f32()?)
+    })
+}
+
+/// The next token from logits, greedy or sampled per `cfg`.
+pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
+    if cfg.temperature == 0.0 {
+        return argmax(logits);
+    }
+    // Candidates by descending logit; ties keep the lower id first.
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+    if let Some(k) = cfg.top_k.filter(|&k| k > 0) {
+        order.truncate(k);
+    }
+    let max = logits[order[0]] as f64;
+    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / cfg.temperature as f64).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if let Some(p) = cfg.top_p.filter(|&p| p < 1.0) {
+        let mut cumulative = 0.0;
+        let keep = probs.iter().position(|&q| {
+            cumulative += q;
+            cumulative >= p as f64
+        });
+        let keep = keep.map_or(probs.len(), |i| i + 1);
+        order.truncate(keep);
+        probs.truncate(keep);
+    }
+    let total: f64 = probs.iter().sum();
+    let mut u = rng.next_f64() * total;
+    for (&i, &p) in order.iter().zip(&probs) {
+        if u < p {
+            return i as u32;
+        }
+        u -= p;
+    }
+    order[order.len() - 1] as u32
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
