@@ -3,7 +3,7 @@
 
 mod common;
 
-use hydralora::model::verify::{check_base_model, find_cases, fixtures_root};
+use hydralora::model::verify::{adapter_dirs, check_adapter, check_base_model, find_cases, fixtures_root};
 
 fn fixtures() -> std::path::PathBuf {
     fixtures_root(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
@@ -21,5 +21,25 @@ fn base_model_logits_and_loss_match_transformers() {
             }
         }
     }
+    assert!(failures.is_empty(), "checks failed:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn adapters_match_peft_and_hydralora_logits_gradients_and_adamw_curves() {
+    let dev = common::device();
+    let mut failures = Vec::new();
+    let mut adapters = 0;
+    for case in find_cases(&fixtures()).expect("fixture cases") {
+        for dir in adapter_dirs(&case).expect("adapter folders") {
+            adapters += 1;
+            for check in check_adapter(&dev, &case, &dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                println!("{check}");
+                if !check.passed() {
+                    failures.push(check.to_string());
+                }
+            }
+        }
+    }
+    assert!(adapters > 0, "no adapter folders found under the fixtures");
     assert!(failures.is_empty(), "checks failed:\n{}", failures.join("\n"));
 }

@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::elementwise::{unary_backward, BinaryKind};
-use crate::ops::{embedding, gate, loss, matmul::matmul_t, norm, reduce::sum_to_shape, rope, softmax};
+use crate::ops::{
+    embedding, gate, loss, matmul::matmul_t, norm, reduce::sum_to_shape, rope, softmax,
+};
 use crate::tensor::{Tensor, TensorId};
 
 thread_local! {
@@ -83,7 +85,11 @@ impl Tensor {
     /// Backward from a given output gradient (same shape as `self`).
     pub fn backward_with(&self, grad: Tensor) -> Result<Gradients> {
         if grad.shape() != self.shape() {
-            return Err(Error::Backward(format!("gradient shape {:?} for a tensor of shape {:?}", grad.shape(), self.shape())));
+            return Err(Error::Backward(format!(
+                "gradient shape {:?} for a tensor of shape {:?}",
+                grad.shape(),
+                self.shape()
+            )));
         }
         let _guard = NoGradGuard::new();
         let order = topological_order(self);
@@ -91,7 +97,9 @@ impl Tensor {
         let mut params = Gradients::default();
         for node in order.iter().rev() {
             // Taking the gradient out frees it as soon as it has been consumed.
-            let Some(g) = pending.remove(&node.id()) else { continue };
+            let Some(g) = pending.remove(&node.id()) else {
+                continue;
+            };
             let Some(op) = node.op() else {
                 if node.requires_grad() {
                     params.map.insert(node.id(), g);
@@ -147,9 +155,20 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
     Ok(match op {
         Op::Matmul { a, b, ta, tb } => {
             // C = op(A) op(B):  dop(A) = dC op(B)^T,  dop(B) = op(A)^T dC.
-            let da = if *ta { matmul_t(b, g, *tb, true)? } else { matmul_t(g, b, false, !*tb)? };
-            let db = if *tb { matmul_t(g, a, true, *ta)? } else { matmul_t(a, g, !*ta, false)? };
-            vec![Some(sum_to_shape(&da, a.shape())?), Some(sum_to_shape(&db, b.shape())?)]
+            let da = if *ta {
+                matmul_t(b, g, *tb, true)?
+            } else {
+                matmul_t(g, b, false, !*tb)?
+            };
+            let db = if *tb {
+                matmul_t(g, a, true, *ta)?
+            } else {
+                matmul_t(a, g, !*ta, false)?
+            };
+            vec![
+                Some(sum_to_shape(&da, a.shape())?),
+                Some(sum_to_shape(&db, b.shape())?),
+            ]
         }
         Op::Binary { a, b, kind } => {
             let (da, db) = match kind {
@@ -159,7 +178,10 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
                 // d(a/b)/db = -a / b^2 = -out / b
                 BinaryKind::Div => (g.div(b)?, g.mul(out)?.div(b)?.neg()?),
             };
-            vec![Some(sum_to_shape(&da, a.shape())?), Some(sum_to_shape(&db, b.shape())?)]
+            vec![
+                Some(sum_to_shape(&da, a.shape())?),
+                Some(sum_to_shape(&db, b.shape())?),
+            ]
         }
         Op::Unary { x, kind } => vec![Some(unary_backward(x, out, g, *kind)?)],
         Op::Sum { x, .. } => vec![Some(Tensor::zeros(x.device(), x.shape())?.add(g)?)],
@@ -169,9 +191,18 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             vec![Some(dx), Some(dw)]
         }
         Op::Rope { tables, t_div, .. } => vec![Some(rope::rotate(g, tables, *t_div, -1.0)?)],
-        Op::Embedding { table, ids } => vec![Some(embedding::embedding_backward(table.shape(), ids, g)?)],
-        Op::CrossEntropy { logits, labels, lse, count } => {
-            vec![Some(loss::cross_entropy_backward(logits, labels, lse, count, g)?)]
+        Op::Embedding { table, ids } => {
+            vec![Some(embedding::embedding_backward(table.shape(), ids, g)?)]
+        }
+        Op::CrossEntropy {
+            logits,
+            labels,
+            lse,
+            count,
+        } => {
+            vec![Some(loss::cross_entropy_backward(
+                logits, labels, lse, count, g,
+            )?)]
         }
         Op::GateExpand { g: gate_w, h } => {
             let (dg, dh) = gate::gate_expand_backward(gate_w, h, g)?;
@@ -179,7 +210,9 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         }
         Op::Reshape { x } => vec![Some(g.reshape(x.shape())?)],
         Op::Transpose { d0, d1, .. } => vec![Some(g.transpose(*d0, *d1)?)],
-        Op::Narrow { x, axis, start } => vec![Some(Tensor::zeros(x.device(), x.shape())?.with_slice(*axis, *start, g)?)],
+        Op::Narrow { x, axis, start } => vec![Some(
+            Tensor::zeros(x.device(), x.shape())?.with_slice(*axis, *start, g)?,
+        )],
         Op::Concat { parts, axis } => {
             let mut at = 0;
             let mut grads = Vec::with_capacity(parts.len());

@@ -51,10 +51,26 @@ impl std::fmt::Display for DeviceInfo {
         writeln!(f, "subgroup:             {}", yes(self.subgroup))?;
         writeln!(f, "timestamp-query:      {}", yes(self.timestamp_query))?;
         writeln!(f, "max buffer:           {} MiB", l.max_buffer_size >> 20)?;
-        writeln!(f, "max storage binding:  {} MiB", (l.max_storage_buffer_binding_size as u64) >> 20)?;
-        writeln!(f, "workgroup storage:    {} KiB", l.max_compute_workgroup_storage_size >> 10)?;
-        writeln!(f, "invocations/group:    {}", l.max_compute_invocations_per_workgroup)?;
-        write!(f, "workgroups/dimension: {}", l.max_compute_workgroups_per_dimension)
+        writeln!(
+            f,
+            "max storage binding:  {} MiB",
+            (l.max_storage_buffer_binding_size as u64) >> 20
+        )?;
+        writeln!(
+            f,
+            "workgroup storage:    {} KiB",
+            l.max_compute_workgroup_storage_size >> 10
+        )?;
+        writeln!(
+            f,
+            "invocations/group:    {}",
+            l.max_compute_invocations_per_workgroup
+        )?;
+        write!(
+            f,
+            "workgroups/dimension: {}",
+            l.max_compute_workgroups_per_dimension
+        )
     }
 }
 
@@ -127,10 +143,13 @@ impl Device {
 
     /// [`Device::new`] for async callers.
     pub async fn new_async() -> Result<Device> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = choose_adapter(&instance).await?;
         let features = adapter.features()
-            & (wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
+            & (wgpu::Features::SHADER_F16
+                | wgpu::Features::SUBGROUP
+                | wgpu::Features::TIMESTAMP_QUERY);
         let info = adapter.get_info();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -141,7 +160,10 @@ impl Device {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Error::RequestDevice { adapter: info.name.clone(), reason: e.to_string() })?;
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
         Ok(Self::from_wgpu_with_info(device, queue, Some(info)))
     }
 
@@ -152,14 +174,26 @@ impl Device {
     }
 
     /// [`Device::from_wgpu`] with the adapter's description, for [`Device::info`].
-    pub fn from_wgpu_with_info(device: wgpu::Device, queue: wgpu::Queue, adapter: Option<wgpu::AdapterInfo>) -> Device {
+    pub fn from_wgpu_with_info(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: Option<wgpu::AdapterInfo>,
+    ) -> Device {
         let features = device.features();
         let limits = device.limits();
         let info = DeviceInfo {
-            name: adapter.as_ref().map_or("shared device".into(), |a| a.name.clone()),
-            backend: adapter.as_ref().map_or("unknown".into(), |a| format!("{:?}", a.backend)),
-            device_type: adapter.as_ref().map_or("unknown".into(), |a| format!("{:?}", a.device_type)),
-            driver: adapter.as_ref().map_or(String::new(), |a| format!("{} {}", a.driver, a.driver_info)),
+            name: adapter
+                .as_ref()
+                .map_or("shared device".into(), |a| a.name.clone()),
+            backend: adapter
+                .as_ref()
+                .map_or("unknown".into(), |a| format!("{:?}", a.backend)),
+            device_type: adapter
+                .as_ref()
+                .map_or("unknown".into(), |a| format!("{:?}", a.device_type)),
+            driver: adapter
+                .as_ref()
+                .map_or(String::new(), |a| format!("{} {}", a.driver, a.driver_info)),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
@@ -242,7 +276,10 @@ impl Device {
     }
 
     fn lock_pipelines(&self) -> MutexGuard<'_, PipelineCache> {
-        self.inner.pipelines.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records one kernel dispatch. Bindings follow the engine's convention: binding 0 is the
@@ -263,7 +300,9 @@ impl Device {
         let mut batch = self.lock_batch();
         let params_bytes = (params.len().max(1) * 4) as u64;
         let offset = align_up(batch.params.len() as u64, self.inner.params_align);
-        if offset + params_bytes > PARAMS_ARENA_BYTES || batch.dispatches >= MAX_DISPATCHES_PER_BATCH {
+        if offset + params_bytes > PARAMS_ARENA_BYTES
+            || batch.dispatches >= MAX_DISPATCHES_PER_BATCH
+        {
             self.submit(&mut batch);
         }
         let offset = align_up(batch.params.len() as u64, self.inner.params_align);
@@ -291,17 +330,31 @@ impl Device {
                 }),
             });
         }
-        let bind_group = self.inner.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(entry),
-            layout: &layout,
-            entries: &entries,
+        let bind_group = self
+            .inner
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(entry),
+                layout: &layout,
+                entries: &entries,
+            });
+        batch.commands.push(Command::Dispatch {
+            pipeline,
+            bind_group,
+            groups,
         });
-        batch.commands.push(Command::Dispatch { pipeline, bind_group, groups });
         batch.dispatches += 1;
     }
 
     /// Records a buffer-to-buffer copy, ordered with the dispatches around it.
-    pub(crate) fn copy(&self, src: &wgpu::Buffer, src_offset: u64, dst: &wgpu::Buffer, dst_offset: u64, bytes: u64) {
+    pub(crate) fn copy(
+        &self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
         if bytes == 0 {
             return;
         }
@@ -329,7 +382,9 @@ impl Device {
             mapped_at_creation: true,
         });
         {
-            let mut view = staging.get_mapped_range_mut(..).expect("a buffer mapped at creation");
+            let mut view = staging
+                .get_mapped_range_mut(..)
+                .expect("a buffer mapped at creation");
             let mut data = bytes.to_vec();
             data.resize(padded as usize, 0);
             view.copy_from_slice(&data);
@@ -360,7 +415,9 @@ impl Device {
         rx.recv()
             .map_err(|e| Error::Readback(e.to_string()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Readback(e.to_string()))?;
         let out = view[..bytes as usize].to_vec();
         drop(view);
         staging.unmap();
@@ -376,22 +433,42 @@ impl Device {
         if !batch.params.is_empty() {
             dev.queue.write_buffer(&dev.params_arena, 0, &batch.params);
         }
-        let mut encoder = dev.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        let mut encoder = dev
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("batch"),
+            });
         let mut commands = std::mem::take(&mut batch.commands).into_iter().peekable();
         while let Some(cmd) = commands.next() {
             match cmd {
-                Command::Copy { src, src_offset, dst, dst_offset, bytes } => {
+                Command::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    bytes,
+                } => {
                     encoder.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, bytes);
                 }
-                Command::Dispatch { pipeline, bind_group, groups } => {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                Command::Dispatch {
+                    pipeline,
+                    bind_group,
+                    groups,
+                } => {
+                    let mut pass =
+                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
                     let mut next = Some((pipeline, bind_group, groups));
                     while let Some((pipeline, bind_group, groups)) = next.take() {
                         pass.set_pipeline(&pipeline);
                         pass.set_bind_group(0, &bind_group, &[]);
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                         if let Some(Command::Dispatch { .. }) = commands.peek() {
-                            if let Some(Command::Dispatch { pipeline, bind_group, groups }) = commands.next() {
+                            if let Some(Command::Dispatch {
+                                pipeline,
+                                bind_group,
+                                groups,
+                            }) = commands.next()
+                            {
                                 next = Some((pipeline, bind_group, groups));
                             }
                         }
@@ -440,7 +517,9 @@ impl Device {
             compilation_options: Default::default(),
             cache: None,
         });
-        cache.pipelines.insert((shader.name, entry), pipeline.clone());
+        cache
+            .pipelines
+            .insert((shader.name, entry), pipeline.clone());
         cache.created += 1;
         (pipeline, bgl)
     }
@@ -453,7 +532,11 @@ impl std::fmt::Debug for Device {
 }
 
 /// Binding 0: params; then `reads` read-only and `writes` read-write storage buffers.
-fn bind_layout(device: &wgpu::Device, reads: usize, writes: usize) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+fn bind_layout(
+    device: &wgpu::Device,
+    reads: usize,
+    writes: usize,
+) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
     let entry = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::COMPUTE,
@@ -488,7 +571,9 @@ async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
             .into_iter()
             .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc))
             .ok_or_else(|| Error::NoAdapter {
-                detail: format!(" matching WGPU_ADAPTER_NAME={wanted:?} (adapters found: {names:?})"),
+                detail: format!(
+                    " matching WGPU_ADAPTER_NAME={wanted:?} (adapters found: {names:?})"
+                ),
             });
     }
     let rank = |a: &wgpu::Adapter| {
@@ -503,12 +588,15 @@ async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
         // GL has the weakest compute support: last resort.
         (info.backend == wgpu::Backend::Gl, kind)
     };
-    adapters.into_iter().min_by_key(rank).ok_or_else(|| Error::NoAdapter {
-        detail: match std::env::var("WGPU_BACKEND") {
-            Ok(b) => format!(" for WGPU_BACKEND={b:?}"),
-            Err(_) => String::new(),
-        },
-    })
+    adapters
+        .into_iter()
+        .min_by_key(rank)
+        .ok_or_else(|| Error::NoAdapter {
+            detail: match std::env::var("WGPU_BACKEND") {
+                Ok(b) => format!(" for WGPU_BACKEND={b:?}"),
+                Err(_) => String::new(),
+            },
+        })
 }
 
 pub(crate) fn align_up(x: u64, a: u64) -> u64 {

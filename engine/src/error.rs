@@ -52,7 +52,9 @@ pub enum Error {
     #[error("{op}: tensors live on two different devices")]
     DeviceMismatch { op: &'static str },
 
-    #[error("host data of {got} elements does not fill a tensor of shape {shape:?} ({want} elements)")]
+    #[error(
+        "host data of {got} elements does not fill a tensor of shape {shape:?} ({want} elements)"
+    )]
     HostLength {
         shape: Vec<usize>,
         got: usize,

@@ -34,7 +34,13 @@ pub struct GradcheckOptions {
 impl Default for GradcheckOptions {
     /// Tolerances that f32 arithmetic with a 1e-3 step meets for well-scaled functions.
     fn default() -> Self {
-        GradcheckOptions { eps: 1e-3, atol: 1e-2, rtol: 1e-2, max_checks_per_input: 64, seed: 0 }
+        GradcheckOptions {
+            eps: 1e-3,
+            atol: 1e-2,
+            rtol: 1e-2,
+            max_checks_per_input: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -63,16 +69,30 @@ impl GradcheckReport {
 
 impl std::fmt::Display for GradcheckReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} coordinates checked, max |error| {:.3e}, {} mismatches", self.checked, self.max_abs_error, self.mismatches.len())?;
+        write!(
+            f,
+            "{} coordinates checked, max |error| {:.3e}, {} mismatches",
+            self.checked,
+            self.max_abs_error,
+            self.mismatches.len()
+        )?;
         for m in self.mismatches.iter().take(8) {
-            write!(f, "\n  input {} [{}]: autodiff {:.6e}, numeric {:.6e}", m.input, m.index, m.autodiff, m.numeric)?;
+            write!(
+                f,
+                "\n  input {} [{}]: autodiff {:.6e}, numeric {:.6e}",
+                m.input, m.index, m.autodiff, m.numeric
+            )?;
         }
         Ok(())
     }
 }
 
 /// Checks the gradients of `f` at `inputs` (f32 tensors; they are copied, never changed).
-pub fn gradcheck(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], opts: &GradcheckOptions) -> Result<GradcheckReport> {
+pub fn gradcheck(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    opts: &GradcheckOptions,
+) -> Result<GradcheckReport> {
     let host: Vec<Vec<f32>> = inputs
         .iter()
         .map(|t| {
@@ -80,9 +100,20 @@ pub fn gradcheck(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], opt
             t.to_vec_f32()
         })
         .collect::<Result<_>>()?;
-    let device = inputs.first().map(|t| t.device().clone()).ok_or(Error::InvalidArgument { op: "gradcheck", shape: vec![], why: "no inputs".into() })?;
+    let device = inputs
+        .first()
+        .map(|t| t.device().clone())
+        .ok_or(Error::InvalidArgument {
+            op: "gradcheck",
+            shape: vec![],
+            why: "no inputs".into(),
+        })?;
     let upload = |values: &[Vec<f32>]| -> Result<Vec<Tensor>> {
-        values.iter().zip(inputs).map(|(v, t)| Tensor::from_slice(&device, v, t.shape())).collect()
+        values
+            .iter()
+            .zip(inputs)
+            .map(|(v, t)| Tensor::from_slice(&device, v, t.shape()))
+            .collect()
     };
     // The projection that turns f's output into a scalar.
     let probe = no_grad(|| f(&upload(&host)?))?;
@@ -109,7 +140,12 @@ pub fn gradcheck(f: impl Fn(&[Tensor]) -> Result<Tensor>, inputs: &[Tensor], opt
             report.checked += 1;
             report.max_abs_error = report.max_abs_error.max(err);
             if err.is_nan() || err > opts.atol + opts.rtol * numeric.abs() {
-                report.mismatches.push(Mismatch { input: i, index, autodiff: autodiff[index], numeric });
+                report.mismatches.push(Mismatch {
+                    input: i,
+                    index,
+                    autodiff: autodiff[index],
+                    numeric,
+                });
             }
         }
     }

@@ -39,7 +39,7 @@ pub use device::{Device, DeviceInfo};
 pub use error::{Error, Result};
 pub use ops::attention::causal_attention;
 pub use ops::embedding::{embedding, embedding_parts};
-pub use ops::gate::gate_expand;
+pub use ops::gate::{gate_expand, top_k_mask};
 pub use ops::loss::{cross_entropy, IGNORE_INDEX};
 pub use ops::matmul::matmul_t;
 pub use ops::norm::rms_norm;

@@ -8,31 +8,83 @@ use crate::tensor::Tensor;
 
 pub(crate) enum Op {
     /// op(a) op(b), op = transpose when the flag is set.
-    Matmul { a: Tensor, b: Tensor, ta: bool, tb: bool },
+    Matmul {
+        a: Tensor,
+        b: Tensor,
+        ta: bool,
+        tb: bool,
+    },
     /// a (+ - * /) b with broadcasting.
-    Binary { a: Tensor, b: Tensor, kind: BinaryKind },
+    Binary {
+        a: Tensor,
+        b: Tensor,
+        kind: BinaryKind,
+    },
     /// neg, exp, log, sqrt, silu, scale.
-    Unary { x: Tensor, kind: UnaryKind },
+    Unary {
+        x: Tensor,
+        kind: UnaryKind,
+    },
     /// sum over `axis`, kept as size 1.
-    Sum { x: Tensor },
+    Sum {
+        x: Tensor,
+    },
     /// softmax(scale * x) over the last axis (causal masking included: masked y = 0).
-    Softmax { x: Tensor, scale: f32 },
+    Softmax {
+        x: Tensor,
+        scale: f32,
+    },
     /// w * x * rstd, rstd = 1/sqrt(mean(x^2) + eps) per row (saved).
-    RmsNorm { x: Tensor, w: Tensor, rstd: Tensor },
+    RmsNorm {
+        x: Tensor,
+        w: Tensor,
+        rstd: Tensor,
+    },
     /// rotate-half RoPE with the given tables.
-    Rope { x: Tensor, tables: RopeTables, t_div: usize },
+    Rope {
+        x: Tensor,
+        tables: RopeTables,
+        t_div: usize,
+    },
     /// table[ids].
-    Embedding { table: Tensor, ids: Tensor },
+    Embedding {
+        table: Tensor,
+        ids: Tensor,
+    },
     /// mean cross-entropy; lse per row and the counted-row total are saved.
-    CrossEntropy { logits: Tensor, labels: Tensor, lse: Tensor, count: Tensor },
+    CrossEntropy {
+        logits: Tensor,
+        labels: Tensor,
+        lse: Tensor,
+        count: Tensor,
+    },
     /// z[t, i r + j] = g[t, i] h[t, j].
-    GateExpand { g: Tensor, h: Tensor },
-    Reshape { x: Tensor },
-    Transpose { x: Tensor, d0: usize, d1: usize },
-    Narrow { x: Tensor, axis: usize, start: usize },
-    Concat { parts: Vec<Tensor>, axis: usize },
+    GateExpand {
+        g: Tensor,
+        h: Tensor,
+    },
+    Reshape {
+        x: Tensor,
+    },
+    Transpose {
+        x: Tensor,
+        d0: usize,
+        d1: usize,
+    },
+    Narrow {
+        x: Tensor,
+        axis: usize,
+        start: usize,
+    },
+    Concat {
+        parts: Vec<Tensor>,
+        axis: usize,
+    },
     /// A user-defined op (see [`crate::CustomOp`]).
-    Custom { inputs: Vec<Tensor>, op: std::sync::Arc<dyn crate::CustomOp> },
+    Custom {
+        inputs: Vec<Tensor>,
+        op: std::sync::Arc<dyn crate::CustomOp>,
+    },
 }
 
 impl Op {

@@ -20,7 +20,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+        AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
     }
 }
 
@@ -33,7 +39,11 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, moments: HashMap::new() }
+        AdamW {
+            config,
+            step: 0,
+            moments: HashMap::new(),
+        }
     }
 
     /// Steps taken so far.
@@ -53,12 +63,20 @@ impl AdamW {
             for p in params {
                 let Some(g) = grads.get(p) else { continue };
                 if g.shape() != p.shape() {
-                    return Err(Error::ShapeMismatch { op: "adamw", lhs: p.shape().to_vec(), rhs: g.shape().to_vec(), why: "gradient and parameter differ".into() });
+                    return Err(Error::ShapeMismatch {
+                        op: "adamw",
+                        lhs: p.shape().to_vec(),
+                        rhs: g.shape().to_vec(),
+                        why: "gradient and parameter differ".into(),
+                    });
                 }
                 let (m, v) = match self.moments.get(&p.id()) {
                     Some(mv) => mv.clone(),
                     None => {
-                        let mv = (Tensor::zeros(p.device(), p.shape())?, Tensor::zeros(p.device(), p.shape())?);
+                        let mv = (
+                            Tensor::zeros(p.device(), p.shape())?,
+                            Tensor::zeros(p.device(), p.shape())?,
+                        );
                         self.moments.insert(p.id(), mv.clone());
                         mv
                     }
@@ -73,7 +91,14 @@ impl AdamW {
                     (bias_correction1 as f32).to_bits(),
                     (bias_correction2_sqrt as f32).to_bits(),
                 ];
-                p.device().dispatch(&shaders::ADAMW, "adamw", &params, &[g.binding()], &[p.binding(), m.binding(), v.binding()], grid(p.device(), p.numel(), 256));
+                p.device().dispatch(
+                    &shaders::ADAMW,
+                    "adamw",
+                    &params,
+                    &[g.binding()],
+                    &[p.binding(), m.binding(), v.binding()],
+                    grid(p.device(), p.numel(), 256),
+                );
             }
             Ok(())
         })

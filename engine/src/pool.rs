@@ -37,7 +37,9 @@ pub(crate) struct PooledBuffer {
 
 impl PooledBuffer {
     pub fn buffer(&self) -> &wgpu::Buffer {
-        self.buffer.as_ref().expect("a pooled buffer is present until drop")
+        self.buffer
+            .as_ref()
+            .expect("a pooled buffer is present until drop")
     }
 }
 
@@ -54,7 +56,10 @@ impl Drop for PooledBuffer {
 
 impl BufferPool {
     pub fn new(device: wgpu::Device) -> Self {
-        BufferPool { device, state: Mutex::default() }
+        BufferPool {
+            device,
+            state: Mutex::default(),
+        }
     }
 
     /// A buffer of at least `bytes` bytes (storage, copy source and destination).
@@ -72,14 +77,20 @@ impl BufferPool {
                 self.device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("tensor"),
                     size: class,
-                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 })
             }
         };
         state.stats.in_use += class;
         state.stats.peak_in_use = state.stats.peak_in_use.max(state.stats.in_use);
-        PooledBuffer { buffer: Some(buffer), class, pool: self.clone() }
+        PooledBuffer {
+            buffer: Some(buffer),
+            class,
+            pool: self.clone(),
+        }
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -109,7 +120,18 @@ mod tests {
 
     #[test]
     fn size_classes_cover_the_request_with_little_waste() {
-        for bytes in [1u64, 255, 256, 257, 4095, 4097, 10_000, 1 << 20, (1 << 20) + 1, 262_144_000] {
+        for bytes in [
+            1u64,
+            255,
+            256,
+            257,
+            4095,
+            4097,
+            10_000,
+            1 << 20,
+            (1 << 20) + 1,
+            262_144_000,
+        ] {
             let c = size_class(bytes);
             assert!(c >= bytes, "{bytes} -> {c}");
             assert_eq!(c % 256, 0);

@@ -36,6 +36,7 @@ shader!(CROSS_ENTROPY, "cross_entropy");
 shader!(CROSS_ENTROPY_BACKWARD, "cross_entropy_backward");
 shader!(GATE, "gate");
 shader!(GATE_BACKWARD, "gate_backward");
+shader!(TOP_K, "top_k");
 shader!(ADAMW, "adamw");
 
 /// All kernels, for validation and for warming the pipeline cache.
@@ -58,5 +59,6 @@ pub const ALL: &[&Shader] = &[
     &CROSS_ENTROPY_BACKWARD,
     &GATE,
     &GATE_BACKWARD,
+    &TOP_K,
     &ADAMW,
 ];

@@ -51,13 +51,19 @@ pub(crate) struct TensorInner {
     pub dtype: DType,
     pub storage: Arc<PooledBuffer>, // numel * dtype bytes (rounded up to 4), shared by reshapes
     pub device: Device,
-    pub op: Option<Op>,       // how this tensor was computed, if it is in the autodiff graph
-    pub requires_grad: bool,  // a leaf whose gradient the user wants
+    pub op: Option<Op>, // how this tensor was computed, if it is in the autodiff graph
+    pub requires_grad: bool, // a leaf whose gradient the user wants
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?}, {:?}, {:?})", self.id(), self.shape(), self.dtype())
+        write!(
+            f,
+            "Tensor({:?}, {:?}, {:?})",
+            self.id(),
+            self.shape(),
+            self.dtype()
+        )
     }
 }
 
@@ -80,7 +86,13 @@ impl Tensor {
             });
         }
         let storage = device.inner.pool.take(bytes.max(4));
-        Ok(Self::from_parts(device, shape.to_vec(), dtype, Arc::new(storage), None))
+        Ok(Self::from_parts(
+            device,
+            shape.to_vec(),
+            dtype,
+            Arc::new(storage),
+            None,
+        ))
     }
 
     pub(crate) fn from_parts(
@@ -103,22 +115,50 @@ impl Tensor {
 
     /// Uploads f32 host data.
     pub fn from_slice(device: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        Self::from_bytes(device, bytemuck::cast_slice(data), data.len(), shape, DType::F32)
+        Self::from_bytes(
+            device,
+            bytemuck::cast_slice(data),
+            data.len(),
+            shape,
+            DType::F32,
+        )
     }
 
     /// Uploads u32 host data (token ids, positions).
     pub fn from_u32(device: &Device, data: &[u32], shape: &[usize]) -> Result<Tensor> {
-        Self::from_bytes(device, bytemuck::cast_slice(data), data.len(), shape, DType::U32)
+        Self::from_bytes(
+            device,
+            bytemuck::cast_slice(data),
+            data.len(),
+            shape,
+            DType::U32,
+        )
     }
 
     /// Uploads i32 host data (labels, where -100 means "ignore").
     pub fn from_i32(device: &Device, data: &[i32], shape: &[usize]) -> Result<Tensor> {
-        Self::from_bytes(device, bytemuck::cast_slice(data), data.len(), shape, DType::I32)
+        Self::from_bytes(
+            device,
+            bytemuck::cast_slice(data),
+            data.len(),
+            shape,
+            DType::I32,
+        )
     }
 
-    fn from_bytes(device: &Device, bytes: &[u8], len: usize, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    fn from_bytes(
+        device: &Device,
+        bytes: &[u8],
+        len: usize,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
         if len != numel(shape) {
-            return Err(Error::HostLength { shape: shape.to_vec(), got: len, want: numel(shape) });
+            return Err(Error::HostLength {
+                shape: shape.to_vec(),
+                got: len,
+                want: numel(shape),
+            });
         }
         let t = Self::empty(device, shape, dtype)?;
         device.upload(t.buffer(), bytes);
@@ -139,16 +179,32 @@ impl Tensor {
 
     /// Uniform values in `[lo, hi)` from a seeded generator: the same seed gives the same
     /// tensor on every device.
-    pub fn rand_uniform(device: &Device, shape: &[usize], lo: f32, hi: f32, seed: u64) -> Result<Tensor> {
+    pub fn rand_uniform(
+        device: &Device,
+        shape: &[usize],
+        lo: f32,
+        hi: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         let mut rng = crate::rng::Rng::new(seed);
-        let data: Vec<f32> = (0..numel(shape)).map(|_| lo + (hi - lo) * rng.next_f32()).collect();
+        let data: Vec<f32> = (0..numel(shape))
+            .map(|_| lo + (hi - lo) * rng.next_f32())
+            .collect();
         Self::from_slice(device, &data, shape)
     }
 
     /// Normal values with the given mean and standard deviation, seeded like [`Tensor::rand_uniform`].
-    pub fn randn(device: &Device, shape: &[usize], mean: f32, std: f32, seed: u64) -> Result<Tensor> {
+    pub fn randn(
+        device: &Device,
+        shape: &[usize],
+        mean: f32,
+        std: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         let mut rng = crate::rng::Rng::new(seed);
-        let data: Vec<f32> = (0..numel(shape)).map(|_| mean + std * rng.next_normal()).collect();
+        let data: Vec<f32> = (0..numel(shape))
+            .map(|_| mean + std * rng.next_normal())
+            .collect();
         Self::from_slice(device, &data, shape)
     }
 
@@ -191,7 +247,10 @@ impl Tensor {
 
     /// This tensor as a kernel binding.
     pub(crate) fn binding(&self) -> Binding<'_> {
-        Binding { buffer: self.buffer(), bytes: self.size_in_bytes() }
+        Binding {
+            buffer: self.buffer(),
+            bytes: self.size_in_bytes(),
+        }
     }
 
     pub(crate) fn op(&self) -> Option<&Op> {
@@ -223,13 +282,25 @@ impl Tensor {
 
     /// The same data, cut off from the graph: no gradient flows through the result.
     pub fn detach(&self) -> Tensor {
-        Self::from_parts(&self.0.device, self.0.shape.clone(), self.0.dtype, self.0.storage.clone(), None)
+        Self::from_parts(
+            &self.0.device,
+            self.0.shape.clone(),
+            self.0.dtype,
+            self.0.storage.clone(),
+            None,
+        )
     }
 
     /// Copies the data into a new buffer (a tensor that shares no storage with this one).
     pub fn deep_clone(&self) -> Result<Tensor> {
         let t = Self::empty(self.device(), self.shape(), self.dtype())?;
-        self.device().copy(self.buffer(), 0, t.buffer(), 0, crate::device::align_up(self.size_in_bytes(), 4));
+        self.device().copy(
+            self.buffer(),
+            0,
+            t.buffer(),
+            0,
+            crate::device::align_up(self.size_in_bytes(), 4),
+        );
         Ok(t)
     }
 
@@ -244,7 +315,13 @@ impl Tensor {
                 why: "assign needs the same shape and dtype".into(),
             });
         }
-        self.device().copy(src.buffer(), 0, self.buffer(), 0, crate::device::align_up(self.size_in_bytes(), 4));
+        self.device().copy(
+            src.buffer(),
+            0,
+            self.buffer(),
+            0,
+            crate::device::align_up(self.size_in_bytes(), 4),
+        );
         Ok(())
     }
 
@@ -252,9 +329,14 @@ impl Tensor {
     pub fn write_f32(&self, data: &[f32]) -> Result<()> {
         self.expect_dtype("write_f32", DType::F32, "f32")?;
         if data.len() != self.numel() {
-            return Err(Error::HostLength { shape: self.shape().to_vec(), got: data.len(), want: self.numel() });
+            return Err(Error::HostLength {
+                shape: self.shape().to_vec(),
+                got: data.len(),
+                want: self.numel(),
+            });
         }
-        self.device().upload(self.buffer(), bytemuck::cast_slice(data));
+        self.device()
+            .upload(self.buffer(), bytemuck::cast_slice(data));
         Ok(())
     }
 
@@ -296,9 +378,18 @@ impl Tensor {
         self.device().read_bytes(self.buffer(), bytes)
     }
 
-    pub(crate) fn expect_dtype(&self, op: &'static str, dtype: DType, name: &'static str) -> Result<()> {
+    pub(crate) fn expect_dtype(
+        &self,
+        op: &'static str,
+        dtype: DType,
+        name: &'static str,
+    ) -> Result<()> {
         if self.dtype() != dtype {
-            return Err(Error::DType { op, got: self.dtype(), expected: name });
+            return Err(Error::DType {
+                op,
+                got: self.dtype(),
+                expected: name,
+            });
         }
         Ok(())
     }
@@ -339,6 +430,9 @@ impl Tensor {
             op: None,
             requires_grad: false,
         });
-        Tensor(Arc::new(TensorInner { op: Some(op()), ..inner }))
+        Tensor(Arc::new(TensorInner {
+            op: Some(op()),
+            ..inner
+        }))
     }
 }

@@ -26,18 +26,31 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { max_new_tokens: 64, temperature: 0.0, top_k: None, top_p: None, seed: 0, stop_tokens: vec![], use_cache: true }
+        SamplingConfig {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            seed: 0,
+            stop_tokens: vec![],
+            use_cache: true,
+        }
     }
 }
 
 impl SamplingConfig {
     fn validate(&self) -> Result<()> {
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return Err(ModelError::Input(format!("temperature must be finite and >= 0, got {}", self.temperature)));
+            return Err(ModelError::Input(format!(
+                "temperature must be finite and >= 0, got {}",
+                self.temperature
+            )));
         }
         if let Some(p) = self.top_p {
             if !(p > 0.0 && p <= 1.0) {
-                return Err(ModelError::Input(format!("top_p must be in (0, 1], got {p}")));
+                return Err(ModelError::Input(format!(
+                    "top_p must be in (0, 1], got {p}"
+                )));
             }
         }
         Ok(())
@@ -46,7 +59,12 @@ impl SamplingConfig {
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new token
 /// as soon as it is chosen (return false from it to stop early). Returns the new tokens.
-pub fn generate(model: &Llama, prompt: &[u32], cfg: &SamplingConfig, mut on_token: impl FnMut(u32) -> bool) -> Result<Vec<u32>> {
+pub fn generate(
+    model: &Llama,
+    prompt: &[u32],
+    cfg: &SamplingConfig,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
     cfg.validate()?;
     if prompt.is_empty() {
         return Err(ModelError::Input("the prompt has no tokens".into()));
@@ -59,7 +77,11 @@ pub fn generate(model: &Llama, prompt: &[u32], cfg: &SamplingConfig, mut on_toke
     // With a cache, the first step feeds the prompt; later steps feed only the newest token.
     let mut feed = prompt.to_vec();
     while out.len() < cfg.max_new_tokens && tokens.len() < max_len {
-        let logits = if cfg.use_cache { last_logits(model, &feed, Some(&mut cache))? } else { last_logits(model, &tokens, None)? };
+        let logits = if cfg.use_cache {
+            last_logits(model, &feed, Some(&mut cache))?
+        } else {
+            last_logits(model, &tokens, None)?
+        };
         let next = pick(&logits, cfg, &mut rng);
         if cfg.stop_tokens.contains(&next) {
             break;
@@ -95,7 +117,10 @@ pub fn pick(logits: &[f32], cfg: &SamplingConfig, rng: &mut Rng) -> u32 {
         order.truncate(k);
     }
     let max = logits[order[0]] as f64;
-    let mut probs: Vec<f64> = order.iter().map(|&i| ((logits[i] as f64 - max) / cfg.temperature as f64).exp()).collect();
+    let mut probs: Vec<f64> = order
+        .iter()
+        .map(|&i| ((logits[i] as f64 - max) / cfg.temperature as f64).exp())
+        .collect();
     let total: f64 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     if let Some(p) = cfg.top_p.filter(|&p| p < 1.0) {

@@ -5,20 +5,22 @@
 
 pub use hydralora_engine as engine;
 
+pub mod adapter;
 pub mod config;
+pub mod error;
 pub mod generate;
 pub mod linear;
 pub mod llama;
-pub mod error;
 pub mod tokenizer;
 pub mod verify;
 pub mod weights;
 
+pub use adapter::{AdapterConfig, Method};
+pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
+pub use error::{ModelError, Result};
 pub use generate::{generate, SamplingConfig};
 pub use linear::{Adapter, Linear};
 pub use llama::{KvCache, Layer, Llama, TARGET_MODULES};
-pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
-pub use error::{ModelError, Result};
 pub use tokenizer::{DecodeStream, Tokenizer};
 pub use weights::{
     llama_tensor_shapes, save_checkpoint, write_atomically, write_safetensors, Checkpoint,

@@ -9,7 +9,9 @@
 //! ```
 //! LoRA is N = 1 with no router (z = h).
 
-use hydralora_engine::{gate_expand, Result, Tensor};
+use std::sync::{Arc, Mutex};
+
+use hydralora_engine::{gate_expand, top_k_mask, Result, Tensor};
 
 /// The trainable part of an adapted linear layer.
 #[derive(Clone, Debug)]
@@ -18,6 +20,12 @@ pub struct Adapter {
     pub b: Tensor,              // [d_out, N r]: the N heads B_i side by side
     pub router: Option<Tensor>, // [N, d_in], None for LoRA
     pub scale: f32,             // alpha / r, or alpha / sqrt(r) with rsLoRA
+    /// Route each token to its k best heads only (softmax renormalised over them).
+    pub top_k: Option<usize>,
+    /// The gates of the last forward ([T, N], graph included), kept when `record_gates` is
+    /// set: router statistics and the load-balancing loss read them.
+    pub last_gates: Arc<Mutex<Option<Tensor>>>,
+    pub record_gates: bool,
 }
 
 impl Adapter {
@@ -37,9 +45,24 @@ impl Adapter {
         p
     }
 
-    /// Routing weights g = softmax(x Wg^T), [T, N]; None for LoRA.
+    /// Routing weights g = softmax(x Wg^T), [T, N] (renormalised over the top k heads when
+    /// set); None for LoRA.
     pub fn gates(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        self.router.as_ref().map(|wg| x.matmul_nt(wg)?.softmax()).transpose()
+        let Some(wg) = &self.router else {
+            return Ok(None);
+        };
+        let g = x.matmul_nt(wg)?.softmax()?; // [T, N]
+        let g = match self.top_k {
+            Some(k) if k < wg.dim(0) => {
+                let kept = g.mul(&top_k_mask(&g, k)?)?; // [T, N], zeros outside the top k
+                kept.div(&kept.sum_keepdim(1)?)?
+            }
+            _ => g,
+        };
+        if self.record_gates {
+            *self.last_gates.lock().unwrap_or_else(|e| e.into_inner()) = Some(g.clone());
+        }
+        Ok(Some(g))
     }
 
     /// scale * z Bs^T for x [T, d_in]: the adapter's addition to the layer output.
@@ -62,7 +85,10 @@ pub struct Linear {
 
 impl Linear {
     pub fn new(weight: Tensor) -> Self {
-        Linear { weight, adapter: None }
+        Linear {
+            weight,
+            adapter: None,
+        }
     }
 
     pub fn d_in(&self) -> usize {

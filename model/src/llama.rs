@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use hydralora_engine::{causal_attention, embedding_parts, no_grad, rope, Device, RopeTables, Tensor, IGNORE_INDEX};
+use hydralora_engine::{
+    causal_attention, embedding_parts, no_grad, rope, Device, RopeTables, Tensor, IGNORE_INDEX,
+};
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -12,7 +14,15 @@ use crate::linear::Linear;
 use crate::weights::Checkpoint;
 
 /// The seven linear layers an adapter can target, in Hugging Face module names.
-pub const TARGET_MODULES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+pub const TARGET_MODULES: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
 
 /// One decoder layer's weights.
 #[derive(Debug)]
@@ -58,7 +68,11 @@ impl Layer {
 
     /// The Hugging Face prefix of a module of layer `i`, e.g. `model.layers.0.mlp.up_proj`.
     pub fn module_path(i: usize, module: &str) -> String {
-        let block = if ["gate_proj", "up_proj", "down_proj"].contains(&module) { "mlp" } else { "self_attn" };
+        let block = if ["gate_proj", "up_proj", "down_proj"].contains(&module) {
+            "mlp"
+        } else {
+            "self_attn"
+        };
         format!("model.layers.{i}.{block}.{module}")
     }
 }
@@ -76,7 +90,10 @@ impl KvCache {
 
     /// Tokens cached so far (S).
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |(k, _)| k.dim(2))
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dim(2))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -107,7 +124,9 @@ pub struct Llama {
     pub norm: Tensor, // [H]
     /// lm_head split by rows like `embed` (the same tensors when tied).
     pub lm_head: Vec<Tensor>, // parts of [V, H]
-    inv_freq: Vec<f64>,       // [hd / 2]
+    inv_freq: Vec<f64>, // [hd / 2]
+    /// The settings of the attached adapter, if any (see [`crate::adapter`]).
+    pub adapter: Option<crate::adapter::AdapterConfig>,
 }
 
 impl Llama {
@@ -121,16 +140,28 @@ impl Llama {
     }
 
     /// Builds the model from a source of named f32 tensors (checked against `shape`).
-    pub fn from_tensors(device: &Device, config: LlamaConfig, mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>) -> Result<Llama> {
+    pub fn from_tensors(
+        device: &Device,
+        config: LlamaConfig,
+        mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+    ) -> Result<Llama> {
         config.validate()?;
-        let (h, i, v) = (config.hidden_size, config.intermediate_size, config.vocab_size);
+        let (h, i, v) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.vocab_size,
+        );
         let (q, kv) = (config.q_dim(), config.kv_dim());
         let embed = split_rows(device, &get("model.embed_tokens.weight", &[v, h])?, v, h)?;
-        let mut tensor = |name: &str, shape: &[usize]| -> Result<Tensor> { Ok(Tensor::from_slice(device, &get(name, shape)?, shape)?) };
+        let mut tensor = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            Ok(Tensor::from_slice(device, &get(name, shape)?, shape)?)
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
-            let mut lin = |s: &str, shape: &[usize]| -> Result<Linear> { Ok(Linear::new(tensor(&p(s), shape)?)) };
+            let mut lin = |s: &str, shape: &[usize]| -> Result<Linear> {
+                Ok(Linear::new(tensor(&p(s), shape)?))
+            };
             layers.push(Layer {
                 q_proj: lin("self_attn.q_proj.weight", &[q, h])?,
                 k_proj: lin("self_attn.k_proj.weight", &[kv, h])?,
@@ -151,7 +182,16 @@ impl Llama {
             split_rows(device, &get("lm_head.weight", &[v, h])?, v, h)?
         };
         let inv_freq = config.inv_freq();
-        Ok(Llama { config, device: device.clone(), embed, layers, norm, lm_head, inv_freq })
+        Ok(Llama {
+            config,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            adapter: None,
+        })
     }
 
     pub fn device(&self) -> &Device {
@@ -160,7 +200,12 @@ impl Llama {
 
     /// Logits [B, T, V] for token ids [B, T] (row-major in `ids`). With a cache, the tokens
     /// continue the cached ones (positions start at the cache length) and are appended to it.
-    pub fn forward(&self, ids: &[u32], batch: usize, cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let hidden = self.hidden_states(ids, batch, cache)?; // [B T, H]
         let t = ids.len() / batch;
         let logits = self.project_vocab(&hidden)?; // [B T, V]
@@ -168,13 +213,24 @@ impl Llama {
     }
 
     /// The final normed hidden states [B T, H].
-    pub fn hidden_states(&self, ids: &[u32], batch: usize, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+    pub fn hidden_states(
+        &self,
+        ids: &[u32],
+        batch: usize,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
-            return Err(ModelError::Input(format!("{} token ids do not split into {batch} sequences of equal length", ids.len())));
+            return Err(ModelError::Input(format!(
+                "{} token ids do not split into {batch} sequences of equal length",
+                ids.len()
+            )));
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(ModelError::Input(format!("token id {bad} is outside the vocabulary of {} tokens", c.vocab_size)));
+            return Err(ModelError::Input(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab_size
+            )));
         }
         let t = ids.len() / batch;
         let past = cache.as_ref().map_or(0, |c| c.len());
@@ -184,23 +240,58 @@ impl Llama {
         let mut x = embedding_parts(&self.embed, &ids_t)?; // [B T, H]
         for (l, layer) in self.layers.iter().enumerate() {
             let h = x.rms_norm(&layer.input_norm, c.rms_norm_eps as f32)?;
-            let attn = self.attention(layer, &h, batch, t, &tables, cache.as_deref_mut().map(|c| (c, l)))?;
+            let attn = self.attention(
+                layer,
+                &h,
+                batch,
+                t,
+                &tables,
+                cache.as_deref_mut().map(|c| (c, l)),
+            )?;
             x = x.add(&attn)?;
             let h = x.rms_norm(&layer.post_norm, c.rms_norm_eps as f32)?;
-            let mlp = layer.down_proj.forward(&layer.gate_proj.forward(&h)?.silu()?.mul(&layer.up_proj.forward(&h)?)?)?;
+            let mlp = layer.down_proj.forward(
+                &layer
+                    .gate_proj
+                    .forward(&h)?
+                    .silu()?
+                    .mul(&layer.up_proj.forward(&h)?)?,
+            )?;
             x = x.add(&mlp)?;
         }
         Ok(x.rms_norm(&self.norm, c.rms_norm_eps as f32)?)
     }
 
     /// Self-attention of one layer: h [B T, H] -> [B T, H].
-    fn attention(&self, layer: &Layer, h: &Tensor, b: usize, t: usize, tables: &RopeTables, cache: Option<(&mut KvCache, usize)>) -> Result<Tensor> {
+    fn attention(
+        &self,
+        layer: &Layer,
+        h: &Tensor,
+        b: usize,
+        t: usize,
+        tables: &RopeTables,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
         // Project, rotate in [B, T, heads, hd] (table row = token), then heads first.
-        let q = rope(&layer.q_proj.forward(h)?.reshape(&[b, t, nh, hd])?, tables, nh)?.transpose(1, 2)?; // [B, nh, T, hd]
-        let k = rope(&layer.k_proj.forward(h)?.reshape(&[b, t, nkv, hd])?, tables, nkv)?.transpose(1, 2)?; // [B, nkv, T, hd]
-        let v = layer.v_proj.forward(h)?.reshape(&[b, t, nkv, hd])?.transpose(1, 2)?; // [B, nkv, T, hd]
+        let q = rope(
+            &layer.q_proj.forward(h)?.reshape(&[b, t, nh, hd])?,
+            tables,
+            nh,
+        )?
+        .transpose(1, 2)?; // [B, nh, T, hd]
+        let k = rope(
+            &layer.k_proj.forward(h)?.reshape(&[b, t, nkv, hd])?,
+            tables,
+            nkv,
+        )?
+        .transpose(1, 2)?; // [B, nkv, T, hd]
+        let v = layer
+            .v_proj
+            .forward(h)?
+            .reshape(&[b, t, nkv, hd])?
+            .transpose(1, 2)?; // [B, nkv, T, hd]
         let (k, v) = match cache {
             Some((cache, l)) => cache.extend(l, k, v)?, // [B, nkv, S, hd]
             None => (k, v),
@@ -212,8 +303,16 @@ impl Llama {
 
     /// logits = hidden lm_head^T, [N, V], part by part when lm_head is split.
     pub fn project_vocab(&self, hidden: &Tensor) -> Result<Tensor> {
-        let parts: Vec<Tensor> = self.lm_head.iter().map(|w| hidden.matmul_nt(w)).collect::<hydralora_engine::Result<_>>()?;
-        Ok(if parts.len() == 1 { parts.into_iter().next().expect("one part") } else { Tensor::concat(&parts, 1)? })
+        let parts: Vec<Tensor> = self
+            .lm_head
+            .iter()
+            .map(|w| hidden.matmul_nt(w))
+            .collect::<hydralora_engine::Result<_>>()?;
+        Ok(if parts.len() == 1 {
+            parts.into_iter().next().expect("one part")
+        } else {
+            Tensor::concat(&parts, 1)?
+        })
     }
 
     /// The causal-LM loss with the `transformers` convention: logits at t predict labels at
@@ -222,14 +321,26 @@ impl Llama {
     pub fn causal_lm_loss(&self, logits: &Tensor, labels: &[i32]) -> Result<Tensor> {
         let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
         if labels.len() != b * t {
-            return Err(ModelError::Input(format!("{} labels for logits of shape {:?}", labels.len(), logits.shape())));
+            return Err(ModelError::Input(format!(
+                "{} labels for logits of shape {:?}",
+                labels.len(),
+                logits.shape()
+            )));
         }
-        if let Some(&bad) = labels.iter().find(|&&l| l != IGNORE_INDEX && (l < 0 || l as usize >= v)) {
-            return Err(ModelError::Input(format!("label {bad} is outside the vocabulary of {v} tokens (and is not -100)")));
+        if let Some(&bad) = labels
+            .iter()
+            .find(|&&l| l != IGNORE_INDEX && (l < 0 || l as usize >= v))
+        {
+            return Err(ModelError::Input(format!(
+                "label {bad} is outside the vocabulary of {v} tokens (and is not -100)"
+            )));
         }
         let shifted = shift_labels(labels, b, t);
         let labels_t = Tensor::from_i32(&self.device, &shifted, &[b * t])?;
-        Ok(hydralora_engine::cross_entropy(&logits.reshape(&[b * t, v])?, &labels_t)?)
+        Ok(hydralora_engine::cross_entropy(
+            &logits.reshape(&[b * t, v])?,
+            &labels_t,
+        )?)
     }
 
     /// Logits under `no_grad`, for inference.
@@ -255,7 +366,11 @@ fn split_rows(device: &Device, data: &[f32], rows: usize, cols: usize) -> Result
     let mut start = 0;
     while start < rows {
         let n = rows_per_part.min(rows - start);
-        parts.push(Tensor::from_slice(device, &data[start * cols..(start + n) * cols], &[n, cols])?);
+        parts.push(Tensor::from_slice(
+            device,
+            &data[start * cols..(start + n) * cols],
+            &[n, cols],
+        )?);
         start += n;
     }
     Ok(parts)

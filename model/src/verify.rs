@@ -31,34 +31,46 @@ impl Check {
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let verdict = if self.passed() { "pass" } else { "FAIL" };
-        write!(f, "{:<14} {:<44} {:>11.3e} {:>11.3e}  {verdict}", self.case, self.name, self.error, self.tolerance)
+        write!(
+            f,
+            "{:<14} {:<44} {:>11.3e} {:>11.3e}  {verdict}",
+            self.case, self.name, self.error, self.tolerance
+        )
     }
 }
 
 /// `$HYDRALORA_FIXTURES` if set, else `default`.
 pub fn fixtures_root(default: impl AsRef<Path>) -> PathBuf {
-    std::env::var_os(FIXTURES_ENV).map(PathBuf::from).unwrap_or_else(|| default.as_ref().to_path_buf())
+    std::env::var_os(FIXTURES_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default.as_ref().to_path_buf())
 }
 
 /// Every case folder under `root` (a folder with `config.json` and `expected.safetensors`),
 /// sorted by name. An empty or missing folder is an error: a check that checks nothing
 /// must not pass.
 pub fn find_cases(root: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(root).map_err(|e| ModelError::io("read the fixtures folder", root, e))?;
+    let entries =
+        std::fs::read_dir(root).map_err(|e| ModelError::io("read the fixtures folder", root, e))?;
     let mut cases: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("config.json").is_file() && p.join("expected.safetensors").is_file())
         .collect();
     cases.sort();
     if cases.is_empty() {
-        return Err(ModelError::Input(format!("no fixture cases (folders with config.json and expected.safetensors) in `{}`", root.display())));
+        return Err(ModelError::Input(format!(
+            "no fixture cases (folders with config.json and expected.safetensors) in `{}`",
+            root.display()
+        )));
     }
     Ok(cases)
 }
 
 /// The fixtures' tolerance for logits and loss: max |a - b| <= 1e-4 max(1, max |b|).
 pub fn value_tolerance(reference: &[f32]) -> f64 {
-    1e-4 * reference.iter().fold(1.0f64, |m, &x| m.max((x as f64).abs()))
+    1e-4 * reference
+        .iter()
+        .fold(1.0f64, |m, &x| m.max((x as f64).abs()))
 }
 
 /// max |a - b| (infinite when a NaN appears or the lengths differ).
@@ -66,7 +78,16 @@ pub fn max_abs_error(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
-    a.iter().zip(b).map(|(&x, &y)| ((x as f64) - (y as f64)).abs()).fold(0.0, |m, d| if d.is_nan() || m.is_nan() { f64::NAN } else { m.max(d) })
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| ((x as f64) - (y as f64)).abs())
+        .fold(0.0, |m, d| {
+            if d.is_nan() || m.is_nan() {
+                f64::NAN
+            } else {
+                m.max(d)
+            }
+        })
 }
 
 /// ||a - b|| / ||b|| (the fixtures' gradient measure).
@@ -74,7 +95,11 @@ pub fn relative_l2_error(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
-    let diff: f64 = a.iter().zip(b).map(|(&x, &y)| ((x - y) as f64).powi(2)).sum();
+    let diff: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| ((x - y) as f64).powi(2))
+        .sum();
     let norm: f64 = b.iter().map(|&y| (y as f64).powi(2)).sum();
     (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
 }
@@ -88,7 +113,10 @@ pub struct CaseInputs {
 }
 
 pub fn case_name(case: &Path) -> String {
-    case.file_name().map_or_else(|| case.display().to_string(), |n| n.to_string_lossy().into_owned())
+    case.file_name().map_or_else(
+        || case.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Reads `input_ids` and `labels` from a case's `expected.safetensors`.
@@ -97,10 +125,21 @@ pub fn case_inputs(case: &Path) -> Result<CaseInputs> {
     let (shape, ids) = expected.read_i32("input_ids")?;
     let (_, labels) = expected.read_i32("labels")?;
     if shape.len() != 2 || labels.len() != ids.len() {
-        return Err(ModelError::Input(format!("`{}`: input_ids must be [B, T] and labels the same shape", case.display())));
+        return Err(ModelError::Input(format!(
+            "`{}`: input_ids must be [B, T] and labels the same shape",
+            case.display()
+        )));
     }
-    let ids = ids.iter().map(|&i| u32::try_from(i).map_err(|_| ModelError::Input(format!("negative token id {i}")))).collect::<Result<_>>()?;
-    Ok(CaseInputs { ids, labels, batch: shape[0], seq: shape[1] })
+    let ids = ids
+        .iter()
+        .map(|&i| u32::try_from(i).map_err(|_| ModelError::Input(format!("negative token id {i}"))))
+        .collect::<Result<_>>()?;
+    Ok(CaseInputs {
+        ids,
+        labels,
+        batch: shape[0],
+        seq: shape[1],
+    })
 }
 
 /// The base model's logits and loss against the case's `expected.safetensors`.
@@ -114,10 +153,194 @@ pub fn check_base_model(device: &Device, case: &Path) -> Result<Vec<Check>> {
         let loss = model.causal_lm_loss(&logits, &inputs.labels)?;
         Ok((logits.to_vec_f32()?, loss.to_vec_f32()?))
     })?;
-    Ok(vec![value_check(&name, "base logits", &logits, &expected.read_f32("logits")?.1), value_check(&name, "base loss", &loss, &expected.read_f32("loss")?.1)])
+    Ok(vec![
+        value_check(
+            &name,
+            "base logits",
+            &logits,
+            &expected.read_f32("logits")?.1,
+        ),
+        value_check(&name, "base loss", &loss, &expected.read_f32("loss")?.1),
+    ])
 }
 
 /// A logits- or loss-style check (max abs error within the value tolerance).
 pub fn value_check(case: &str, name: &str, got: &[f32], reference: &[f32]) -> Check {
-    Check { case: case.into(), name: name.into(), error: max_abs_error(got, reference), tolerance: value_tolerance(reference) }
+    Check {
+        case: case.into(),
+        name: name.into(),
+        error: max_abs_error(got, reference),
+        tolerance: value_tolerance(reference),
+    }
+}
+
+/// The adapter folders of a case: subfolders with `adapter_config.json` and `expected.safetensors`.
+pub fn adapter_dirs(case: &Path) -> Result<Vec<PathBuf>> {
+    let entries =
+        std::fs::read_dir(case).map_err(|e| ModelError::io("read the case folder", case, e))?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.join(crate::adapter::ADAPTER_CONFIG_FILE).is_file()
+                && p.join("expected.safetensors").is_file()
+        })
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The optimizer of a fixture's AdamW curve: `fixture.json`'s `adamw` when the adapter folder
+/// has one, else the fixtures README's (lr 1e-2, betas 0.9/0.999, eps 1e-8, decay 0.01).
+pub fn fixture_adamw(adapter_dir: &Path) -> Result<(hydralora_engine::AdamWConfig, usize)> {
+    let mut cfg = hydralora_engine::AdamWConfig {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let mut steps = 10;
+    let path = adapter_dir.join("fixture.json");
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io("read", &path, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::json(&path, &e))?;
+        if let Some(a) = v.get("adamw") {
+            let num = |k: &str, d: f32| {
+                a.get(k)
+                    .and_then(serde_json::Value::as_f64)
+                    .map_or(d, |x| x as f32)
+            };
+            cfg.lr = num("lr", cfg.lr);
+            cfg.eps = num("eps", cfg.eps);
+            cfg.weight_decay = num("weight_decay", cfg.weight_decay);
+            if let Some([b1, b2]) = a
+                .get("betas")
+                .and_then(|b| b.as_array())
+                .map(|b| {
+                    b.iter()
+                        .filter_map(serde_json::Value::as_f64)
+                        .collect::<Vec<_>>()
+                })
+                .as_deref()
+            {
+                (cfg.beta1, cfg.beta2) = (*b1 as f32, *b2 as f32);
+            }
+            steps = a
+                .get("steps")
+                .and_then(serde_json::Value::as_u64)
+                .map_or(steps, |s| s as usize);
+        }
+    }
+    Ok((cfg, steps))
+}
+
+/// Logits, loss, every adapter gradient and the AdamW loss curve of one adapter folder.
+pub fn check_adapter(device: &Device, case: &Path, adapter_dir: &Path) -> Result<Vec<Check>> {
+    use crate::adapter::{adapter_tensors, load_adapter, read_adapter_tensor, trainable_params};
+    let name = format!("{}/{}", case_name(case), case_name(adapter_dir));
+    let inputs = case_inputs(case)?;
+    let expected = WeightFile::open(adapter_dir.join("expected.safetensors"))?;
+    let mut model = Llama::load(device, case)?;
+    load_adapter(&mut model, adapter_dir)?;
+
+    let logits = model.forward(&inputs.ids, inputs.batch, None)?;
+    let loss = model.causal_lm_loss(&logits, &inputs.labels)?;
+    let mut checks = vec![
+        value_check(
+            &name,
+            "adapter logits",
+            &logits.to_vec_f32()?,
+            &expected.read_f32("logits")?.1,
+        ),
+        value_check(
+            &name,
+            "adapter loss",
+            &loss.to_vec_f32()?,
+            &expected.read_f32("loss")?.1,
+        ),
+    ];
+    let grads = loss.backward()?;
+    let tensors = adapter_tensors(&model);
+    let (mut worst, mut worst_key) = (0.0f64, String::new());
+    for t in &tensors {
+        // PEFT names live parameters `...lora_A.default.weight`; the HydraLoRA fixtures use the file key.
+        let peft_key = format!("grad.{}", t.key.replace(".weight", ".default.weight"));
+        let key = if expected.contains(&peft_key) {
+            peft_key
+        } else {
+            format!("grad.{}", t.key)
+        };
+        let reference = expected.read_f32(&key)?.1;
+        let got = match grads.get(t.param) {
+            Some(g) => read_adapter_tensor(t, g)?,
+            None => vec![0.0; reference.len()],
+        };
+        let err = relative_l2_error(&got, &reference);
+        if !(err <= worst) {
+            (worst, worst_key) = (err, t.key.clone());
+        }
+    }
+    checks.push(Check {
+        case: name.clone(),
+        name: format!(
+            "{} grads, worst rel-L2 ({})",
+            tensors.len(),
+            short_key(&worst_key)
+        ),
+        error: worst,
+        tolerance: 1e-4,
+    });
+
+    // The AdamW curve from the adapter as loaded: the loss before each step, same batch.
+    drop(grads);
+    let mut model = Llama::load(device, case)?;
+    load_adapter(&mut model, adapter_dir)?;
+    let (adamw, steps) = fixture_adamw(adapter_dir)?;
+    let params = trainable_params(&model);
+    let mut opt = hydralora_engine::AdamW::new(adamw);
+    let mut curve = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let logits = model.forward(&inputs.ids, inputs.batch, None)?;
+        let loss = model.causal_lm_loss(&logits, &inputs.labels)?;
+        let grads = loss.backward()?;
+        curve.push(loss.to_scalar()?);
+        opt.step(&params, &grads)?;
+    }
+    let reference = expected.read_f32("adamw_losses")?.1;
+    let rel = if curve.len() == reference.len() {
+        curve
+            .iter()
+            .zip(&reference)
+            .map(|(&a, &b)| ((a - b) as f64).abs() / (b as f64).abs().max(f64::MIN_POSITIVE))
+            .fold(0.0, f64::max)
+    } else {
+        f64::INFINITY
+    };
+    checks.push(Check {
+        case: name,
+        name: format!("{steps}-step AdamW losses, max rel"),
+        error: rel,
+        tolerance: 5e-4,
+    });
+    Ok(checks)
+}
+
+/// `layers.0.mlp.up_proj.lora_A` from a full key, for narrow tables.
+fn short_key(key: &str) -> String {
+    key.trim_start_matches("base_model.model.model.")
+        .trim_end_matches(".weight")
+        .to_string()
+}
+
+/// Every check of every case under `root`: the base model, then each adapter folder.
+pub fn check_all(device: &Device, root: &Path) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    for case in find_cases(root)? {
+        checks.extend(check_base_model(device, &case)?);
+        for adapter in adapter_dirs(&case)? {
+            checks.extend(check_adapter(device, &case, &adapter)?);
+        }
+    }
+    Ok(checks)
 }

@@ -503,24 +503,24 @@ pub fn write_safetensors(
     metadata: &[(&str, &str)],
 ) -> Result<()> {
     let path = path.as_ref();
-    let header = safetensors_header(path, tensors, metadata)?;
-    let mut order: Vec<&(String, Vec<usize>, &[f32])> = tensors.iter().collect();
-    order.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut sorted: Vec<&(String, Vec<usize>, &[f32])> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let header = safetensors_header(path, &sorted, metadata)?;
     write_atomically(path, |out| {
         out.write_all(&(header.len() as u64).to_le_bytes())?;
         out.write_all(&header)?;
-        for (_, _, data) in order {
+        for (_, _, data) in sorted {
             write_f32_le(out, data)?;
         }
         Ok(())
     })
 }
 
-/// The JSON header of a safetensors file of f32 tensors, padded with spaces to a multiple of
-/// 8 bytes so that the data section is aligned.
+/// The JSON header of a safetensors file of f32 tensors (`sorted` by name, in file order),
+/// padded with spaces to a multiple of 8 bytes so that the data section is aligned.
 fn safetensors_header(
     path: &Path,
-    tensors: &[(String, Vec<usize>, &[f32])],
+    sorted: &[&(String, Vec<usize>, &[f32])],
     metadata: &[(&str, &str)],
 ) -> Result<Vec<u8>> {
     let invalid = |tensor: &str, why: String| ModelError::InvalidTensor {
@@ -528,9 +528,6 @@ fn safetensors_header(
         file: path.to_path_buf(),
         why,
     };
-    let mut sorted: Vec<&(String, Vec<usize>, &[f32])> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-
     let mut infos = Vec::with_capacity(sorted.len());
     let mut offset = 0usize;
     for (i, (name, shape, data)) in sorted.iter().enumerate() {
@@ -539,10 +536,11 @@ fn safetensors_header(
         }
         let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         if elements != Some(data.len()) {
+            let holds = elements.map_or("too many".to_string(), |n| n.to_string());
             return Err(invalid(
                 name,
                 format!(
-                    "it has {} values but shape {shape:?} holds {elements:?}",
+                    "it has {} values but shape {shape:?} holds {holds}",
                     data.len()
                 ),
             ));
@@ -605,7 +603,7 @@ pub fn save_checkpoint(
     fs::create_dir_all(dir).map_err(|e| ModelError::io("create the folder", dir, e))?;
     write_safetensors(&weights_path, tensors, &[])?;
     let config_text = config.to_json_string();
-    write_atomically(&dir.join(CONFIG_FILE), |out| {
+    write_atomically(dir.join(CONFIG_FILE), |out| {
         out.write_all(config_text.as_bytes())
     })
 }

@@ -451,7 +451,7 @@ fn generation_config_is_optional_and_reads_every_field() {
 /// Llama 3 RoPE scaling, `head_dim` 8, theta 500000, factor 8, low 1, high 4, original 8192,
 /// worked by hand from `transformers`' `_compute_llama3_parameters`:
 ///
-/// - `inv_freq[i] = 500000^(-2i/8)`: 1, 0.037606030930863934, 0.001414213562373095,
+/// - `inv_freq[i] = 500000^(-2i/8)`: 1, 0.03760603093086393, 0.001414213562373095,
 ///   5.318295896944989e-5; `wavelen = 2*pi / inv_freq`: 6.28, 167.08, 4442.88, 118142.83;
 /// - `low_freq_wavelen = 8192 / 1 = 8192`, `high_freq_wavelen = 8192 / 4 = 2048`;
 /// - i = 0, 1: wavelen < 2048, kept;
@@ -460,7 +460,7 @@ fn generation_config_is_optional_and_reads_every_field() {
 ///   `(1 - smooth) * inv / 8 + smooth * inv = 5.248461609929547e-4`.
 const LLAMA3_INV_FREQ: [f64; 4] = [
     1.0,
-    0.037606030930863934,
+    0.03760603093086393,
     5.248461609929547e-4,
     6.647869871181236e-6,
 ];
@@ -918,7 +918,7 @@ fn a_failed_write_leaves_the_previous_file_and_no_temporary_file() {
     let bad = [("a".to_string(), vec![2, 2], &data[..])];
     assert_err_mentions(
         write_safetensors(&path, &bad, &[]),
-        &["`a`", "3 values", "[2, 2]", "adapter.safetensors"],
+        &["`a`", "3 values", "[2, 2] holds 4", "adapter.safetensors"],
     );
     let twice = [
         ("a".to_string(), vec![3], &data[..]),

@@ -43,9 +43,19 @@ impl UnaryKind {
 pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
     if rank > MAX_RANK {
-        return Err(Error::InvalidArgument { op, shape: a.to_vec(), why: format!("rank above {MAX_RANK}") });
+        return Err(Error::InvalidArgument {
+            op,
+            shape: a.to_vec(),
+            why: format!("rank above {MAX_RANK}"),
+        });
     }
-    let dim = |s: &[usize], d: usize| if d < rank - s.len() { 1 } else { s[d - (rank - s.len())] };
+    let dim = |s: &[usize], d: usize| {
+        if d < rank - s.len() {
+            1
+        } else {
+            s[d - (rank - s.len())]
+        }
+    };
     (0..rank)
         .map(|d| match (dim(a, d), dim(b, d)) {
             (x, y) if x == y => Ok(x),
@@ -66,7 +76,13 @@ fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
     let own = contiguous_strides(shape);
     let lead = out_shape.len() - shape.len();
     (0..out_shape.len())
-        .map(|d| if d < lead || shape[d - lead] == 1 { 0 } else { own[d - lead] })
+        .map(|d| {
+            if d < lead || shape[d - lead] == 1 {
+                0
+            } else {
+                own[d - lead]
+            }
+        })
         .collect()
 }
 
@@ -96,7 +112,14 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor>
         &[out.binding()],
         grid(a.device(), numel, 256),
     );
-    Ok(out.with_op(|| Op::Binary { a: a.clone(), b: b.clone(), kind }, &[a, b]))
+    Ok(out.with_op(
+        || Op::Binary {
+            a: a.clone(),
+            b: b.clone(),
+            kind,
+        },
+        &[a, b],
+    ))
 }
 
 pub(crate) fn unary(x: &Tensor, kind: UnaryKind) -> Result<Tensor> {
@@ -115,7 +138,12 @@ pub(crate) fn unary(x: &Tensor, kind: UnaryKind) -> Result<Tensor> {
 }
 
 /// dx for y = f(x), given the upstream gradient dy.
-pub(crate) fn unary_backward(x: &Tensor, y: &Tensor, dy: &Tensor, kind: UnaryKind) -> Result<Tensor> {
+pub(crate) fn unary_backward(
+    x: &Tensor,
+    y: &Tensor,
+    dy: &Tensor,
+    kind: UnaryKind,
+) -> Result<Tensor> {
     let dx = Tensor::empty(x.device(), x.shape(), DType::F32)?;
     let (code, scalar) = kind.code();
     x.device().dispatch(

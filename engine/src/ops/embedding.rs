@@ -10,13 +10,23 @@ use crate::tensor::{DType, Tensor};
 /// An id outside the table gives a row of zeros (check ids from users before).
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let out = embedding_parts(std::slice::from_ref(table), ids)?;
-    Ok(out.with_op(|| Op::Embedding { table: table.clone(), ids: ids.clone() }, &[table]))
+    Ok(out.with_op(
+        || Op::Embedding {
+            table: table.clone(),
+            ids: ids.clone(),
+        },
+        &[table],
+    ))
 }
 
 /// [`embedding`] from a table split by rows into parts (each [rows_i, dim], in order), for
 /// tables larger than one kernel binding. Not differentiable: frozen tables only.
 pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
-    let first = parts.first().ok_or(Error::InvalidArgument { op: "embedding", shape: vec![], why: "no table".into() })?;
+    let first = parts.first().ok_or(Error::InvalidArgument {
+        op: "embedding",
+        shape: vec![],
+        why: "no table".into(),
+    })?;
     ids.expect_dtype("embedding", DType::U32, "u32 ids")?;
     let dim = *first.shape().last().unwrap_or(&0);
     for part in parts {
@@ -24,7 +34,11 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
         part.expect_same_device("embedding", ids)?;
         part.expect_bindable("embedding")?;
         if part.rank() != 2 || part.dim(1) != dim {
-            return Err(Error::InvalidArgument { op: "embedding", shape: part.shape().to_vec(), why: "the table must be [vocab, dim]".into() });
+            return Err(Error::InvalidArgument {
+                op: "embedding",
+                shape: part.shape().to_vec(),
+                why: "the table must be [vocab, dim]".into(),
+            });
         }
     }
     let dev = first.device();
@@ -36,7 +50,12 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
         dev.dispatch(
             &shaders::EMBEDDING,
             "gather",
-            &[ids.numel() as u32, dim as u32, part.dim(0) as u32, row_offset as u32],
+            &[
+                ids.numel() as u32,
+                dim as u32,
+                part.dim(0) as u32,
+                row_offset as u32,
+            ],
             &[part.binding(), ids.binding()],
             &[out.binding()],
             grid(dev, out.numel(), 256),
@@ -47,7 +66,11 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
 }
 
 /// d table: the rows of `dy` added into the rows their ids name, in a fixed order.
-pub(crate) fn embedding_backward(table_shape: &[usize], ids: &Tensor, dy: &Tensor) -> Result<Tensor> {
+pub(crate) fn embedding_backward(
+    table_shape: &[usize],
+    ids: &Tensor,
+    dy: &Tensor,
+) -> Result<Tensor> {
     let dev = dy.device();
     let (vocab, dim) = (table_shape[0], table_shape[1]);
     let ids_host = ids.to_vec_u32()?;
@@ -83,7 +106,12 @@ pub(crate) fn embedding_backward(table_shape: &[usize], ids: &Tensor, dy: &Tenso
         &shaders::EMBEDDING_BACKWARD,
         "scatter_add",
         &[uniq.len() as u32, dim as u32],
-        &[dy.binding(), uniq_t.binding(), offsets_t.binding(), positions_t.binding()],
+        &[
+            dy.binding(),
+            uniq_t.binding(),
+            offsets_t.binding(),
+            positions_t.binding(),
+        ],
         &[dtable.binding()],
         grid(dev, uniq.len() * dim, 256),
     );

@@ -30,11 +30,21 @@ pub fn gate_expand(g: &Tensor, h: &Tensor) -> Result<Tensor> {
         &[z.binding()],
         grid(g.device(), t * n * r, 256),
     );
-    Ok(z.with_op(|| Op::GateExpand { g: g.clone(), h: h.clone() }, &[g, h]))
+    Ok(z.with_op(
+        || Op::GateExpand {
+            g: g.clone(),
+            h: h.clone(),
+        },
+        &[g, h],
+    ))
 }
 
 /// (dg, dh) of the gate expansion.
-pub(crate) fn gate_expand_backward(g: &Tensor, h: &Tensor, dz: &Tensor) -> Result<(Tensor, Tensor)> {
+pub(crate) fn gate_expand_backward(
+    g: &Tensor,
+    h: &Tensor,
+    dz: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let (t, n, r) = (g.dim(0), g.dim(1), h.dim(1));
     let dev = g.device();
     let dg = Tensor::empty(dev, g.shape(), DType::F32)?;
@@ -48,4 +58,27 @@ pub(crate) fn gate_expand_backward(g: &Tensor, h: &Tensor, dz: &Tensor) -> Resul
         grid(dev, t, 64),
     );
     Ok((dg, dh))
+}
+
+/// 1 where g [T, N] holds one of its row's k largest values (ties: lower index), else 0.
+/// A constant mask (no gradient): multiply by it and renormalise for top-k routing.
+pub fn top_k_mask(g: &Tensor, k: usize) -> Result<Tensor> {
+    g.expect_dtype("top_k_mask", DType::F32, "f32")?;
+    if g.rank() != 2 || k == 0 {
+        return Err(Error::InvalidArgument {
+            op: "top_k_mask",
+            shape: g.shape().to_vec(),
+            why: format!("needs [T, N] and k >= 1 (k = {k})"),
+        });
+    }
+    let mask = Tensor::empty(g.device(), g.shape(), DType::F32)?;
+    g.device().dispatch(
+        &shaders::TOP_K,
+        "top_k_mask",
+        &[g.dim(0) as u32, g.dim(1) as u32, k as u32],
+        &[g.binding()],
+        &[mask.binding()],
+        grid(g.device(), g.numel(), 256),
+    );
+    Ok(mask)
 }

@@ -7,7 +7,15 @@ use crate::shaders;
 use crate::tensor::{numel, DType, Tensor};
 
 /// Copies the index space `dims` from `src` (strides, offset) into `dst` (strides, offset), in 32-bit words.
-fn copy_strided(src: &Tensor, src_strides: &[usize], src_offset: usize, dst: &Tensor, dst_strides: &[usize], dst_offset: usize, dims: &[usize]) {
+fn copy_strided(
+    src: &Tensor,
+    src_strides: &[usize],
+    src_offset: usize,
+    dst: &Tensor,
+    dst_strides: &[usize],
+    dst_offset: usize,
+    dims: &[usize],
+) {
     let mut params = vec![numel(dims) as u32, src_offset as u32, dst_offset as u32];
     params.extend(pad6(dims, 1));
     params.extend(pad6(src_strides, 0));
@@ -24,10 +32,18 @@ fn copy_strided(src: &Tensor, src_strides: &[usize], src_offset: usize, dst: &Te
 
 fn expect_words(op: &'static str, x: &Tensor) -> Result<()> {
     if x.dtype() == DType::F16 {
-        return Err(Error::DType { op, got: x.dtype(), expected: "a 32-bit dtype (f32, u32, i32)" });
+        return Err(Error::DType {
+            op,
+            got: x.dtype(),
+            expected: "a 32-bit dtype (f32, u32, i32)",
+        });
     }
     if x.rank() > MAX_RANK {
-        return Err(Error::InvalidArgument { op, shape: x.shape().to_vec(), why: format!("rank above {MAX_RANK}") });
+        return Err(Error::InvalidArgument {
+            op,
+            shape: x.shape().to_vec(),
+            why: format!("rank above {MAX_RANK}"),
+        });
     }
     Ok(())
 }
@@ -43,7 +59,13 @@ impl Tensor {
                 why: "element counts differ".into(),
             });
         }
-        let out = Tensor::from_parts(self.device(), shape.to_vec(), self.dtype(), self.0.storage.clone(), None);
+        let out = Tensor::from_parts(
+            self.device(),
+            shape.to_vec(),
+            self.dtype(),
+            self.0.storage.clone(),
+            None,
+        );
         Ok(out.with_op(|| Op::Reshape { x: self.clone() }, &[self]))
     }
 
@@ -62,8 +84,23 @@ impl Tensor {
         let mut src_strides = contiguous_strides(self.shape());
         src_strides.swap(d0, d1);
         let out = Tensor::empty(self.device(), &shape, self.dtype())?;
-        copy_strided(self, &src_strides, 0, &out, &contiguous_strides(&shape), 0, &shape);
-        Ok(out.with_op(|| Op::Transpose { x: self.clone(), d0, d1 }, &[self]))
+        copy_strided(
+            self,
+            &src_strides,
+            0,
+            &out,
+            &contiguous_strides(&shape),
+            0,
+            &shape,
+        );
+        Ok(out.with_op(
+            || Op::Transpose {
+                x: self.clone(),
+                d0,
+                d1,
+            },
+            &[self],
+        ))
     }
 
     /// Elements `start..start + len` along `axis` (a copy).
@@ -80,16 +117,39 @@ impl Tensor {
         shape[axis] = len;
         let strides = contiguous_strides(self.shape());
         let out = Tensor::empty(self.device(), &shape, self.dtype())?;
-        copy_strided(self, &strides, start * strides[axis], &out, &contiguous_strides(&shape), 0, &shape);
-        Ok(out.with_op(|| Op::Narrow { x: self.clone(), axis, start }, &[self]))
+        copy_strided(
+            self,
+            &strides,
+            start * strides[axis],
+            &out,
+            &contiguous_strides(&shape),
+            0,
+            &shape,
+        );
+        Ok(out.with_op(
+            || Op::Narrow {
+                x: self.clone(),
+                axis,
+                start,
+            },
+            &[self],
+        ))
     }
 
     /// Joins tensors along `axis`; every other dim must match.
     pub fn concat(parts: &[Tensor], axis: usize) -> Result<Tensor> {
-        let first = parts.first().ok_or(Error::InvalidArgument { op: "concat", shape: vec![], why: "no tensors".into() })?;
+        let first = parts.first().ok_or(Error::InvalidArgument {
+            op: "concat",
+            shape: vec![],
+            why: "no tensors".into(),
+        })?;
         expect_words("concat", first)?;
         if axis >= first.rank() {
-            return Err(Error::InvalidArgument { op: "concat", shape: first.shape().to_vec(), why: format!("no axis {axis}") });
+            return Err(Error::InvalidArgument {
+                op: "concat",
+                shape: first.shape().to_vec(),
+                why: format!("no axis {axis}"),
+            });
         }
         let mut shape = first.shape().to_vec();
         shape[axis] = 0;
@@ -112,11 +172,25 @@ impl Tensor {
         let out_strides = contiguous_strides(&shape);
         let mut at = 0;
         for p in parts {
-            copy_strided(p, &contiguous_strides(p.shape()), 0, &out, &out_strides, at * out_strides[axis], p.shape());
+            copy_strided(
+                p,
+                &contiguous_strides(p.shape()),
+                0,
+                &out,
+                &out_strides,
+                at * out_strides[axis],
+                p.shape(),
+            );
             at += p.dim(axis);
         }
         let refs: Vec<&Tensor> = parts.iter().collect();
-        Ok(out.with_op(|| Op::Concat { parts: parts.to_vec(), axis }, &refs))
+        Ok(out.with_op(
+            || Op::Concat {
+                parts: parts.to_vec(),
+                axis,
+            },
+            &refs,
+        ))
     }
 
     /// Writes `src` into the slice `start..` of `axis` of a copy of `self` (zeros elsewhere
@@ -124,7 +198,15 @@ impl Tensor {
     pub(crate) fn with_slice(&self, axis: usize, start: usize, src: &Tensor) -> Result<Tensor> {
         let out = self.deep_clone()?;
         let strides = contiguous_strides(self.shape());
-        copy_strided(src, &contiguous_strides(src.shape()), 0, &out, &strides, start * strides[axis], src.shape());
+        copy_strided(
+            src,
+            &contiguous_strides(src.shape()),
+            0,
+            &out,
+            &strides,
+            start * strides[axis],
+            src.shape(),
+        );
         Ok(out)
     }
 }

@@ -39,11 +39,25 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     );
     let count = counted.sum_all()?; // [1]
     let loss = row_loss.sum_all()?.div(&count)?;
-    Ok(loss.with_op(|| Op::CrossEntropy { logits: logits.clone(), labels: labels.clone(), lse, count }, &[logits]))
+    Ok(loss.with_op(
+        || Op::CrossEntropy {
+            logits: logits.clone(),
+            labels: labels.clone(),
+            lse,
+            count,
+        },
+        &[logits],
+    ))
 }
 
 /// dlogits = (softmax - onehot) * grad / count.
-pub(crate) fn cross_entropy_backward(logits: &Tensor, labels: &Tensor, lse: &Tensor, count: &Tensor, grad: &Tensor) -> Result<Tensor> {
+pub(crate) fn cross_entropy_backward(
+    logits: &Tensor,
+    labels: &Tensor,
+    lse: &Tensor,
+    count: &Tensor,
+    grad: &Tensor,
+) -> Result<Tensor> {
     let g = grad.div(count)?;
     let (rows, vocab) = (logits.dim(0), logits.dim(1));
     let dlogits = Tensor::empty(logits.device(), logits.shape(), DType::F32)?;
@@ -51,7 +65,12 @@ pub(crate) fn cross_entropy_backward(logits: &Tensor, labels: &Tensor, lse: &Ten
         &shaders::CROSS_ENTROPY_BACKWARD,
         "cross_entropy_backward",
         &[rows as u32, vocab as u32],
-        &[logits.binding(), labels.binding(), lse.binding(), g.binding()],
+        &[
+            logits.binding(),
+            labels.binding(),
+            lse.binding(),
+            g.binding(),
+        ],
         &[dlogits.binding()],
         grid(logits.device(), rows * vocab, 256),
     );

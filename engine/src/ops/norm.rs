@@ -31,20 +31,46 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
         &[y.binding(), rstd.binding()],
         rows_grid(x.device(), rows),
     );
-    Ok(y.with_op(|| Op::RmsNorm { x: x.clone(), w: w.clone(), rstd }, &[x, w]))
+    Ok(y.with_op(
+        || Op::RmsNorm {
+            x: x.clone(),
+            w: w.clone(),
+            rstd,
+        },
+        &[x, w],
+    ))
 }
 
 /// (dx, dw) of rms_norm, given the saved rstd.
-pub(crate) fn rms_norm_backward(x: &Tensor, w: &Tensor, rstd: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+pub(crate) fn rms_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    rstd: &Tensor,
+    dy: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let dim = w.numel();
     let rows = x.numel() / dim.max(1);
     let dev = x.device();
     let params = [rows as u32, dim as u32];
     let reads = || [x.binding(), w.binding(), rstd.binding(), dy.binding()];
     let dx = Tensor::empty(dev, x.shape(), DType::F32)?;
-    dev.dispatch(&shaders::RMS_NORM_BACKWARD, "rms_norm_input_grad", &params, &reads(), &[dx.binding()], rows_grid(dev, rows));
+    dev.dispatch(
+        &shaders::RMS_NORM_BACKWARD,
+        "rms_norm_input_grad",
+        &params,
+        &reads(),
+        &[dx.binding()],
+        rows_grid(dev, rows),
+    );
     let dw = Tensor::empty(dev, w.shape(), DType::F32)?;
-    dev.dispatch(&shaders::RMS_NORM_BACKWARD, "rms_norm_weight_grad", &params, &reads(), &[dw.binding()], grid(dev, dim, 128));
+    dev.dispatch(
+        &shaders::RMS_NORM_BACKWARD,
+        "rms_norm_weight_grad",
+        &params,
+        &reads(),
+        &[dw.binding()],
+        grid(dev, dim, 128),
+    );
     Ok((dx, dw))
 }
 

@@ -10,7 +10,11 @@ use crate::tensor::{DType, Tensor};
 pub fn sum_keepdim(x: &Tensor, axis: usize) -> Result<Tensor> {
     x.expect_dtype("sum", DType::F32, "f32")?;
     if axis >= x.rank() {
-        return Err(Error::InvalidArgument { op: "sum", shape: x.shape().to_vec(), why: format!("no axis {axis}") });
+        return Err(Error::InvalidArgument {
+            op: "sum",
+            shape: x.shape().to_vec(),
+            why: format!("no axis {axis}"),
+        });
     }
     let outer: usize = x.shape()[..axis].iter().product();
     let len = x.dim(axis);

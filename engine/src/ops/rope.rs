@@ -20,7 +20,10 @@ impl RopeTables {
     /// or a scaled variant (see [`rope_inv_freq`]).
     pub fn new(device: &Device, positions: &[u32], inv_freq: &[f64]) -> Result<RopeTables> {
         let half = inv_freq.len();
-        let (mut cos, mut sin) = (Vec::with_capacity(positions.len() * half), Vec::with_capacity(positions.len() * half));
+        let (mut cos, mut sin) = (
+            Vec::with_capacity(positions.len() * half),
+            Vec::with_capacity(positions.len() * half),
+        );
         for &p in positions {
             for &f in inv_freq {
                 let angle = p as f64 * f;
@@ -29,7 +32,10 @@ impl RopeTables {
             }
         }
         let shape = [positions.len(), half];
-        Ok(RopeTables { cos: Tensor::from_slice(device, &cos, &shape)?, sin: Tensor::from_slice(device, &sin, &shape)? })
+        Ok(RopeTables {
+            cos: Tensor::from_slice(device, &cos, &shape)?,
+            sin: Tensor::from_slice(device, &sin, &shape)?,
+        })
     }
 
     pub fn positions(&self) -> usize {
@@ -39,7 +45,9 @@ impl RopeTables {
 
 /// The plain RoPE inverse frequencies `1 / theta^(2i / head_dim)`, i < head_dim / 2.
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
-    (0..head_dim / 2).map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)).collect()
+    (0..head_dim / 2)
+        .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))
+        .collect()
 }
 
 /// Which table row each head vector uses: x viewed as [rows, head_dim] has position
@@ -57,7 +65,14 @@ pub fn rope(x: &Tensor, tables: &RopeTables, t_div: usize) -> Result<Tensor> {
         });
     }
     let y = rotate(x, tables, t_div, 1.0)?;
-    Ok(y.with_op(|| Op::Rope { x: x.clone(), tables: tables.clone(), t_div }, &[x]))
+    Ok(y.with_op(
+        || Op::Rope {
+            x: x.clone(),
+            tables: tables.clone(),
+            t_div,
+        },
+        &[x],
+    ))
 }
 
 /// Rotates every head vector by +angle (sign 1) or -angle (sign -1, the backward).
@@ -68,7 +83,13 @@ pub(crate) fn rotate(x: &Tensor, tables: &RopeTables, t_div: usize, sign: f32) -
     x.device().dispatch(
         &shaders::ROPE,
         "rope",
-        &[rows as u32, half as u32, t_div as u32, tables.positions() as u32, sign.to_bits()],
+        &[
+            rows as u32,
+            half as u32,
+            t_div as u32,
+            tables.positions() as u32,
+            sign.to_bits(),
+        ],
         &[x.binding(), tables.cos.binding(), tables.sin.binding()],
         &[y.binding()],
         grid(x.device(), rows * half, 256),

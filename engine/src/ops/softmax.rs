@@ -16,7 +16,11 @@ pub struct CausalMask {
 
 fn rows_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     x.expect_dtype(op, DType::F32, "f32")?;
-    let cols = *x.shape().last().ok_or(Error::InvalidArgument { op, shape: vec![], why: "a scalar has no last axis".into() })?;
+    let cols = *x.shape().last().ok_or(Error::InvalidArgument {
+        op,
+        shape: vec![],
+        why: "a scalar has no last axis".into(),
+    })?;
     Ok((x.numel() / cols.max(1), cols))
 }
 
@@ -25,7 +29,11 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
     let (rows, cols) = rows_cols("softmax", x)?;
     let (causal, q_len, offset) = match mask {
         Some(m) if m.q_len == 0 => {
-            return Err(Error::InvalidArgument { op: "softmax", shape: x.shape().to_vec(), why: "q_len 0".into() })
+            return Err(Error::InvalidArgument {
+                op: "softmax",
+                shape: x.shape().to_vec(),
+                why: "q_len 0".into(),
+            })
         }
         Some(m) => (1, m.q_len, m.offset),
         None => (0, 1, 0),
@@ -34,12 +42,25 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
     x.device().dispatch(
         &shaders::SOFTMAX,
         "softmax",
-        &[rows as u32, cols as u32, scale.to_bits(), causal, q_len as u32, offset as u32],
+        &[
+            rows as u32,
+            cols as u32,
+            scale.to_bits(),
+            causal,
+            q_len as u32,
+            offset as u32,
+        ],
         &[x.binding()],
         &[y.binding()],
         rows_grid(x.device(), rows),
     );
-    Ok(y.with_op(|| Op::Softmax { x: x.clone(), scale }, &[x]))
+    Ok(y.with_op(
+        || Op::Softmax {
+            x: x.clone(),
+            scale,
+        },
+        &[x],
+    ))
 }
 
 /// dx for y = softmax(scale * x), given y and dy.
