@@ -35,7 +35,9 @@ pub struct DeviceInfo {
 impl DeviceInfo {
     /// The largest tensor one kernel binding can see, in bytes.
     pub fn max_binding_bytes(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 }
 
@@ -54,7 +56,7 @@ impl std::fmt::Display for DeviceInfo {
         writeln!(
             f,
             "max storage binding:  {} MiB",
-            (l.max_storage_buffer_binding_size as u64) >> 20
+            l.max_storage_buffer_binding_size >> 20
         )?;
         writeln!(
             f,
@@ -293,7 +295,7 @@ impl Device {
         writes: &[Binding<'_>],
         groups: [u32; 3],
     ) {
-        if groups.iter().any(|&g| g == 0) {
+        if groups.contains(&0) {
             return; // an empty tensor: nothing to compute
         }
         let (pipeline, layout) = self.pipeline(shader, entry, reads.len(), writes.len());

@@ -175,7 +175,6 @@ impl Llama {
             });
         }
         let norm = tensor("model.norm.weight", &[h])?;
-        drop(tensor);
         let lm_head = if config.tie_word_embeddings {
             embed.clone()
         } else {

@@ -277,7 +277,7 @@ pub fn check_adapter(device: &Device, case: &Path, adapter_dir: &Path) -> Result
             None => vec![0.0; reference.len()],
         };
         let err = relative_l2_error(&got, &reference);
-        if !(err <= worst) {
+        if err.is_nan() || err > worst {
             (worst, worst_key) = (err, t.key.clone());
         }
     }
