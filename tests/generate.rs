@@ -16,9 +16,21 @@ fn tiny_model() -> Llama {
 fn kv_cache_gives_the_same_greedy_tokens_as_recomputing_the_prefix() {
     let model = tiny_model();
     let prompt = [1, 17, 42, 5, 88];
-    let cfg = SamplingConfig { max_new_tokens: 24, ..Default::default() };
+    let cfg = SamplingConfig {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
     let cached = generate(&model, &prompt, &cfg, |_| true).unwrap();
-    let recomputed = generate(&model, &prompt, &SamplingConfig { use_cache: false, ..cfg }, |_| true).unwrap();
+    let recomputed = generate(
+        &model,
+        &prompt,
+        &SamplingConfig {
+            use_cache: false,
+            ..cfg
+        },
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(cached.len(), 24);
     assert_eq!(cached, recomputed);
 }
@@ -26,7 +38,14 @@ fn kv_cache_gives_the_same_greedy_tokens_as_recomputing_the_prefix() {
 #[test]
 fn a_fixed_seed_gives_the_same_sample_twice_and_tokens_stream() {
     let model = tiny_model();
-    let cfg = SamplingConfig { max_new_tokens: 16, temperature: 1.0, top_k: Some(40), top_p: Some(0.95), seed: 7, ..Default::default() };
+    let cfg = SamplingConfig {
+        max_new_tokens: 16,
+        temperature: 1.0,
+        top_k: Some(40),
+        top_p: Some(0.95),
+        seed: 7,
+        ..Default::default()
+    };
     let mut streamed = Vec::new();
     let first = generate(&model, &[1, 3, 9], &cfg, |t| {
         streamed.push(t);
@@ -35,24 +54,60 @@ fn a_fixed_seed_gives_the_same_sample_twice_and_tokens_stream() {
     .unwrap();
     let second = generate(&model, &[1, 3, 9], &cfg, |_| true).unwrap();
     assert_eq!(first, second);
-    assert_eq!(first, streamed, "every token reaches the callback as it is chosen");
-    let other = generate(&model, &[1, 3, 9], &SamplingConfig { seed: 8, ..cfg }, |_| true).unwrap();
-    assert_ne!(first, other, "another seed samples another text (random model, 16 tokens)");
+    assert_eq!(
+        first, streamed,
+        "every token reaches the callback as it is chosen"
+    );
+    let other = generate(
+        &model,
+        &[1, 3, 9],
+        &SamplingConfig { seed: 8, ..cfg },
+        |_| true,
+    )
+    .unwrap();
+    assert_ne!(
+        first, other,
+        "another seed samples another text (random model, 16 tokens)"
+    );
 }
 
 #[test]
 fn stop_tokens_and_callbacks_end_generation() {
     let model = tiny_model();
-    let greedy = generate(&model, &[1, 2, 3], &SamplingConfig { max_new_tokens: 8, ..Default::default() }, |_| true).unwrap();
+    let greedy = generate(
+        &model,
+        &[1, 2, 3],
+        &SamplingConfig {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+        |_| true,
+    )
+    .unwrap();
     let stop = greedy[3];
     let first_stop = greedy.iter().position(|&t| t == stop).unwrap();
-    let cfg = SamplingConfig { max_new_tokens: 8, stop_tokens: vec![stop], ..Default::default() };
-    assert_eq!(generate(&model, &[1, 2, 3], &cfg, |_| true).unwrap(), greedy[..first_stop]);
+    let cfg = SamplingConfig {
+        max_new_tokens: 8,
+        stop_tokens: vec![stop],
+        ..Default::default()
+    };
+    assert_eq!(
+        generate(&model, &[1, 2, 3], &cfg, |_| true).unwrap(),
+        greedy[..first_stop]
+    );
     let mut n = 0;
-    let two = generate(&model, &[1, 2, 3], &SamplingConfig { max_new_tokens: 8, ..Default::default() }, |_| {
-        n += 1;
-        n < 2
-    })
+    let two = generate(
+        &model,
+        &[1, 2, 3],
+        &SamplingConfig {
+            max_new_tokens: 8,
+            ..Default::default()
+        },
+        |_| {
+            n += 1;
+            n < 2
+        },
+    )
     .unwrap();
     assert_eq!(two, greedy[..2]);
 }
@@ -63,16 +118,31 @@ fn sampling_filters_behave() {
     let mut rng = Rng::new(1);
     let greedy = SamplingConfig::default();
     assert_eq!(pick(&logits, &greedy, &mut rng), 1);
-    let top1 = SamplingConfig { temperature: 5.0, top_k: Some(1), ..Default::default() };
-    let tiny_p = SamplingConfig { temperature: 5.0, top_p: Some(1e-6), ..Default::default() };
-    let top2 = SamplingConfig { temperature: 1.0, top_k: Some(2), ..Default::default() };
+    let top1 = SamplingConfig {
+        temperature: 5.0,
+        top_k: Some(1),
+        ..Default::default()
+    };
+    let tiny_p = SamplingConfig {
+        temperature: 5.0,
+        top_p: Some(1e-6),
+        ..Default::default()
+    };
+    let top2 = SamplingConfig {
+        temperature: 1.0,
+        top_k: Some(2),
+        ..Default::default()
+    };
     for _ in 0..200 {
         assert_eq!(pick(&logits, &top1, &mut rng), 1);
         assert_eq!(pick(&logits, &tiny_p, &mut rng), 1);
         assert!([1, 2].contains(&pick(&logits, &top2, &mut rng)));
     }
     // Temperature 1 over all tokens: frequencies follow softmax(logits).
-    let all = SamplingConfig { temperature: 1.0, ..Default::default() };
+    let all = SamplingConfig {
+        temperature: 1.0,
+        ..Default::default()
+    };
     let n = 20_000;
     let mut counts = [0usize; 5];
     for _ in 0..n {
@@ -83,6 +153,9 @@ fn sampling_filters_behave() {
         let p = (logits[i] as f64).exp() / z;
         let freq = c as f64 / n as f64;
         // 5 standard deviations of a binomial frequency.
-        assert!((freq - p).abs() < 5.0 * (p * (1.0 - p) / n as f64).sqrt() + 1e-3, "token {i}: {freq} vs {p}");
+        assert!(
+            (freq - p).abs() < 5.0 * (p * (1.0 - p) / n as f64).sqrt() + 1e-3,
+            "token {i}: {freq} vs {p}"
+        );
     }
 }

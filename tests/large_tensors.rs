@@ -39,7 +39,10 @@ fn embedding_and_lm_head_larger_than_one_binding_load_and_run() {
     })
     .unwrap();
     let limit = dev.info().max_binding_bytes() as usize;
-    assert!(v * h * 4 > limit, "the test must exceed the binding limit ({limit} bytes)");
+    assert!(
+        v * h * 4 > limit,
+        "the test must exceed the binding limit ({limit} bytes)"
+    );
     assert!(model.embed.len() > 1, "the table is split into parts");
 
     // Ids on both sides of every part boundary.
@@ -51,12 +54,20 @@ fn embedding_and_lm_head_larger_than_one_binding_load_and_run() {
             ids.extend([start as u32 - 1, start as u32]);
         }
     }
-    let gathered = hydralora::engine::embedding_parts(&model.embed, &hydralora::engine::Tensor::from_u32(&dev, &ids, &[ids.len()]).unwrap())
-        .unwrap()
-        .to_vec_f32()
-        .unwrap();
+    let gathered = hydralora::engine::embedding_parts(
+        &model.embed,
+        &hydralora::engine::Tensor::from_u32(&dev, &ids, &[ids.len()]).unwrap(),
+    )
+    .unwrap()
+    .to_vec_f32()
+    .unwrap();
     for (n, &id) in ids.iter().enumerate() {
-        assert!(gathered[n * h..(n + 1) * h].iter().all(|&x| x == row_value(id as usize)), "row of id {id}");
+        assert!(
+            gathered[n * h..(n + 1) * h]
+                .iter()
+                .all(|&x| x == row_value(id as usize)),
+            "row of id {id}"
+        );
     }
 
     // Logits of the full model: the final norm makes each hidden row constant c = +-1, so
@@ -67,7 +78,10 @@ fn embedding_and_lm_head_larger_than_one_binding_load_and_run() {
         for j in [0usize, 16383, 16384, 31999, 12345] {
             let want = c * h as f64 * row_value(j) as f64;
             let got = logits[n * v + j] as f64;
-            assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "id {id}, logit {j}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                "id {id}, logit {j}: {got} vs {want}"
+            );
         }
     }
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use hydralora::model::verify::{adapter_dirs, check_adapter, check_base_model, find_cases, fixtures_root};
+use hydralora::model::verify::{
+    adapter_dirs, check_adapter, check_base_model, find_cases, fixtures_root,
+};
 
 fn fixtures() -> std::path::PathBuf {
     fixtures_root(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures"))
@@ -14,14 +16,20 @@ fn base_model_logits_and_loss_match_transformers() {
     let dev = common::device();
     let mut failures = Vec::new();
     for case in find_cases(&fixtures()).expect("fixture cases") {
-        for check in check_base_model(&dev, &case).unwrap_or_else(|e| panic!("{}: {e}", case.display())) {
+        for check in
+            check_base_model(&dev, &case).unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+        {
             println!("{check}");
             if !check.passed() {
                 failures.push(check.to_string());
             }
         }
     }
-    assert!(failures.is_empty(), "checks failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "checks failed:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -32,7 +40,9 @@ fn adapters_match_peft_and_hydralora_logits_gradients_and_adamw_curves() {
     for case in find_cases(&fixtures()).expect("fixture cases") {
         for dir in adapter_dirs(&case).expect("adapter folders") {
             adapters += 1;
-            for check in check_adapter(&dev, &case, &dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            for check in check_adapter(&dev, &case, &dir)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            {
                 println!("{check}");
                 if !check.passed() {
                     failures.push(check.to_string());
@@ -41,5 +51,9 @@ fn adapters_match_peft_and_hydralora_logits_gradients_and_adamw_curves() {
         }
     }
     assert!(adapters > 0, "no adapter folders found under the fixtures");
-    assert!(failures.is_empty(), "checks failed:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "checks failed:\n{}",
+        failures.join("\n")
+    );
 }

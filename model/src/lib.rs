@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod linear;
 pub mod llama;
+pub mod merge;
 pub mod tokenizer;
 pub mod verify;
 pub mod weights;
