@@ -6,17 +6,23 @@
 pub use hydralora_engine as engine;
 
 pub mod adapter;
+pub mod bench;
+pub mod codec;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod linear;
 pub mod llama;
 pub mod merge;
+pub mod report;
 pub mod tokenizer;
+pub mod train;
 pub mod verify;
 pub mod weights;
 
 pub use adapter::{AdapterConfig, Method};
+pub use codec::{CharCodec, HfCodec, TextCodec};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use generate::{generate, SamplingConfig};

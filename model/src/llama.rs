@@ -342,6 +342,115 @@ impl Llama {
         )?)
     }
 
+    /// Every weight with its Hugging Face name, lm_head omitted when tied. The embedding and
+    /// lm_head appear once per row part (in order) when they are split across bindings.
+    pub fn named_weights(&self) -> Vec<(String, &Tensor)> {
+        let mut out: Vec<(String, &Tensor)> = self
+            .embed
+            .iter()
+            .map(|t| ("model.embed_tokens.weight".to_string(), t))
+            .collect();
+        for (l, layer) in self.layers.iter().enumerate() {
+            out.push((
+                format!("model.layers.{l}.input_layernorm.weight"),
+                &layer.input_norm,
+            ));
+            for m in TARGET_MODULES {
+                out.push((
+                    format!("{}.weight", Layer::module_path(l, m)),
+                    &layer.linear(m).expect("a target module").weight,
+                ));
+            }
+            out.push((
+                format!("model.layers.{l}.post_attention_layernorm.weight"),
+                &layer.post_norm,
+            ));
+        }
+        out.push(("model.norm.weight".to_string(), &self.norm));
+        if !self.config.tie_word_embeddings {
+            out.extend(
+                self.lm_head
+                    .iter()
+                    .map(|t| ("lm_head.weight".to_string(), t)),
+            );
+        }
+        out
+    }
+
+    /// Makes every weight trainable (full-parameter training) and returns them with their
+    /// names. The embedding must fit one binding.
+    pub fn make_trainable(&mut self) -> Result<Vec<(String, Tensor)>> {
+        if self.embed.len() > 1 || self.lm_head.len() > 1 {
+            return Err(ModelError::Input("full-parameter training needs the embedding to fit one kernel binding; train an adapter instead".into()));
+        }
+        let tied = self.config.tie_word_embeddings;
+        let param = |t: &mut Tensor| *t = t.clone().into_param();
+        param(&mut self.embed[0]);
+        if tied {
+            self.lm_head = self.embed.clone();
+        } else {
+            param(&mut self.lm_head[0]);
+        }
+        param(&mut self.norm);
+        for layer in &mut self.layers {
+            param(&mut layer.input_norm);
+            param(&mut layer.post_norm);
+            for m in TARGET_MODULES {
+                param(&mut layer.linear_mut(m).expect("a target module").weight);
+            }
+        }
+        Ok(self
+            .named_weights()
+            .into_iter()
+            .map(|(n, t)| (n, t.clone()))
+            .collect())
+    }
+
+    /// Writes the model (without any adapter) as a Hugging Face checkpoint folder.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+        for (name, t) in self.named_weights() {
+            let values = t.to_vec_f32()?;
+            match host.last_mut() {
+                // Row parts of one matrix are joined back.
+                Some((last, shape, data)) if *last == name => {
+                    shape[0] += t.dim(0);
+                    data.extend(values);
+                }
+                _ => host.push((name, t.shape().to_vec(), values)),
+            }
+        }
+        let views: Vec<(String, Vec<usize>, &[f32])> = host
+            .iter()
+            .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+            .collect();
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io("create", dir, e))?;
+        crate::weights::save_checkpoint(dir, &self.config, &views)
+    }
+
+    /// Overwrites the weights in place from a checkpoint folder of the same architecture.
+    pub fn load_weights_from(&self, dir: &Path) -> Result<()> {
+        let ckpt = Checkpoint::open(dir)?;
+        ckpt.check_llama(&self.config)?;
+        let mut row = 0;
+        let mut last = String::new();
+        let mut cache: Option<Vec<f32>> = None;
+        for (name, t) in self.named_weights() {
+            if name != last {
+                (row, last, cache) = (0, name.clone(), None);
+            }
+            let full = match cache.take() {
+                Some(c) => c,
+                None => ckpt.read_f32(&name)?.1,
+            };
+            let len = t.numel();
+            t.write_f32(&full[row..row + len])?;
+            row += len;
+            cache = Some(full);
+        }
+        Ok(())
+    }
+
     /// Logits under `no_grad`, for inference.
     pub fn logits(&self, ids: &[u32], batch: usize) -> Result<Tensor> {
         no_grad(|| self.forward(ids, batch, None))

@@ -1,0 +1,294 @@
+//! Benchmarks of whole-model work on random weights: forward tokens/s and the training step
+//! (forward, backward, AdamW) with FLOPs, achieved GFLOP/s, pool memory and pipeline counts.
+//! The configs are Hugging Face `config.json` files (e.g. `../shared/bench/bench-s.json`)
+//! whose `bench` object gives batch, sequence length, adapter and optimizer settings.
+
+use std::path::Path;
+use std::time::Instant;
+
+use hydralora_engine::{no_grad, rng::Rng, AdamW, AdamWConfig, Device, Tensor};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::adapter::{attach, trainable_count, trainable_params, AdapterConfig};
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+
+/// What to train in a step benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchMethod {
+    Lora,
+    Hydra,
+    Full,
+}
+
+/// A benchmark config: the model plus its `bench` block.
+pub struct BenchConfig {
+    pub model: LlamaConfig,
+    pub batch: usize,
+    pub seq: usize,
+    pub seed: u64,
+    pub lora: AdapterConfig,
+    pub hydra: AdapterConfig,
+    pub adamw: AdamWConfig,
+}
+
+impl BenchConfig {
+    pub fn from_file(path: &Path) -> Result<BenchConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io("read", path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::json(path, &e))?;
+        let model = LlamaConfig::from_json_value(&v, Some(path))?;
+        model.validate()?;
+        let b = v.get("bench").cloned().unwrap_or(Value::Null);
+        let field = |name: &str| ModelError::Config {
+            file: Some(path.to_path_buf()),
+            field: format!("bench.{name}"),
+            why: "missing or of the wrong type".into(),
+        };
+        let num = |o: &Value, k: &str| o.get(k).and_then(Value::as_f64).ok_or_else(|| field(k));
+        let targets = |o: &Value| -> Vec<String> {
+            o.get("targets")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| t.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let lora_v = b.get("lora").cloned().unwrap_or(Value::Null);
+        let hydra_v = b.get("hydra").cloned().unwrap_or(Value::Null);
+        let adamw_v = b.get("adamw").cloned().unwrap_or(Value::Null);
+        let mut lora = AdapterConfig::lora(
+            num(&lora_v, "r").unwrap_or(8.0) as usize,
+            num(&lora_v, "alpha").unwrap_or(16.0) as f32,
+            &[],
+        );
+        lora.targets = targets(&lora_v);
+        let mut hydra = AdapterConfig::hydra(
+            num(&hydra_v, "r").unwrap_or(8.0) as usize,
+            num(&hydra_v, "alpha").unwrap_or(16.0) as f32,
+            num(&hydra_v, "experts").unwrap_or(4.0) as usize,
+            &[],
+        );
+        hydra.targets = targets(&hydra_v);
+        let betas: Vec<f64> = adamw_v
+            .get("betas")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_else(|| vec![0.9, 0.999]);
+        Ok(BenchConfig {
+            model,
+            batch: num(&b, "batch")? as usize,
+            seq: num(&b, "seq")? as usize,
+            seed: num(&b, "seed").unwrap_or(0.0) as u64,
+            lora,
+            hydra,
+            adamw: AdamWConfig {
+                lr: num(&adamw_v, "lr").unwrap_or(2e-4) as f32,
+                beta1: betas.first().copied().unwrap_or(0.9) as f32,
+                beta2: betas.get(1).copied().unwrap_or(0.999) as f32,
+                eps: num(&adamw_v, "eps").unwrap_or(1e-8) as f32,
+                weight_decay: num(&adamw_v, "weight_decay").unwrap_or(0.0) as f32,
+            },
+        })
+    }
+}
+
+/// A model with random weights (normal, std 0.02; norms 1), seeded.
+pub fn random_model(device: &Device, config: &LlamaConfig, seed: u64) -> Result<Llama> {
+    let mut rng = Rng::new(seed);
+    Llama::from_tensors(device, config.clone(), |name, shape| {
+        let n: usize = shape.iter().product();
+        Ok(if name.ends_with("norm.weight") {
+            vec![1.0; n]
+        } else {
+            (0..n).map(|_| 0.02 * rng.next_normal()).collect()
+        })
+    })
+}
+
+/// Matmul FLOPs of one forward over `tokens` tokens in sequences of `seq`: 2 T (linear
+/// weights + lm_head) + 4 B H T^2 hd for the attention scores and their use (full square,
+/// as the kernels compute it).
+pub fn forward_flops(c: &LlamaConfig, batch: usize, seq: usize) -> f64 {
+    let t = (batch * seq) as f64;
+    let (h, i, v) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.vocab_size as f64,
+    );
+    let (q, kv) = (c.q_dim() as f64, c.kv_dim() as f64);
+    let linear = c.num_hidden_layers as f64 * (h * q + 2.0 * h * kv + q * h + 3.0 * h * i);
+    let attention = c.num_hidden_layers as f64
+        * 4.0
+        * batch as f64
+        * c.num_attention_heads as f64
+        * (seq * seq) as f64
+        * c.head_dim() as f64;
+    2.0 * t * (linear + h * v) + attention
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub method: String,
+    pub targets: Vec<String>,
+    pub tokens_per_step: usize,
+    pub trainable_params: usize,
+    pub median_s: f64,
+    pub min_s: f64,
+    pub tokens_per_s: f64,
+    pub flops_per_step: f64,
+    pub flops_formula: String,
+    pub gflops: f64,
+    pub peak_pool_bytes_first_step: u64,
+    pub peak_pool_bytes_last_step: u64,
+    pub pipelines_after_first_step: usize,
+    pub submits_per_step: f64,
+    pub device: String,
+}
+
+/// Times `steps` training steps after `warmup` steps; `targets` overrides the config's.
+pub fn bench_step(
+    device: &Device,
+    cfg: &BenchConfig,
+    method: BenchMethod,
+    targets: Option<Vec<String>>,
+    warmup: usize,
+    steps: usize,
+) -> Result<StepReport> {
+    let mut model = random_model(device, &cfg.model, cfg.seed)?;
+    let adapter = match method {
+        BenchMethod::Lora => Some(cfg.lora.clone()),
+        BenchMethod::Hydra => Some(cfg.hydra.clone()),
+        BenchMethod::Full => None,
+    };
+    let params: Vec<Tensor> = match adapter {
+        Some(mut a) => {
+            if let Some(t) = targets.clone() {
+                a.targets = t;
+            }
+            attach(&mut model, &a, cfg.seed)?;
+            trainable_params(&model)
+        }
+        None => model
+            .make_trainable()?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect(),
+    };
+    let trainable = match method {
+        BenchMethod::Full => params.iter().map(Tensor::numel).sum(),
+        _ => trainable_count(&model),
+    };
+    let (b, t) = (cfg.batch, cfg.seq);
+    let mut rng = Rng::new(cfg.seed);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| rng.below(cfg.model.vocab_size as u64) as u32)
+        .collect();
+    let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    let mut opt = AdamW::new(cfg.adamw);
+    let mut times = Vec::new();
+    let (mut peak_first, mut peak_last, mut pipelines_after_first) = (0, 0, 0);
+    let mut submits = 0u64;
+    for s in 0..warmup.max(1) + steps {
+        device.synchronize()?;
+        device.reset_peak();
+        let (pipelines0, submits0) = (device.pipelines_created(), device.submits());
+        let start = Instant::now();
+        let loss = model.causal_lm_loss(&model.forward(&ids, b, None)?, &labels)?;
+        let grads = loss.backward()?;
+        opt.step(&params, &grads)?;
+        let value = loss.to_scalar()?; // the step's only readback
+        device.synchronize()?;
+        let secs = start.elapsed().as_secs_f64();
+        if !value.is_finite() {
+            return Err(ModelError::Input(format!("the benchmark loss is {value}")));
+        }
+        drop(grads);
+        let peak = device.pool_stats().peak_in_use;
+        if s == 0 {
+            peak_first = peak;
+        } else {
+            pipelines_after_first += device.pipelines_created() - pipelines0;
+        }
+        peak_last = peak;
+        if s >= warmup.max(1) {
+            times.push(secs);
+            submits += device.submits() - submits0;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let fwd = forward_flops(&cfg.model, b, t);
+    let (factor, formula) = match method {
+        BenchMethod::Full => (3.0, "3 x forward (forward, input grads, weight grads)"),
+        _ => (
+            2.0,
+            "2 x forward (forward, input grads; adapter FLOPs not counted)",
+        ),
+    };
+    let flops = factor * fwd;
+    Ok(StepReport {
+        method: format!("{method:?}").to_lowercase(),
+        targets: model.adapter.as_ref().map(|a| a.targets.clone()).unwrap_or_default(),
+        tokens_per_step: b * t,
+        trainable_params: trainable,
+        median_s: median,
+        min_s: times[0],
+        tokens_per_s: (b * t) as f64 / median,
+        flops_per_step: flops,
+        flops_formula: format!("{formula}; forward = 2 T (linear + lm_head params) + 4 B H T^2 hd per layer = {:.3} GFLOP", fwd / 1e9),
+        gflops: flops / median / 1e9,
+        peak_pool_bytes_first_step: peak_first,
+        peak_pool_bytes_last_step: peak_last,
+        pipelines_after_first_step: pipelines_after_first,
+        submits_per_step: submits as f64 / times.len() as f64,
+        device: device.info().name.clone(),
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ForwardReport {
+    pub tokens: usize,
+    pub median_s: f64,
+    pub tokens_per_s: f64,
+    pub gflops: f64,
+    pub device: String,
+}
+
+/// Times an inference forward (no_grad) over the config's batch.
+pub fn bench_forward(
+    device: &Device,
+    cfg: &BenchConfig,
+    warmup: usize,
+    runs: usize,
+) -> Result<ForwardReport> {
+    let model = random_model(device, &cfg.model, cfg.seed)?;
+    let (b, t) = (cfg.batch, cfg.seq);
+    let mut rng = Rng::new(cfg.seed);
+    let ids: Vec<u32> = (0..b * t)
+        .map(|_| rng.below(cfg.model.vocab_size as u64) as u32)
+        .collect();
+    let mut times = Vec::new();
+    for r in 0..warmup.max(1) + runs {
+        device.synchronize()?;
+        let start = Instant::now();
+        let logits = no_grad(|| model.forward(&ids, b, None))?;
+        device.synchronize()?;
+        drop(logits);
+        if r >= warmup.max(1) {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    Ok(ForwardReport {
+        tokens: b * t,
+        median_s: median,
+        tokens_per_s: (b * t) as f64 / median,
+        gflops: forward_flops(&cfg.model, b, t) / median / 1e9,
+        device: device.info().name.clone(),
+    })
+}

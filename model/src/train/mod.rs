@@ -1,0 +1,8 @@
+//! Fine-tuning: schedules, the training step, evaluation and checkpoints.
+
+pub mod checkpoint;
+pub mod schedule;
+pub mod trainer;
+
+pub use schedule::{LrSchedule, ScheduleKind};
+pub use trainer::{evaluate, EvalStats, StepStats, TrainSettings, Trainable, Trainer};

@@ -1,0 +1,508 @@
+//! The training step: micro-batches with gradient accumulation, the optional load-balancing
+//! loss, global gradient-norm clipping, a learning-rate schedule and fused AdamW; evaluation;
+//! and checkpoints that resume exactly.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use hydralora_engine::{no_grad, AdamW, AdamWConfig, Gradients, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::adapter::{balance_loss, load_adapter, record_gates, save_adapter, trainable_params};
+use crate::data::{Batch, Loader, LoaderState, TokenizedExample};
+use crate::error::{ModelError, Result};
+use crate::llama::Llama;
+use crate::train::checkpoint;
+use crate::train::schedule::{LrSchedule, ScheduleKind};
+use crate::weights::{write_atomically, write_safetensors, WeightFile};
+
+/// What one run trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trainable {
+    /// The attached adapter only (the base stays frozen).
+    Adapter,
+    /// Every weight of the model (building a base model from scratch).
+    Full,
+}
+
+/// The settings of a run that the step depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    pub lr: f32,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: usize,
+    /// Optimizer steps of the whole run (the schedule's length).
+    pub total_steps: usize,
+    pub micro_batch: usize,
+    pub grad_accum: usize,
+    /// Clip the global gradient norm to this (None: no clipping).
+    pub max_grad_norm: Option<f32>,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub seed: u64,
+    pub trainable: Trainable,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            lr: 2e-4,
+            schedule: ScheduleKind::Cosine,
+            warmup_steps: 0,
+            total_steps: 100,
+            micro_batch: 4,
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            seed: 0,
+            trainable: Trainable::Adapter,
+        }
+    }
+}
+
+impl TrainSettings {
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            kind: self.schedule,
+            peak: self.lr,
+            warmup: self.warmup_steps,
+            total: self.total_steps,
+        }
+    }
+
+    fn adamw(&self) -> AdamWConfig {
+        AdamWConfig {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, why: &str| {
+            Err(ModelError::Config {
+                file: None,
+                field: field.into(),
+                why: why.into(),
+            })
+        };
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", "must be a positive number");
+        }
+        if self.micro_batch == 0 {
+            return bad("micro_batch", "must be at least 1");
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum", "must be at least 1");
+        }
+        if self.total_steps == 0 {
+            return bad("steps", "must be at least 1");
+        }
+        if self.max_grad_norm.is_some_and(|n| n.is_nan() || n <= 0.0) {
+            return bad("max_grad_norm", "must be positive");
+        }
+        Ok(())
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Optimizer steps done after this one (1 for the first step).
+    pub step: usize,
+    /// Mean language-model loss over the step's micro-batches (without the balance loss).
+    pub loss: f32,
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Tokens with a label (the ones the loss counts).
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// Mean loss over an evaluation set, overall and per category.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalStats {
+    pub loss: f32,
+    pub tokens: usize,
+    pub per_category: BTreeMap<String, f32>,
+}
+
+/// Training went numerically wrong: the step, and the first parameter with a bad gradient.
+fn diverged(step: usize, what: String) -> ModelError {
+    ModelError::Input(format!("training diverged at step {step}: {what}; the last checkpoint is kept, resume from it with a lower learning rate"))
+}
+
+/// The state of a run: model, optimizer, data position.
+pub struct Trainer {
+    pub model: Llama,
+    pub settings: TrainSettings,
+    params: Vec<(String, Tensor)>, // trainable tensors with stable names, in model order
+    optimizer: AdamW,
+    loader: Loader,
+    step: usize,
+    balance_coef: f32,
+}
+
+impl Trainer {
+    /// A new run on `examples`. For `Trainable::Adapter` the model must carry an adapter.
+    /// `pad_id` pads short sequences (their labels are -100, so its value never matters).
+    pub fn new(
+        model: Llama,
+        examples: Vec<TokenizedExample>,
+        pad_id: u32,
+        settings: TrainSettings,
+    ) -> Result<Trainer> {
+        let loader = Loader::new(examples, settings.micro_batch, pad_id, settings.seed)?;
+        Self::build(model, loader, settings)
+    }
+
+    fn build(mut model: Llama, loader: Loader, settings: TrainSettings) -> Result<Trainer> {
+        settings.validate()?;
+        let params = match settings.trainable {
+            Trainable::Adapter => {
+                let cfg = model.adapter.clone().ok_or_else(|| {
+                    ModelError::Input(
+                        "adapter training needs an adapter attached to the model".into(),
+                    )
+                })?;
+                if cfg.balance_coef > 0.0 {
+                    record_gates(&mut model, true);
+                }
+                trainable_params(&model)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("adapter.{i}"), t))
+                    .collect()
+            }
+            Trainable::Full => model.make_trainable()?,
+        };
+        let balance_coef = model.adapter.as_ref().map_or(0.0, |a| a.balance_coef);
+        let optimizer = AdamW::new(settings.adamw());
+        Ok(Trainer {
+            model,
+            settings,
+            params,
+            optimizer,
+            loader,
+            step: 0,
+            balance_coef,
+        })
+    }
+
+    /// Optimizer steps done.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    pub fn params(&self) -> Vec<Tensor> {
+        self.params.iter().map(|(_, t)| t.clone()).collect()
+    }
+
+    pub fn loader_state(&self) -> LoaderState {
+        self.loader.state()
+    }
+
+    /// One optimizer step over `grad_accum` micro-batches.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let start = Instant::now();
+        let accum = self.settings.grad_accum;
+        let mut summed: Option<Gradients> = None;
+        let mut loss_sum: Option<Tensor> = None; // [1]
+        let mut tokens = 0;
+        for _ in 0..accum {
+            let batch = self.loader.next_batch();
+            tokens += counted_tokens(&batch);
+            let lm_loss = self.model.causal_lm_loss(
+                &self.model.forward(&batch.ids, batch.batch, None)?,
+                &batch.labels,
+            )?;
+            let objective = match balance_loss(&self.model, self.balance_coef)? {
+                Some(aux) if self.balance_coef > 0.0 => lm_loss.add(&aux)?,
+                _ => lm_loss.clone(),
+            };
+            // Scaling each micro-batch by 1/accum makes the summed gradient the mean's.
+            let grads = objective.scale(1.0 / accum as f32)?.backward()?;
+            summed = Some(match summed {
+                None => grads,
+                Some(acc) => add_gradients(acc, grads, &self.params)?,
+            });
+            let lm = lm_loss.detach();
+            loss_sum = Some(match loss_sum {
+                None => lm,
+                Some(s) => no_grad(|| s.add(&lm))?,
+            });
+        }
+        let mut grads = summed.expect("grad_accum >= 1");
+        // One readback for the loss and the squared gradient norm.
+        let sq_norm = self.squared_grad_norm(&grads)?;
+        let both = no_grad(|| Tensor::concat(&[loss_sum.expect("grad_accum >= 1"), sq_norm], 0))?
+            .to_vec_f32()?;
+        let (loss, grad_norm) = (both[0] / accum as f32, both[1].sqrt());
+        let next = self.step + 1;
+        if !loss.is_finite() {
+            return Err(diverged(next, format!("the loss is {loss}")));
+        }
+        if !grad_norm.is_finite() {
+            return Err(diverged(
+                next,
+                format!(
+                    "the gradient norm is {grad_norm} (first bad gradient: {})",
+                    self.first_bad_gradient(&grads)?
+                ),
+            ));
+        }
+        if let Some(max) = self.settings.max_grad_norm {
+            if grad_norm > max {
+                grads = scale_gradients(grads, &self.params, max / (grad_norm + 1e-6))?;
+            }
+        }
+        let lr = self.settings.schedule().at(self.step);
+        self.optimizer.step_with_lr(&self.params(), &grads, lr)?;
+        self.step = next;
+        Ok(StepStats {
+            step: next,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// sum over parameters of |g|^2, as a [1] tensor (not read back).
+    fn squared_grad_norm(&self, grads: &Gradients) -> Result<Tensor> {
+        no_grad(|| {
+            let mut total: Option<Tensor> = None;
+            for (_, p) in &self.params {
+                if let Some(g) = grads.get(p) {
+                    let sq = g.mul(g)?.sum_all()?;
+                    total = Some(match total {
+                        Some(t) => t.add(&sq)?,
+                        None => sq,
+                    });
+                }
+            }
+            Ok(match total {
+                Some(t) => t,
+                None => Tensor::zeros(self.model.device(), &[1])?,
+            })
+        })
+    }
+
+    /// The name of the first parameter whose gradient holds a NaN or infinity.
+    fn first_bad_gradient(&self, grads: &Gradients) -> Result<String> {
+        for (name, p) in &self.params {
+            if let Some(g) = grads.get(p) {
+                if g.to_vec_f32()?.iter().any(|x| !x.is_finite()) {
+                    return Ok(self.param_label(name));
+                }
+            }
+        }
+        Ok("none found".into())
+    }
+
+    /// A parameter's readable name: the adapter file key or the model weight name.
+    fn param_label(&self, name: &str) -> String {
+        if let Some(i) = name
+            .strip_prefix("adapter.")
+            .and_then(|i| i.parse::<usize>().ok())
+        {
+            let p = &self.params[i].1;
+            if let Some(t) = crate::adapter::adapter_tensors(&self.model)
+                .into_iter()
+                .find(|t| t.param.id() == p.id())
+            {
+                return t.key.split(".lora_B").next().unwrap_or(&t.key).to_string();
+            }
+        }
+        name.to_string()
+    }
+
+    /// Mean token loss over `examples` (no gradients), overall and per category.
+    pub fn evaluate(&self, examples: &[TokenizedExample]) -> Result<EvalStats> {
+        evaluate(&self.model, examples, self.settings.micro_batch)
+    }
+
+    /// Writes the run's state into `dir` (replaced atomically as a whole).
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        checkpoint::replace_dir(dir, |tmp| {
+            match self.settings.trainable {
+                Trainable::Adapter => save_adapter(&self.model, tmp)?,
+                Trainable::Full => self.model.save(tmp)?,
+            }
+            self.save_optimizer(&tmp.join(checkpoint::OPTIMIZER_FILE))?;
+            let state = checkpoint::TrainerState {
+                step: self.step,
+                optimizer_steps: self.optimizer.steps(),
+                loader: self.loader.state(),
+                settings: self.settings.clone(),
+            };
+            let json = serde_json::to_string_pretty(&state).expect("the state serialises");
+            write_atomically(tmp.join(checkpoint::STATE_FILE), |out| {
+                std::io::Write::write_all(out, json.as_bytes())
+            })
+        })
+    }
+
+    fn save_optimizer(&self, path: &Path) -> Result<()> {
+        let mut host = Vec::new();
+        for (name, p) in &self.params {
+            if let Some((m, v)) = self.optimizer.moments(p) {
+                host.push((
+                    format!("{name}.exp_avg"),
+                    p.shape().to_vec(),
+                    m.to_vec_f32()?,
+                ));
+                host.push((
+                    format!("{name}.exp_avg_sq"),
+                    p.shape().to_vec(),
+                    v.to_vec_f32()?,
+                ));
+            }
+        }
+        let views: Vec<(String, Vec<usize>, &[f32])> = host
+            .iter()
+            .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+            .collect();
+        write_safetensors(path, &views, &[("format", "hydralora-optimizer")])
+    }
+
+    /// Continues a run from a checkpoint folder written by [`Trainer::save_checkpoint`]:
+    /// the model must be the same base (with the adapter attached for adapter runs; its
+    /// weights are replaced by the checkpoint's).
+    pub fn resume(
+        mut model: Llama,
+        examples: Vec<TokenizedExample>,
+        pad_id: u32,
+        dir: &Path,
+    ) -> Result<Trainer> {
+        let dir = checkpoint::readable_dir(dir)?;
+        let state = checkpoint::read_state(&dir)?;
+        match state.settings.trainable {
+            Trainable::Adapter => {
+                load_adapter(&mut model, &dir)?;
+            }
+            Trainable::Full => model.load_weights_from(&dir)?,
+        }
+        let loader = Loader::restore(examples, state.settings.micro_batch, pad_id, &state.loader)?;
+        let mut trainer = Trainer::build(model, loader, state.settings.clone())?;
+        trainer.step = state.step;
+        let file = WeightFile::open(dir.join(checkpoint::OPTIMIZER_FILE))?;
+        let mut moments = Vec::new();
+        for (name, p) in &trainer.params {
+            let m = file.expect_f32(&format!("{name}.exp_avg"), p.shape())?;
+            let v = file.expect_f32(&format!("{name}.exp_avg_sq"), p.shape())?;
+            moments.push((
+                p,
+                Tensor::from_slice(p.device(), &m, p.shape())?,
+                Tensor::from_slice(p.device(), &v, p.shape())?,
+            ));
+        }
+        trainer.optimizer.restore(state.optimizer_steps, moments);
+        Ok(trainer)
+    }
+}
+
+/// Mean token loss of `model` over `examples`, batched, overall and per category.
+pub fn evaluate(
+    model: &Llama,
+    examples: &[TokenizedExample],
+    batch_size: usize,
+) -> Result<EvalStats> {
+    let mut by_category: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let (mut total, mut tokens) = (0.0f64, 0usize);
+    no_grad(|| -> Result<()> {
+        for chunk in examples.chunks(batch_size.max(1)) {
+            for ex in chunk {
+                // One sequence at a time keeps per-category sums exact and padding out.
+                let n = ex
+                    .labels
+                    .iter()
+                    .skip(1)
+                    .filter(|&&l| l != hydralora_engine::IGNORE_INDEX)
+                    .count();
+                if n == 0 {
+                    continue;
+                }
+                let loss = model
+                    .causal_lm_loss(&model.forward(&ex.ids, 1, None)?, &ex.labels)?
+                    .to_scalar()? as f64;
+                total += loss * n as f64;
+                tokens += n;
+                let entry = by_category
+                    .entry(ex.category.clone().unwrap_or_else(|| "all".into()))
+                    .or_default();
+                entry.0 += loss * n as f64;
+                entry.1 += n;
+            }
+        }
+        Ok(())
+    })?;
+    let per_category = by_category
+        .into_iter()
+        .map(|(c, (sum, n))| (c, (sum / n.max(1) as f64) as f32))
+        .collect();
+    Ok(EvalStats {
+        loss: (total / tokens.max(1) as f64) as f32,
+        tokens,
+        per_category,
+    })
+}
+
+/// Labels the loss counts (after the shift: every label but each sequence's first).
+fn counted_tokens(batch: &Batch) -> usize {
+    batch
+        .labels
+        .chunks(batch.seq.max(1))
+        .map(|row| {
+            row.iter()
+                .skip(1)
+                .filter(|&&l| l != hydralora_engine::IGNORE_INDEX)
+                .count()
+        })
+        .sum()
+}
+
+fn add_gradients(
+    mut acc: Gradients,
+    more: Gradients,
+    params: &[(String, Tensor)],
+) -> Result<Gradients> {
+    no_grad(|| {
+        for (_, p) in params {
+            if let Some(g) = more.get(p) {
+                let sum = match acc.remove(p) {
+                    Some(a) => a.add(g)?,
+                    None => g.clone(),
+                };
+                acc.insert(p, sum);
+            }
+        }
+        Ok(acc)
+    })
+}
+
+fn scale_gradients(
+    mut grads: Gradients,
+    params: &[(String, Tensor)],
+    factor: f32,
+) -> Result<Gradients> {
+    no_grad(|| {
+        for (_, p) in params {
+            if let Some(g) = grads.remove(p) {
+                grads.insert(p, g.scale(factor)?);
+            }
+        }
+        Ok(grads)
+    })
+}

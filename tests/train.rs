@@ -1,0 +1,225 @@
+//! The training loop on the tiny fixture model: exact resume, the NaN stop, atomic
+//! checkpoints, gradient accumulation and evaluation.
+
+mod common;
+
+use std::path::PathBuf;
+
+use hydralora::engine::rng::Rng;
+use hydralora::model::adapter::{attach, trainable_params, AdapterConfig};
+use hydralora::model::data::TokenizedExample;
+use hydralora::model::train::checkpoint::{read_state, readable_dir, replace_dir};
+use hydralora::model::train::{evaluate, ScheduleKind, TrainSettings, Trainer};
+use hydralora::model::{Llama, ModelError};
+
+const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-llama");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hydralora-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Random sequences of one length; the first 3 tokens are the prompt (label -100).
+fn examples(n: usize, len: usize, seed: u64) -> Vec<TokenizedExample> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let ids: Vec<u32> = (0..len).map(|_| 3 + rng.below(90) as u32).collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(k, &t)| if k < 3 { -100 } else { t as i32 })
+                .collect();
+            TokenizedExample {
+                ids,
+                labels,
+                category: Some(["even", "odd"][i % 2].to_string()),
+            }
+        })
+        .collect()
+}
+
+fn hydra_model() -> Llama {
+    let mut model = Llama::load(&common::device(), TINY).unwrap();
+    attach(
+        &mut model,
+        &AdapterConfig::hydra(4, 8.0, 3, &["q_proj", "up_proj", "down_proj"]),
+        5,
+    )
+    .unwrap();
+    model
+}
+
+fn settings() -> TrainSettings {
+    TrainSettings {
+        lr: 5e-3,
+        schedule: ScheduleKind::Cosine,
+        warmup_steps: 2,
+        total_steps: 8,
+        micro_batch: 3,
+        grad_accum: 2,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.01,
+        seed: 11,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn n_steps_then_resume_then_n_more_equals_2n_straight() {
+    let data = examples(10, 9, 1);
+    let mut straight = Trainer::new(hydra_model(), data.clone(), 0, settings()).unwrap();
+    let all: Vec<f32> = (0..6).map(|_| straight.step().unwrap().loss).collect();
+    assert!(all[5] < all[0], "training lowers the loss: {all:?}");
+
+    let dir = temp_dir("resume").join("checkpoint");
+    let mut first = Trainer::new(hydra_model(), data.clone(), 0, settings()).unwrap();
+    let head: Vec<f32> = (0..3).map(|_| first.step().unwrap().loss).collect();
+    first.save_checkpoint(&dir).unwrap();
+    drop(first);
+    // A fresh adapter with other values: the checkpoint must replace all of it.
+    let mut model = Llama::load(&common::device(), TINY).unwrap();
+    attach(
+        &mut model,
+        &AdapterConfig::hydra(4, 8.0, 3, &["q_proj", "up_proj", "down_proj"]),
+        99,
+    )
+    .unwrap();
+    let mut resumed = Trainer::resume(model, data, 0, &dir).unwrap();
+    assert_eq!(resumed.steps_done(), 3);
+    let tail: Vec<f32> = (0..3).map(|_| resumed.step().unwrap().loss).collect();
+    assert_eq!(
+        [head, tail].concat(),
+        all,
+        "resumed losses equal the uninterrupted run's, bit for bit"
+    );
+}
+
+#[test]
+fn a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let data = examples(6, 8, 2);
+    let mut trainer = Trainer::new(hydra_model(), data, 0, settings()).unwrap();
+    trainer.step().unwrap();
+    trainer.step().unwrap();
+    let dir = temp_dir("nan").join("checkpoint");
+    trainer.save_checkpoint(&dir).unwrap();
+    // Inject a NaN into one adapter weight.
+    let a = trainable_params(&trainer.model)[0].clone();
+    let mut values = a.to_vec_f32().unwrap();
+    values[0] = f32::NAN;
+    a.write_f32(&values).unwrap();
+    let err = trainer.step().unwrap_err();
+    assert!(matches!(err, ModelError::Input(_)));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("diverged at step 3") && msg.contains("NaN"),
+        "{msg}"
+    );
+    assert_eq!(
+        read_state(&readable_dir(&dir).unwrap()).unwrap().step,
+        2,
+        "the last good checkpoint is intact"
+    );
+}
+
+#[test]
+fn an_interrupted_checkpoint_write_leaves_the_previous_one_readable() {
+    let data = examples(6, 8, 3);
+    let mut trainer = Trainer::new(hydra_model(), data, 0, settings()).unwrap();
+    trainer.step().unwrap();
+    let dir = temp_dir("atomic").join("checkpoint");
+    trainer.save_checkpoint(&dir).unwrap();
+    let before: Vec<(String, Vec<u8>)> = files(&dir);
+    // A write that fails half-way (a full disk, a crash inside the writer).
+    let failed = replace_dir(&dir, |tmp| {
+        std::fs::write(tmp.join("adapter_model.safetensors"), b"partial").unwrap();
+        Err(ModelError::Input("simulated crash".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(files(&dir), before, "the previous checkpoint is untouched");
+    // A crash between the two renames: the old checkpoint sits at `<dir>.old`.
+    let old = dir.with_file_name("checkpoint.old");
+    std::fs::rename(&dir, &old).unwrap();
+    assert_eq!(readable_dir(&dir).unwrap(), old);
+    assert_eq!(read_state(&old).unwrap().step, 1);
+}
+
+fn files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn gradient_accumulation_matches_one_large_batch() {
+    // Same-length sequences: the mean of micro-batch means is the mean over all tokens.
+    let data = examples(8, 7, 4);
+    let base = TrainSettings {
+        micro_batch: 4,
+        grad_accum: 1,
+        max_grad_norm: None,
+        ..settings()
+    };
+    let mut large = Trainer::new(hydra_model(), data.clone(), 0, base.clone()).unwrap();
+    let mut split = Trainer::new(
+        hydra_model(),
+        data,
+        0,
+        TrainSettings {
+            micro_batch: 2,
+            grad_accum: 2,
+            ..base
+        },
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let (a, b) = (large.step().unwrap(), split.step().unwrap());
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs(),
+            "{} vs {}",
+            a.loss,
+            b.loss
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() <= 1e-4 * a.grad_norm.abs(),
+            "{} vs {}",
+            a.grad_norm,
+            b.grad_norm
+        );
+        assert_eq!(a.tokens, b.tokens);
+    }
+}
+
+#[test]
+fn evaluation_breaks_the_loss_down_by_category() {
+    let model = Llama::load(&common::device(), TINY).unwrap();
+    let data = examples(4, 6, 5);
+    let stats = evaluate(&model, &data, 2).unwrap();
+    // Each example alone, weighted by its counted tokens (all 3 per example here).
+    let single: Vec<f32> = data
+        .iter()
+        .map(|ex| {
+            model
+                .causal_lm_loss(&model.logits(&ex.ids, 1).unwrap(), &ex.labels)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(stats.tokens, 4 * 3);
+    let mean = |xs: &[f32]| xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64;
+    assert!((stats.loss as f64 - mean(&single)).abs() < 1e-5);
+    assert!((stats.per_category["even"] as f64 - mean(&[single[0], single[2]])).abs() < 1e-5);
+    assert!((stats.per_category["odd"] as f64 - mean(&[single[1], single[3]])).abs() < 1e-5);
+}
