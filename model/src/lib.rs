@@ -10,6 +10,7 @@ pub mod bench;
 pub mod codec;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod generate;
 pub mod linear;
