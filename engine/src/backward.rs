@@ -91,6 +91,7 @@ impl Tensor {
                 self.shape()
             )));
         }
+        self.expect_same_device("backward", &grad)?;
         let _guard = NoGradGuard::new();
         let order = topological_order(self);
         let mut pending: HashMap<TensorId, Tensor> = HashMap::from([(self.id(), grad)]);

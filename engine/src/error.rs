@@ -30,9 +30,10 @@ pub enum Error {
         why: String,
     },
 
-    #[error("{op}: dtype {got:?} is not accepted here (expected {expected})")]
+    #[error("{op}: the tensor of shape {shape:?} has dtype {got:?}, which is not accepted here (expected {expected})")]
     DType {
         op: &'static str,
+        shape: Vec<usize>,
         got: DType,
         expected: &'static str,
     },
@@ -49,8 +50,12 @@ pub enum Error {
         which: &'static str,
     },
 
-    #[error("{op}: tensors live on two different devices")]
-    DeviceMismatch { op: &'static str },
+    #[error("{op}: tensors of shapes {lhs:?} and {rhs:?} live on two different devices")]
+    DeviceMismatch {
+        op: &'static str,
+        lhs: Vec<usize>,
+        rhs: Vec<usize>,
+    },
 
     #[error(
         "host data of {got} elements does not fill a tensor of shape {shape:?} ({want} elements)"

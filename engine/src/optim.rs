@@ -62,6 +62,8 @@ impl AdamW {
         no_grad(|| {
             for p in params {
                 let Some(g) = grads.get(p) else { continue };
+                p.expect_same_device("adamw", g)?;
+                p.expect_bindable("adamw")?;
                 if g.shape() != p.shape() {
                     return Err(Error::ShapeMismatch {
                         op: "adamw",

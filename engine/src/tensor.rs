@@ -95,6 +95,28 @@ impl Tensor {
         ))
     }
 
+    /// A new tensor for a kernel to write, refused before anything is allocated when one
+    /// kernel binding could not hold it.
+    pub(crate) fn empty_bindable(
+        op: &'static str,
+        device: &Device,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let bytes = (numel(shape) * dtype.size_in_bytes()) as u64;
+        let limit = device.info().max_binding_bytes();
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                op,
+                shape: shape.to_vec(),
+                bytes,
+                limit,
+                which: "max_storage_buffer_binding_size; split the tensor",
+            });
+        }
+        Self::empty(device, shape, dtype)
+    }
+
     pub(crate) fn from_parts(
         device: &Device,
         shape: Vec<usize>,
@@ -172,7 +194,7 @@ impl Tensor {
 
     /// A tensor filled with `value` (by a kernel: nothing crosses from the host).
     pub fn full(device: &Device, shape: &[usize], value: f32) -> Result<Tensor> {
-        let t = Self::empty(device, shape, DType::F32)?;
+        let t = Self::empty_bindable("fill", device, shape, DType::F32)?;
         crate::ops::elementwise::fill(&t, value);
         Ok(t)
     }
@@ -315,6 +337,7 @@ impl Tensor {
                 why: "assign needs the same shape and dtype".into(),
             });
         }
+        self.expect_same_device("assign", src)?;
         self.device().copy(
             src.buffer(),
             0,
@@ -387,6 +410,7 @@ impl Tensor {
         if self.dtype() != dtype {
             return Err(Error::DType {
                 op,
+                shape: self.shape().to_vec(),
                 got: self.dtype(),
                 expected: name,
             });
@@ -396,7 +420,11 @@ impl Tensor {
 
     pub(crate) fn expect_same_device(&self, op: &'static str, other: &Tensor) -> Result<()> {
         if !self.device().same_as(other.device()) {
-            return Err(Error::DeviceMismatch { op });
+            return Err(Error::DeviceMismatch {
+                op,
+                lhs: self.shape().to_vec(),
+                rhs: other.shape().to_vec(),
+            });
         }
         Ok(())
     }

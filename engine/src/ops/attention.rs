@@ -10,6 +10,8 @@ use crate::tensor::Tensor;
 /// keys are the queries' own positions; the first S - T are cached). Query t sees keys
 /// 0..=t + S - T. Scores are scaled by 1/sqrt(D). Result: [B, Hq, T, D].
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    q.expect_same_device("attention", k)?;
+    q.expect_same_device("attention", v)?;
     let bad = |why: &str| Error::ShapeMismatch {
         op: "attention",
         lhs: q.shape().to_vec(),

@@ -96,8 +96,10 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor>
     a.expect_same_device(name, b)?;
     a.expect_dtype(name, DType::F32, "f32")?;
     b.expect_dtype(name, DType::F32, "f32")?;
+    a.expect_bindable(name)?;
+    b.expect_bindable(name)?;
     let shape = broadcast_shape(name, a.shape(), b.shape())?;
-    let out = Tensor::empty(a.device(), &shape, DType::F32)?;
+    let out = Tensor::empty_bindable(name, a.device(), &shape, DType::F32)?;
     let numel = out.numel();
     let same = a.shape() == b.shape();
     let mut params = vec![kind as u32, numel as u32, u32::from(!same)];
@@ -124,6 +126,7 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor>
 
 pub(crate) fn unary(x: &Tensor, kind: UnaryKind) -> Result<Tensor> {
     x.expect_dtype("unary", DType::F32, "f32")?;
+    x.expect_bindable("unary")?;
     let out = Tensor::empty(x.device(), x.shape(), DType::F32)?;
     let (code, scalar) = kind.code();
     x.device().dispatch(

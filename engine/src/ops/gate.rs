@@ -12,6 +12,8 @@ pub fn gate_expand(g: &Tensor, h: &Tensor) -> Result<Tensor> {
     g.expect_dtype("gate_expand", DType::F32, "f32")?;
     h.expect_dtype("gate_expand", DType::F32, "f32")?;
     g.expect_same_device("gate_expand", h)?;
+    g.expect_bindable("gate_expand")?;
+    h.expect_bindable("gate_expand")?;
     if g.rank() != 2 || h.rank() != 2 || g.dim(0) != h.dim(0) {
         return Err(Error::ShapeMismatch {
             op: "gate_expand",
@@ -21,7 +23,7 @@ pub fn gate_expand(g: &Tensor, h: &Tensor) -> Result<Tensor> {
         });
     }
     let (t, n, r) = (g.dim(0), g.dim(1), h.dim(1));
-    let z = Tensor::empty(g.device(), &[t, n * r], DType::F32)?;
+    let z = Tensor::empty_bindable("gate_expand", g.device(), &[t, n * r], DType::F32)?;
     g.device().dispatch(
         &shaders::GATE,
         "gate_expand",
@@ -64,6 +66,7 @@ pub(crate) fn gate_expand_backward(
 /// A constant mask (no gradient): multiply by it and renormalise for top-k routing.
 pub fn top_k_mask(g: &Tensor, k: usize) -> Result<Tensor> {
     g.expect_dtype("top_k_mask", DType::F32, "f32")?;
+    g.expect_bindable("top_k_mask")?;
     if g.rank() != 2 || k == 0 {
         return Err(Error::InvalidArgument {
             op: "top_k_mask",

@@ -34,6 +34,7 @@ fn expect_words(op: &'static str, x: &Tensor) -> Result<()> {
     if x.dtype() == DType::F16 {
         return Err(Error::DType {
             op,
+            shape: x.shape().to_vec(),
             got: x.dtype(),
             expected: "a 32-bit dtype (f32, u32, i32)",
         });
@@ -45,7 +46,7 @@ fn expect_words(op: &'static str, x: &Tensor) -> Result<()> {
             why: format!("rank above {MAX_RANK}"),
         });
     }
-    Ok(())
+    x.expect_bindable(op)
 }
 
 impl Tensor {
@@ -168,7 +169,7 @@ impl Tensor {
             }
             shape[axis] += p.dim(axis);
         }
-        let out = Tensor::empty(first.device(), &shape, first.dtype())?;
+        let out = Tensor::empty_bindable("concat", first.device(), &shape, first.dtype())?;
         let out_strides = contiguous_strides(&shape);
         let mut at = 0;
         for p in parts {

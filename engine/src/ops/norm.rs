@@ -11,6 +11,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     x.expect_dtype("rms_norm", DType::F32, "f32")?;
     w.expect_dtype("rms_norm", DType::F32, "f32")?;
     x.expect_same_device("rms_norm", w)?;
+    x.expect_bindable("rms_norm")?;
     let dim = x.shape().last().copied().unwrap_or(0);
     if w.shape() != [dim] {
         return Err(Error::ShapeMismatch {

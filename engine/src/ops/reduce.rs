@@ -9,6 +9,7 @@ use crate::tensor::{DType, Tensor};
 /// Sum over `axis`, keeping it as a dim of size 1.
 pub fn sum_keepdim(x: &Tensor, axis: usize) -> Result<Tensor> {
     x.expect_dtype("sum", DType::F32, "f32")?;
+    x.expect_bindable("sum")?;
     if axis >= x.rank() {
         return Err(Error::InvalidArgument {
             op: "sum",

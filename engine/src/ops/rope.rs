@@ -54,6 +54,8 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
 /// `(row / t_div) % positions`. For x [B, T, H, D], t_div = H; for [B, H, T, D], t_div = 1.
 pub fn rope(x: &Tensor, tables: &RopeTables, t_div: usize) -> Result<Tensor> {
     x.expect_dtype("rope", DType::F32, "f32")?;
+    x.expect_same_device("rope", &tables.cos)?;
+    x.expect_bindable("rope")?;
     let half = tables.cos.dim(1);
     let d = *x.shape().last().unwrap_or(&0);
     if d != 2 * half || t_div == 0 {

@@ -16,6 +16,7 @@ pub struct CausalMask {
 
 fn rows_cols(op: &'static str, x: &Tensor) -> Result<(usize, usize)> {
     x.expect_dtype(op, DType::F32, "f32")?;
+    x.expect_bindable(op)?;
     let cols = *x.shape().last().ok_or(Error::InvalidArgument {
         op,
         shape: vec![],

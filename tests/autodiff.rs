@@ -1,0 +1,220 @@
+//! Reverse-mode autodiff semantics: gradients accumulate over every use of a tensor;
+//! frozen tensors get no gradient and build no graph; `no_grad` records nothing; `detach`
+//! stops gradients; only parameters' gradients are returned; `backward` on a non-scalar
+//! uses an implied gradient of ones. Values here are small integers and halves, so every
+//! expected gradient is exact in f32 unless stated.
+
+mod common;
+
+use common::*;
+use hydralora::engine::{is_recording, no_grad, Error, NoGradGuard, Tensor};
+
+#[test]
+fn a_tensor_used_twice_accumulates_both_gradients() {
+    let x = param(&[1.0, -2.0, 0.5, 3.0], &[4]);
+    // d/dx sum(x * x) = 2x
+    let g = x.mul(&x).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(read(g.get(&x).unwrap()), [2.0, -4.0, 1.0, 6.0]);
+    // d/dx sum(x + x) = 2
+    let g = x.add(&x).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(read(g.get(&x).unwrap()), [2.0; 4]);
+    // Three uses along different paths: d/dx sum(x * y + x - x * 3) = y + 1 - 3
+    let y = tensor(&[4.0, 5.0, 6.0, 7.0], &[4]);
+    let l = x
+        .mul(&y)
+        .unwrap()
+        .add(&x)
+        .unwrap()
+        .sub(&x.scale(3.0).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    let g = l.backward().unwrap();
+    assert_eq!(read(g.get(&x).unwrap()), [2.0, 3.0, 4.0, 5.0]);
+}
+
+#[test]
+fn a_shared_intermediate_accumulates_before_its_own_rule_runs() {
+    // z = exp(x) feeds two branches: L = sum(z * z + z), dL/dx = (2 z + 1) z.
+    let xs = [0.0f32, 0.5, -1.0];
+    let x = param(&xs, &[3]);
+    let z = x.exp().unwrap();
+    let l = z.mul(&z).unwrap().add(&z).unwrap().sum_all().unwrap();
+    let g = read(l.backward().unwrap().get(&x).unwrap());
+    let expected: Vec<f64> = xs
+        .iter()
+        .map(|&v| (2.0 * (v as f64).exp() + 1.0) * (v as f64).exp())
+        .collect();
+    // exp is within 3 + 2|x| ulp (WGSL); the rest adds a few roundings: rtol 1e-6.
+    assert_close("diamond", &g, &expected, 0.0, 1e-6);
+}
+
+#[test]
+fn frozen_tensors_get_no_gradient_and_build_no_graph() {
+    let w = tensor(&[1.0, 2.0, 3.0, 4.0], &[2, 2]); // not into_param: frozen
+    assert!(!w.requires_grad() && !w.tracks_grad());
+    let y = w.matmul(&w).unwrap().exp().unwrap().sum_all().unwrap();
+    assert!(
+        !y.tracks_grad(),
+        "ops on frozen tensors only must not record a graph"
+    );
+    assert!(y.backward().unwrap().is_empty());
+
+    // Mixed: only the parameter gets a gradient; the frozen operand none.
+    let p = param(&[0.5, -1.0], &[1, 2]);
+    let out = p.matmul(&w).unwrap();
+    assert!(out.tracks_grad());
+    let g = out.sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.len(), 1);
+    assert!(g.get(&w).is_none());
+    // d/dp sum(p W) = rows sums of W: [1 + 2, 3 + 4]
+    assert_eq!(read(g.get(&p).unwrap()), [3.0, 7.0]);
+
+    // into_param makes a new leaf; the tensor it came from stays frozen.
+    let base = tensor(&[2.0], &[1]);
+    let q = base.clone().into_param();
+    assert!(q.requires_grad() && !base.requires_grad());
+    assert_ne!(q.id(), base.id());
+    let g = q.mul(&base).unwrap().backward().unwrap();
+    assert_eq!(g.len(), 1);
+    assert_eq!(read(g.get(&q).unwrap()), [2.0]);
+    assert!(g.get(&base).is_none());
+}
+
+#[test]
+fn no_grad_records_nothing() {
+    let p = param(&[1.0, 2.0], &[2]);
+    assert!(is_recording());
+    let y = no_grad(|| {
+        assert!(!is_recording());
+        p.mul(&p).unwrap().exp().unwrap().sum_all().unwrap()
+    });
+    assert!(is_recording());
+    assert!(
+        !y.tracks_grad(),
+        "a result computed under no_grad is not in the graph"
+    );
+    assert!(y.backward().unwrap().is_empty());
+
+    // The guard form, nested: recording resumes only when the outermost guard drops.
+    {
+        let _outer = NoGradGuard::new();
+        {
+            let _inner = NoGradGuard::new();
+            assert!(!is_recording());
+        }
+        assert!(!is_recording());
+        assert!(!p.add(&p).unwrap().tracks_grad());
+    }
+    assert!(is_recording());
+    assert!(p.add(&p).unwrap().tracks_grad());
+
+    // A no_grad value mixed into a recorded graph is a constant there.
+    let c = no_grad(|| p.scale(3.0).unwrap());
+    let g = p.mul(&c).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(read(g.get(&p).unwrap()), [3.0, 6.0]); // not 2 * 3p
+}
+
+#[test]
+fn detach_stops_gradients() {
+    let p = param(&[1.0, 2.0, -1.0], &[3]);
+    let d = p.scale(2.0).unwrap().detach();
+    assert!(!d.tracks_grad() && !d.requires_grad());
+    assert_eq!(read(&d), [2.0, 4.0, -2.0]);
+    // L = sum(d * p): with d constant, dL/dp = d (not d + 2p).
+    let g = d.mul(&p).unwrap().sum_all().unwrap().backward().unwrap();
+    assert_eq!(g.len(), 1);
+    assert_eq!(read(g.get(&p).unwrap()), [2.0, 4.0, -2.0]);
+    // Detaching a parameter gives a constant copy of it.
+    let g = p
+        .detach()
+        .mul(&p)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    assert_eq!(read(g.get(&p).unwrap()), [1.0, 2.0, -1.0]);
+}
+
+#[test]
+fn only_parameter_gradients_are_returned() {
+    let a = param(&values(6, -1.0, 1.0, 1), &[2, 3]);
+    let b = param(&values(12, -1.0, 1.0, 2), &[3, 4]);
+    let frozen = tensor(&values(4, -1.0, 1.0, 3), &[4]);
+    let h = a.matmul(&b).unwrap();
+    let s = h.silu().unwrap();
+    let l = s.mul(&frozen).unwrap().sum_all().unwrap();
+    let g = l.backward().unwrap();
+    assert_eq!(g.len(), 2, "only a and b");
+    assert!(
+        g.get(&h).is_none()
+            && g.get(&s).is_none()
+            && g.get(&l).is_none()
+            && g.get(&frozen).is_none()
+    );
+    assert_eq!(g.get(&a).unwrap().shape(), &[2, 3]);
+    assert_eq!(g.get(&b).unwrap().shape(), &[3, 4]);
+    let ids: Vec<_> = g.iter().map(|(id, _)| *id).collect();
+    assert!(ids.contains(&a.id()) && ids.contains(&b.id()));
+    // The graph can be differentiated again, with the same result.
+    let again = l.backward().unwrap();
+    assert_bits_eq(
+        "second backward",
+        &read(again.get(&a).unwrap()),
+        &read(g.get(&a).unwrap()),
+    );
+}
+
+#[test]
+fn backward_of_a_non_scalar_uses_implied_ones() {
+    let p = param(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]);
+    let y = p.mul(&p).unwrap(); // [2, 3], not a scalar
+    let implied = y.backward().unwrap();
+    let explicit = y
+        .backward_with(Tensor::full(&device(), &[2, 3], 1.0).unwrap())
+        .unwrap();
+    let summed = y.sum_all().unwrap().backward().unwrap();
+    let expected = [2.0, 4.0, 6.0, 8.0, 10.0, 12.0];
+    assert_eq!(read(implied.get(&p).unwrap()), expected);
+    assert_eq!(read(explicit.get(&p).unwrap()), expected);
+    assert_eq!(read(summed.get(&p).unwrap()), expected);
+    // A parameter's own backward: the implied ones.
+    assert_eq!(read(p.backward().unwrap().get(&p).unwrap()), [1.0; 6]);
+}
+
+#[test]
+fn backward_with_a_gradient_of_the_wrong_shape_is_an_error() {
+    let p = param(&[1.0, 2.0], &[2]);
+    let y = p.scale(2.0).unwrap();
+    let Err(e) = y.backward_with(tensor(&[1.0, 1.0, 1.0], &[3])) else {
+        panic!("a [3] gradient for a [2] tensor was accepted")
+    };
+    assert!(matches!(e, Error::Backward(_)), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("[3]") && msg.contains("[2]"), "{msg}");
+}
+
+#[test]
+fn gradients_flow_through_every_layout_and_reduction_op_together() {
+    // A chain of reshape, transpose, narrow, concat, sum and mean: every gradient element
+    // is a multiple of 1/4 (exact in f32).
+    let xs: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    let x = param(&xs, &[3, 4]);
+    let t = x.transpose(0, 1).unwrap(); // [4, 3]
+    let n = t.narrow(1, 1, 2).unwrap(); // [4, 2]: columns 1, 2 of t = rows 1, 2 of x
+    let c = Tensor::concat(&[n.clone(), n], 1).unwrap(); // [4, 4]
+    let l = c
+        .reshape(&[16])
+        .unwrap()
+        .mean(0)
+        .unwrap()
+        .add(&x.sum(0).unwrap().sum_all().unwrap())
+        .unwrap();
+    let g = read(l.backward().unwrap().get(&x).unwrap());
+    // mean over 16 of two copies of rows 1, 2: 2/16 each; plus 1 from the plain sum.
+    let expected: Vec<f32> = (0..12)
+        .map(|i| if (4..12).contains(&i) { 1.125 } else { 1.0 })
+        .collect();
+    assert_eq!(g, expected);
+}
