@@ -25,6 +25,9 @@ shader!(UNARY_BACKWARD, "unary_backward");
 shader!(REDUCE, "reduce");
 shader!(COPY, "copy");
 shader!(MATMUL, "matmul");
+shader!(MATMUL_SUBGROUP, "matmul_subgroup");
+shader!(MATMUL_TILED, "matmul_tiled");
+shader!(MATMUL_SPLITK, "matmul_splitk");
 shader!(SOFTMAX, "softmax");
 shader!(SOFTMAX_BACKWARD, "softmax_backward");
 shader!(RMS_NORM, "rms_norm");
@@ -48,6 +51,9 @@ pub const ALL: &[&Shader] = &[
     &REDUCE,
     &COPY,
     &MATMUL,
+    &MATMUL_SUBGROUP,
+    &MATMUL_TILED,
+    &MATMUL_SPLITK,
     &SOFTMAX,
     &SOFTMAX_BACKWARD,
     &RMS_NORM,

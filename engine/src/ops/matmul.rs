@@ -1,10 +1,103 @@
 //! Batched matrix multiply with transpose flags. Transposes and broadcasts are strides
 //! handed to one kernel, never copies.
+//!
+//! Three kernels compute the same product (see [`MatmulKernel`]); [`matmul_t`] picks one per
+//! shape and device (the rule is `choose`, below), and [`matmul_with`] pins one (tests and
+//! benchmarks).
+//! Any of them can split K: each split sums its k range into a slice of a scratch tensor and
+//! a second pass adds the slices in a fixed order, so results are deterministic.
 
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::grid;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+const OP: &str = "matmul";
+
+/// The WGSL kernels a product can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatmulKernel {
+    /// `matmul.wgsl`: 4x4 outputs per invocation, scalar loads with any strides, no workgroup
+    /// memory. Runs every shape on every device; the fallback.
+    General,
+    /// `matmul_tiled.wgsl`: 64x64 tiles staged through workgroup memory in 16-deep k slices,
+    /// two barriers per slice. Any shape and strides. The fast kernel on real GPUs.
+    Tiled,
+    /// `matmul_subgroup.wgsl`: barrier-free, a workgroup is one subgroup of 8 lanes sharing
+    /// 32 (or 8) rows through `subgroupBroadcast`, vec4 loads, 8 columns per lane. The fast
+    /// kernel on CPU Vulkan drivers (lavapipe). Needs subgroups of exactly 8, N % 4 == 0,
+    /// the contiguous dim of each operand % 4 == 0, and K % 4 == 0 unless both operands
+    /// are stored with K outermost (A^T B: weight gradients over any token count).
+    Subgroup,
+}
+
+impl MatmulKernel {
+    pub const ALL: [MatmulKernel; 3] = [
+        MatmulKernel::General,
+        MatmulKernel::Tiled,
+        MatmulKernel::Subgroup,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MatmulKernel::General => "general",
+            MatmulKernel::Tiled => "tiled",
+            MatmulKernel::Subgroup => "subgroup",
+        }
+    }
+}
+
+impl std::fmt::Display for MatmulKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A kernel and how many ranges K is split into (1: no split-K).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulVariant {
+    pub kernel: MatmulKernel,
+    pub splits: usize,
+}
+
+impl MatmulVariant {
+    pub fn new(kernel: MatmulKernel, splits: usize) -> MatmulVariant {
+        MatmulVariant { kernel, splits }
+    }
+}
+
+impl std::fmt::Display for MatmulVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.splits > 1 {
+            write!(f, "{} split-k {}", self.kernel, self.splits)
+        } else {
+            write!(f, "{}", self.kernel)
+        }
+    }
+}
+
+/// Strides (in f32) of one operand as the kernels read it: between batches (0: shared),
+/// along the rows and along the columns of `op(x)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Strides {
+    pub batch: usize,
+    pub row: usize,
+    pub col: usize,
+}
+
+/// One product as the kernels see it: `batch` products C[m, n] = A[m, k] B[k, n] with
+/// strided operands; C is contiguous [batch, m, n].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Problem {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: Strides,
+    pub b: Strides,
+}
 
 /// How one operand is laid out: its batch count and matrix dims as stored.
 struct Operand {
@@ -13,10 +106,10 @@ struct Operand {
     cols: usize, // the stored last dim
 }
 
-fn operand(op: &'static str, t: &Tensor) -> Result<Operand> {
+fn operand(t: &Tensor) -> Result<Operand> {
     if t.rank() < 2 {
         return Err(Error::InvalidArgument {
-            op,
+            op: OP,
             shape: t.shape().to_vec(),
             why: "matmul needs rank >= 2".into(),
         });
@@ -29,15 +122,12 @@ fn operand(op: &'static str, t: &Tensor) -> Result<Operand> {
     })
 }
 
-/// `op(a) op(b)`, where `op(x)` transposes the last two dims when its flag is set.
-/// a: [..., M, K] (or [..., K, M] with `ta`), b: [..., K, N] (or [..., N, K] with `tb`);
-/// a rank-2 operand is shared by every batch of the other. Result: [..., M, N].
-pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-    const OP: &str = "matmul";
+/// Checks the operands and returns the product's kernel view and the output shape.
+fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<usize>)> {
     a.expect_same_device(OP, b)?;
     a.expect_dtype(OP, DType::F32, "f32")?;
     b.expect_dtype(OP, DType::F32, "f32")?;
-    let (oa, ob) = (operand(OP, a)?, operand(OP, b)?);
+    let (oa, ob) = (operand(a)?, operand(b)?);
     let (m, k) = if ta {
         (oa.cols, oa.rows)
     } else {
@@ -74,8 +164,6 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     for t in [a, b] {
         t.expect_bindable(OP)?;
     }
-    let out = Tensor::empty(a.device(), &out_shape, DType::F32)?;
-    out.expect_bindable(OP)?;
     let batch = oa.batch.max(ob.batch);
     // A batched, untransposed A times a shared B is one tall matrix product.
     let (m_eff, batch_eff) = if b_shared && !ta {
@@ -87,32 +175,370 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (b_row, b_col) = if tb { (1, k) } else { (n, 1) };
     let a_batch = if a_shared || batch_eff == 1 { 0 } else { m * k };
     let b_batch = if b_shared || batch_eff == 1 { 0 } else { k * n };
-    let params = [m_eff, n, k, a_batch, a_row, a_col, b_batch, b_row, b_col].map(|x| x as u32);
-    let groups = [
-        n.div_ceil(32) as u32,
-        m_eff.div_ceil(32) as u32,
-        batch_eff as u32,
-    ];
-    let max = a
-        .device()
-        .info()
-        .limits
-        .max_compute_workgroups_per_dimension;
+    let problem = Problem {
+        batch: batch_eff,
+        m: m_eff,
+        n,
+        k,
+        a: Strides {
+            batch: a_batch,
+            row: a_row,
+            col: a_col,
+        },
+        b: Strides {
+            batch: b_batch,
+            row: b_row,
+            col: b_col,
+        },
+    };
+    Ok((problem, out_shape))
+}
+
+/// `op(a) op(b)`, where `op(x)` transposes the last two dims when its flag is set.
+/// a: [..., M, K] (or [..., K, M] with `ta`), b: [..., K, N] (or [..., N, K] with `tb`);
+/// a rank-2 operand is shared by every batch of the other. Result: [..., M, N].
+/// The kernel is picked per shape and device ([`matmul_variant`] says which).
+pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let (p, out_shape) = problem(a, b, ta, tb)?;
+    let variant = choose(a.device(), &p);
+    run(a, b, ta, tb, &p, out_shape, variant)
+}
+
+/// [`matmul_t`] on a pinned kernel and number of K splits (tests, benchmarks). Fails with
+/// [`Error::Unsupported`] when that kernel cannot run this product on this device.
+pub fn matmul_with(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    variant: MatmulVariant,
+) -> Result<Tensor> {
+    let (p, out_shape) = problem(a, b, ta, tb)?;
+    if let Some(why) = unsupported(a.device(), &p, variant.kernel) {
+        return Err(Error::Unsupported(format!(
+            "matmul: the {} kernel cannot run {:?} x {:?} (transposed: {ta}, {tb}): {why}",
+            variant.kernel,
+            a.shape(),
+            b.shape()
+        )));
+    }
+    run(a, b, ta, tb, &p, out_shape, variant)
+}
+
+/// The variant [`matmul_t`] runs for these operands.
+pub fn matmul_variant(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<MatmulVariant> {
+    let (p, _) = problem(a, b, ta, tb)?;
+    Ok(choose(a.device(), &p))
+}
+
+/// Why `kernel` cannot run `p` on `device` (`None`: it can).
+pub(crate) fn unsupported(device: &Device, p: &Problem, kernel: MatmulKernel) -> Option<String> {
+    match kernel {
+        MatmulKernel::General | MatmulKernel::Tiled => None,
+        MatmulKernel::Subgroup => {
+            if !subgroups_of_8(device) {
+                Some("the device has no subgroups of exactly 8 lanes".into())
+            } else if subgroup_plan(p).is_none() {
+                Some(
+                    "N, the contiguous dim of each operand and (unless A^T B) K must be \
+                     multiples of 4"
+                        .into(),
+                )
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Whether the device runs the subgroup kernel: the SUBGROUP feature, with every subgroup
+/// 8 lanes wide (llvmpipe with 256-bit vectors; its workgroup of 8 is then one subgroup).
+pub fn subgroups_of_8(device: &Device) -> bool {
+    if !device.info().subgroup {
+        return false;
+    }
+    let info = device.wgpu().0.adapter_info();
+    info.subgroup_min_size == 8 && info.subgroup_max_size == 8
+}
+
+fn is_cpu(device: &Device) -> bool {
+    device.wgpu().0.adapter_info().device_type == wgpu::DeviceType::Cpu
+}
+
+/// The kernel and K splits for a product on a device. The rule, and why:
+///
+/// - CPU Vulkan driver (lavapipe/llvmpipe): a workgroup runs as the SIMD lanes of one
+///   thread, every buffer load is scalarised lane by lane, and a workgroup barrier is a
+///   coroutine switch, so workgroup memory buys nothing there. The subgroup kernel, which
+///   loads each A value once per 8 lanes and feeds each loaded B value to 32 rows, ran
+///   10x the general kernel (1024^3: 35 vs 3.0 GFLOP/s on 2 cores; the tiled kernel 3.5).
+///   So: `Subgroup` where it applies (subgroups of 8, vec4-aligned dims), else `General`.
+/// - Any other device (a GPU): `Tiled`; its workgroup-memory reuse is what GPUs need
+///   (H200, Vulkan, 2048^3: 12.8 TFLOP/s vs 1.9 for the general kernel).
+/// - Split K when the output has too few tiles to occupy the device and K is long (the
+///   LoRA weight gradients, [r, T] x [T, d] with small r, large T; 2.5x on the H200):
+///   enough splits for 8 CPU workgroups (a few per thread) or 128 GPU workgroups, each
+///   split at least 512 (CPU) or 256 (GPU) deep.
+pub(crate) fn choose(device: &Device, p: &Problem) -> MatmulVariant {
+    let cpu = is_cpu(device);
+    let kernel = if !cpu {
+        MatmulKernel::Tiled
+    } else if unsupported(device, p, MatmulKernel::Subgroup).is_none() {
+        MatmulKernel::Subgroup
+    } else {
+        MatmulKernel::General
+    };
+    let tiles = p.batch * tiles(p, kernel);
+    let (want, min_depth) = if cpu { (8, 512) } else { (128, 256) };
+    let splits = if tiles >= want {
+        1
+    } else {
+        want.div_ceil(tiles.max(1))
+            .min(p.k / min_depth)
+            .clamp(1, MAX_SPLITS)
+    };
+    MatmulVariant { kernel, splits }
+}
+
+/// Most K splits a product is cut into.
+const MAX_SPLITS: usize = 64;
+
+/// Workgroups (tiles of C) one batch of `p` takes on `kernel`, before split-K.
+fn tiles(p: &Problem, kernel: MatmulKernel) -> usize {
+    match kernel {
+        MatmulKernel::General => p.m.div_ceil(32) * p.n.div_ceil(32),
+        MatmulKernel::Tiled => p.m.div_ceil(64) * p.n.div_ceil(64),
+        MatmulKernel::Subgroup => subgroup_plan(p).map_or(1, |s| s.tiles),
+    }
+}
+
+/// How the subgroup kernel runs a product: maybe as C^T = op(B)^T op(A)^T (so that the
+/// short side of a skinny product is the kernel's rows), with 32 or 8 rows per workgroup.
+#[derive(Clone, Copy, Debug)]
+struct SubgroupPlan {
+    entry: &'static str,
+    /// The kernel computes C^T: its rows are the columns of C.
+    transposed: bool,
+    m: usize,
+    n: usize,
+    a: Strides,
+    b: Strides,
+    tiles: usize,
+    /// Row blocks walked per column block (tile order; see `matmul_subgroup.wgsl`).
+    group: usize,
+}
+
+/// The subgroup kernel's layout letter for an operand with these strides: `n` when the
+/// kernel's inner dim (k for A, n for B) is contiguous, `t` when the outer one is; the other
+/// stride (and the batch stride) must be a multiple of 4 for vec4 loads.
+fn subgroup_layout(s: Strides, inner_contiguous: bool) -> Option<char> {
+    if s.batch % 4 != 0 {
+        return None;
+    }
+    if inner_contiguous {
+        (s.col == 1 && s.row % 4 == 0).then_some('n')
+    } else {
+        (s.row == 1 && s.col % 4 == 0).then_some('t')
+    }
+}
+
+/// The cheapest way for the subgroup kernel to run `p`, or `None` if it cannot.
+/// A 32-row tile does about 2.5x the work per second of an 8-row one (each loaded B value
+/// feeds 32 multiply-adds instead of 8) but wastes rows when the product has few.
+fn subgroup_plan(p: &Problem) -> Option<SubgroupPlan> {
+    // vec4 stores need C's rows (and slices) in whole vec4s.
+    if p.n % 4 != 0 {
+        return None;
+    }
+    let mut best: Option<(f64, SubgroupPlan)> = None;
+    for transposed in [false, true] {
+        let (m, n, a, b) = if transposed {
+            let a = Strides {
+                batch: p.b.batch,
+                row: p.b.col,
+                col: p.b.row,
+            };
+            let b = Strides {
+                batch: p.a.batch,
+                row: p.a.col,
+                col: p.a.row,
+            };
+            (p.n, p.m, a, b)
+        } else {
+            (p.m, p.n, p.a, p.b)
+        };
+        // A's k dim contiguous ('n') or its m dim ('t'); B's n dim ('n') or its k dim ('t').
+        let la = subgroup_layout(a, true).or_else(|| subgroup_layout(a, false));
+        let lb = subgroup_layout(b, true).or_else(|| subgroup_layout(b, false));
+        let (Some(la), Some(lb)) = (la, lb) else {
+            continue;
+        };
+        // vec4 loads along k (A 'n', B 't') need K % 4 == 0; with k the outer dim of both
+        // (`tn`) the kernel zeroes the k past K itself.
+        if p.k % 4 != 0 && (la == 'n' || lb == 't') {
+            continue;
+        }
+        for rows in [32, 8] {
+            let tiles = m.div_ceil(rows) * n.div_ceil(64);
+            let speed = if rows == 32 { 2.5 } else { 1.0 };
+            let cost = (tiles * rows * 64) as f64 / speed;
+            let group = if la == 'n' && lb == 'n' {
+                // B read row by row: keep one block of B columns hot while all row blocks pass.
+                m.div_ceil(rows).max(1)
+            } else {
+                4
+            };
+            let plan = SubgroupPlan {
+                entry: subgroup_entry(la, lb, rows),
+                transposed,
+                m,
+                n,
+                a,
+                b,
+                tiles,
+                group,
+            };
+            if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                best = Some((cost, plan));
+            }
+        }
+    }
+    best.map(|(_, plan)| plan)
+}
+
+fn subgroup_entry(la: char, lb: char, rows: usize) -> &'static str {
+    match (la, lb, rows) {
+        ('n', 'n', 32) => "nn32",
+        ('n', 't', 32) => "nt32",
+        ('t', 'n', 32) => "tn32",
+        ('t', 't', 32) => "tt32",
+        ('n', 'n', _) => "nn8",
+        ('n', 't', _) => "nt8",
+        ('t', 'n', _) => "tn8",
+        _ => "tt8",
+    }
+}
+
+fn too_many_groups(device: &Device, out_shape: &[usize], groups: [u32; 3]) -> Result<()> {
+    let max = device.info().limits.max_compute_workgroups_per_dimension;
     if groups.iter().any(|&g| g > max) {
         return Err(Error::InvalidArgument {
             op: OP,
-            shape: out_shape,
+            shape: out_shape.to_vec(),
             why: format!("needs {groups:?} workgroups, over the device's {max} per dimension"),
         });
     }
-    a.device().dispatch(
-        &shaders::MATMUL,
-        "matmul",
-        &params,
-        &[a.binding(), b.binding()],
-        &[out.binding()],
+    Ok(())
+}
+
+fn run(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    p: &Problem,
+    out_shape: Vec<usize>,
+    variant: MatmulVariant,
+) -> Result<Tensor> {
+    let device = a.device();
+    let mut variant = variant;
+    if p.k == 0 {
+        // Nothing to sum: the general kernel writes the zeros (the subgroup kernel's vec4
+        // bindings cannot bind an empty operand).
+        variant = MatmulVariant::new(MatmulKernel::General, 1);
+    }
+    let out = Tensor::empty(device, &out_shape, DType::F32)?;
+    out.expect_bindable(OP)?;
+    // K splits of a length the kernel accepts (the subgroup kernel steps 4 k at a time),
+    // none of them empty.
+    let align = if variant.kernel == MatmulKernel::Subgroup {
+        4
+    } else {
+        1
+    };
+    let mut k_chunk = p.k.max(1).next_multiple_of(align);
+    let mut splits = 1;
+    if variant.splits > 1 && p.k > 0 {
+        k_chunk = p.k.div_ceil(variant.splits).next_multiple_of(align);
+        splits = p.k.div_ceil(k_chunk);
+    }
+    // The scratch of partial sums must fit one binding: fewer splits if it would not.
+    let max_slices = (device.info().max_binding_bytes() / (4 * (p.m * p.n).max(1) as u64)) as usize;
+    if splits > 1 && p.batch * splits > max_slices {
+        let fit = (max_slices / p.batch.max(1)).max(1);
+        k_chunk = p.k.div_ceil(fit).next_multiple_of(align);
+        splits = p.k.div_ceil(k_chunk);
+    }
+    let slices = p.batch * splits;
+    let partial = if splits > 1 {
+        let t = Tensor::empty(device, &[slices, p.m, p.n], DType::F32)?;
+        t.expect_bindable(OP)?;
+        Some(t)
+    } else {
+        None
+    };
+    let target = partial.as_ref().unwrap_or(&out);
+    let mn = p.m * p.n;
+    // The kernel's A and B: swapped when the subgroup kernel computes C^T.
+    let mut operands = [a.binding(), b.binding()];
+    let (entry, shader, groups, params): (&'static str, _, [usize; 3], _) = match variant.kernel {
+        MatmulKernel::General | MatmulKernel::Tiled => {
+            let tile = if variant.kernel == MatmulKernel::Tiled {
+                64
+            } else {
+                32
+            };
+            let params = [
+                p.m, p.n, p.k, p.a.batch, p.a.row, p.a.col, p.b.batch, p.b.row, p.b.col, mn, p.n,
+                1, splits, k_chunk, 1,
+            ];
+            let groups = [p.n.div_ceil(tile), p.m.div_ceil(tile), slices];
+            if variant.kernel == MatmulKernel::Tiled {
+                ("matmul_tiled", &shaders::MATMUL_TILED, groups, params)
+            } else {
+                ("matmul", &shaders::MATMUL, groups, params)
+            }
+        }
+        MatmulKernel::Subgroup => {
+            let s = subgroup_plan(p).ok_or_else(|| {
+                Error::Unsupported("matmul: the subgroup kernel cannot run this shape".into())
+            })?;
+            // C^T [n, m] written into C [m, n]: rows of the kernel are columns of C.
+            let (c_row, c_col) = if s.transposed {
+                operands.swap(0, 1);
+                (1, p.n)
+            } else {
+                (p.n, 1)
+            };
+            let params = [
+                s.m, s.n, p.k, s.a.batch, s.a.row, s.a.col, s.b.batch, s.b.row, s.b.col, mn, c_row,
+                c_col, splits, k_chunk, s.group,
+            ];
+            let groups = [s.tiles.min(65535), s.tiles.div_ceil(65535), slices];
+            (s.entry, &shaders::MATMUL_SUBGROUP, groups, params)
+        }
+    };
+    let groups = groups.map(|g| g as u32);
+    too_many_groups(device, &out_shape, groups)?;
+    device.dispatch(
+        shader,
+        entry,
+        &params.map(|x| x as u32),
+        &operands,
+        &[target.binding()],
         groups,
     );
+    if let Some(partial) = &partial {
+        let numel = p.batch * mn;
+        device.dispatch(
+            &shaders::MATMUL_SPLITK,
+            "splitk_reduce",
+            &[numel as u32, mn as u32, splits as u32],
+            &[partial.binding()],
+            &[out.binding()],
+            grid(device, numel, 256),
+        );
+    }
     Ok(out.with_op(
         || Op::Matmul {
             a: a.clone(),
