@@ -561,3 +561,27 @@ pub fn balance_loss(model: &Llama, coef: f32) -> Result<Option<Tensor>> {
     }
     Ok(total)
 }
+
+/// Mean gate weight of each head per category, averaged over every router of the model:
+/// one row per category of `groups` (name, its token ids), one column per head.
+pub fn gates_by_category(model: &mut Llama, groups: &[(String, Vec<Vec<u32>>)]) -> Result<Vec<Vec<f32>>> {
+    record_gates(model, true);
+    let mut rows = Vec::with_capacity(groups.len());
+    for (_, sequences) in groups {
+        let mut sum: Vec<f64> = Vec::new();
+        let mut n = 0usize;
+        for ids in sequences {
+            no_grad(|| model.forward(ids, 1, None))?;
+            for s in router_stats(model)? {
+                sum.resize(s.mean_gate.len(), 0.0);
+                for (acc, g) in sum.iter_mut().zip(&s.mean_gate) {
+                    *acc += *g as f64;
+                }
+                n += 1;
+            }
+        }
+        rows.push(sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect());
+    }
+    record_gates(model, false);
+    Ok(rows)
+}

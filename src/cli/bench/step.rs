@@ -1,0 +1,82 @@
+//! `hydralora bench step` and `bench forward`: a whole training step (forward, backward,
+//! AdamW) or an inference forward on a benchmark config's model with random weights.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use hydralora::engine::Device;
+use hydralora::model::bench::{bench_forward, bench_step, BenchConfig, BenchMethod};
+
+use crate::cli::CliResult;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Lora,
+    Hydra,
+    Full,
+}
+
+#[derive(Debug, Args)]
+pub struct StepArgs {
+    /// A benchmark config (a config.json with a `bench` block), e.g. ../shared/bench/bench-s.json.
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long, value_enum, default_value_t = MethodArg::Lora)]
+    method: MethodArg,
+    /// Comma-separated target modules, overriding the config's.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// Timed steps, after one warm-up step.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_step(a: StepArgs) -> CliResult {
+    let cfg = BenchConfig::from_file(&a.config)?;
+    let device = Device::new()?;
+    let method = match a.method {
+        MethodArg::Lora => BenchMethod::Lora,
+        MethodArg::Hydra => BenchMethod::Hydra,
+        MethodArg::Full => BenchMethod::Full,
+    };
+    let r = bench_step(&device, &cfg, method, a.targets, 1, a.steps.max(1))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    println!("device:             {}", r.device);
+    println!("config:             {} (batch {} x seq {} = {} tokens)", a.config.display(), cfg.batch, cfg.seq, r.tokens_per_step);
+    println!("method:             {} on {:?}, {} trainable parameters", r.method, r.targets, r.trainable_params);
+    println!("time per step:      median {:.3} s, min {:.3} s ({} timed steps)", r.median_s, r.min_s, a.steps.max(1));
+    println!("tokens/s:           {:.0}", r.tokens_per_s);
+    println!("FLOPs per step:     {:.3} GFLOP = {}", r.flops_per_step / 1e9, r.flops_formula);
+    println!("achieved:           {:.2} GFLOP/s", r.gflops);
+    println!("pool peak:          {:.1} MiB first step, {:.1} MiB last step", r.peak_pool_bytes_first_step as f64 / 1048576.0, r.peak_pool_bytes_last_step as f64 / 1048576.0);
+    println!("pipelines compiled after the first step: {}; submits per step: {:.1}", r.pipelines_after_first_step, r.submits_per_step);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// A benchmark config (a config.json with a `bench` block).
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_forward(a: ForwardArgs) -> CliResult {
+    let cfg = BenchConfig::from_file(&a.config)?;
+    let device = Device::new()?;
+    let r = bench_forward(&device, &cfg, 1, a.runs.max(1))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("{}: forward of {} tokens in {:.3} s (median): {:.0} tokens/s, {:.2} GFLOP/s", r.device, r.tokens, r.median_s, r.tokens_per_s, r.gflops);
+    }
+    Ok(())
+}

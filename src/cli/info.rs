@@ -1,0 +1,12 @@
+//! `hydralora info`: the adapter the engine would run on, with the limits that matter.
+
+use hydralora::engine::Device;
+
+use super::CliResult;
+
+pub fn run() -> CliResult {
+    // The error says what to install when there is no adapter (a GPU driver, or lavapipe).
+    let device = Device::new()?;
+    println!("{}", device.info());
+    Ok(())
+}

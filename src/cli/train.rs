@@ -1,0 +1,319 @@
+//! `hydralora train`: fine-tune a LoRA or HydraLoRA adapter on a Hugging Face model folder
+//! and JSONL data, with progress, metrics, evaluation, checkpoints and pictures.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use hydralora::engine::Device;
+use hydralora::model::adapter::{attach, gates_by_category, save_adapter, trainable_count, AdapterConfig, Method};
+use hydralora::model::codec::load_codec;
+use hydralora::model::data::{read_jsonl, split_eval, tokenize, PromptTemplate, ReadOptions, TokenizedExample};
+use hydralora::model::report::{heatmap_svg, line_chart_svg, Series};
+use hydralora::model::train::{ScheduleKind, TrainSettings, Trainer};
+use hydralora::model::{Llama, TARGET_MODULES};
+use serde::Deserialize;
+
+use super::CliResult;
+
+/// Every setting is a flag, or a key of the same name (kebab-case) in `--config FILE.toml`;
+/// a flag given on the command line wins over the file.
+///
+/// Example:
+///   hydralora train --model ./TinyLlama-1.1B --data train.jsonl --method hydra --experts 4 \
+///       --rank 8 --alpha 16 --lr 2e-4 --epochs 2 --micro-batch 4 --output runs/hydra
+#[derive(Debug, Args, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TrainArgs {
+    /// A TOML file with any of these settings (keys as the flag names, e.g. `micro-batch = 8`).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// JSONL data: {"text"}, Alpaca, Dolly or chat {"messages"} lines (repeat for several files).
+    #[arg(long)]
+    #[serde(default)]
+    pub data: Vec<PathBuf>,
+    /// Where the adapter, checkpoints, metrics and pictures go [default: runs/<method>].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// `lora` (one B) or `hydra` (a shared A, several B heads and a router) [default: hydra].
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Adapter rank r [default: 8].
+    #[arg(long)]
+    pub rank: Option<usize>,
+    /// Adapter alpha; the update is scaled by alpha / r [default: 2 r].
+    #[arg(long)]
+    pub alpha: Option<f32>,
+    /// Number of B heads N for hydra [default: 4].
+    #[arg(long)]
+    pub experts: Option<usize>,
+    /// Comma-separated modules to adapt [default: all seven q,k,v,o,gate,up,down_proj].
+    #[arg(long, value_delimiter = ',')]
+    pub targets: Option<Vec<String>>,
+    /// Scale by alpha / sqrt(r) (rsLoRA).
+    #[arg(long)]
+    pub rslora: Option<bool>,
+    /// Route each token to its k best heads only (hydra; off by default, as the paper).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Coefficient of the load-balancing loss (hydra; 0 = off, as the paper).
+    #[arg(long)]
+    pub balance_coef: Option<f32>,
+    /// Peak learning rate [default: 2e-4].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// constant, linear or cosine [default: cosine].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Warmup steps [default: 0].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Passes over the training data [default: 1] (ignored when --steps is given).
+    #[arg(long)]
+    pub epochs: Option<f64>,
+    /// Optimizer steps in total (overrides --epochs).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Sequences per forward pass [default: 4].
+    #[arg(long)]
+    pub micro_batch: Option<usize>,
+    /// Micro-batches per optimizer step [default: 1].
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    /// Longest sequence in tokens; longer examples are truncated (and counted) [default: 512].
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    /// Global gradient-norm clipping (0 = off) [default: 1.0].
+    #[arg(long)]
+    pub max_grad_norm: Option<f32>,
+    /// AdamW decoupled weight decay [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Fraction of the data held out for evaluation [default: 0.05; 0 = none].
+    #[arg(long)]
+    pub eval_split: Option<f64>,
+    /// Evaluate every N steps [default: 50].
+    #[arg(long)]
+    pub eval_interval: Option<usize>,
+    /// Write a checkpoint every N steps [default: 100].
+    #[arg(long)]
+    pub save_interval: Option<usize>,
+    /// Seed of the adapter init, shuffling and the eval split [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Continue from <output>/checkpoint.
+    #[arg(long)]
+    #[serde(skip)]
+    pub resume: bool,
+    /// Skip malformed JSONL lines (counted and reported) instead of stopping at the first.
+    #[arg(long)]
+    pub skip_bad_lines: Option<bool>,
+    /// A prompt template with {instruction} and {input} [default: Alpaca].
+    #[arg(long)]
+    pub template: Option<String>,
+}
+
+impl TrainArgs {
+    /// Flags over the TOML file's values.
+    fn merged(self) -> Result<TrainArgs, Box<dyn std::error::Error>> {
+        let Some(path) = self.config.clone() else { return Ok(self) };
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let file: TrainArgs = toml::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
+        macro_rules! pick {
+            ($($f:ident),*) => { TrainArgs { $($f: self.$f.or(file.$f),)* data: if self.data.is_empty() { file.data } else { self.data }, config: self.config, resume: self.resume } };
+        }
+        Ok(pick!(model, output, method, rank, alpha, experts, targets, rslora, top_k, balance_coef, lr, schedule, warmup, epochs, steps, micro_batch, grad_accum, max_len, max_grad_norm, weight_decay, eval_split, eval_interval, save_interval, seed, skip_bad_lines, template))
+    }
+}
+
+pub fn run(args: TrainArgs) -> CliResult {
+    let a = args.merged()?;
+    let model_dir = a.model.clone().ok_or("--model is required (a Hugging Face model folder)")?;
+    if a.data.is_empty() {
+        return Err("--data is required (one or more JSONL files)".into());
+    }
+    let method = match a.method.as_deref().unwrap_or("hydra") {
+        "lora" => Method::Lora,
+        "hydra" => Method::Hydra,
+        other => return Err(format!("--method must be lora or hydra, not `{other}`").into()),
+    };
+    let output = a.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", if method == Method::Lora { "lora" } else { "hydra" })));
+    std::fs::create_dir_all(&output).map_err(|e| format!("cannot create `{}`: {e}", output.display()))?;
+    let seed = a.seed.unwrap_or(0);
+
+    let device = Device::new()?;
+    eprintln!("device: {} ({})", device.info().name, device.info().backend);
+    let mut model = Llama::load(&device, &model_dir)?;
+    let codec = load_codec(&model_dir, &model.config)?;
+    let template = match &a.template {
+        Some(t) => PromptTemplate::new(t)?,
+        None => PromptTemplate::alpaca(),
+    };
+    let (examples, read_report) = read_jsonl(&a.data, &ReadOptions { skip_bad_lines: a.skip_bad_lines.unwrap_or(false), template })?;
+    eprintln!("data: {read_report}");
+    let (train, eval) = match a.eval_split.unwrap_or(0.05) {
+        f if f > 0.0 && examples.len() >= 2 => split_eval(examples, f, seed)?,
+        _ => (examples, Vec::new()),
+    };
+    let max_len = a.max_len.unwrap_or(512).min(model.config.max_position_embeddings);
+    let (train_tokens, report) = tokenize(&train, codec.as_ref(), max_len)?;
+    eprintln!("train: {report}");
+    let eval_tokens = if eval.is_empty() { Vec::new() } else { tokenize(&eval, codec.as_ref(), max_len)?.0 };
+
+    let r = a.rank.unwrap_or(8);
+    let targets: Vec<String> = a.targets.clone().unwrap_or_else(|| TARGET_MODULES.iter().map(|s| s.to_string()).collect());
+    let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
+    let alpha = a.alpha.unwrap_or(2.0 * r as f32);
+    let mut adapter = match method {
+        Method::Lora => AdapterConfig::lora(r, alpha, &target_refs),
+        Method::Hydra => AdapterConfig::hydra(r, alpha, a.experts.unwrap_or(4), &target_refs),
+    };
+    adapter.rslora = a.rslora.unwrap_or(false);
+    adapter.top_k = a.top_k;
+    adapter.balance_coef = a.balance_coef.unwrap_or(0.0);
+    attach(&mut model, &adapter, seed)?;
+    eprintln!("adapter: {:?} r={r} alpha={alpha} N={} on {:?}: {} trainable parameters", method, adapter.experts, targets, trainable_count(&model));
+
+    let micro = a.micro_batch.unwrap_or(4);
+    let accum = a.grad_accum.unwrap_or(1);
+    let per_epoch = train_tokens.len().div_ceil(micro * accum).max(1);
+    let total = a.steps.unwrap_or_else(|| ((a.epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as usize).max(1));
+    let schedule: ScheduleKind = a.schedule.as_deref().unwrap_or("cosine").parse()?;
+    let settings = TrainSettings {
+        lr: a.lr.unwrap_or(2e-4),
+        schedule,
+        warmup_steps: a.warmup.unwrap_or(0),
+        total_steps: total,
+        micro_batch: micro,
+        grad_accum: accum,
+        max_grad_norm: a.max_grad_norm.or(Some(1.0)).filter(|&n| n > 0.0),
+        weight_decay: a.weight_decay.unwrap_or(0.0),
+        seed,
+        ..Default::default()
+    };
+    let checkpoint = output.join("checkpoint");
+    let pad = codec.pad_id();
+    let mut trainer = if a.resume {
+        let t = Trainer::resume(model, train_tokens, pad, &checkpoint)?;
+        eprintln!("resumed from {} at step {}", checkpoint.display(), t.steps_done());
+        t
+    } else {
+        Trainer::new(model, train_tokens, pad, settings)?
+    };
+    let outcome = train_loop(&mut trainer, &eval_tokens, &output, &checkpoint, a.eval_interval.unwrap_or(50), a.save_interval.unwrap_or(100))?;
+    finish(&mut trainer, &eval_tokens, &output, outcome)
+}
+
+struct Outcome {
+    interrupted: bool,
+    seconds: f64,
+    tokens: usize,
+    last_loss: f32,
+    last_eval: Option<f32>,
+    train_curve: Vec<(f64, f64)>,
+    eval_curve: Vec<(f64, f64)>,
+}
+
+fn train_loop(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, checkpoint: &Path, eval_every: usize, save_every: usize) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // Ctrl-C: finish the current step, write a checkpoint, then exit.
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let total = trainer.settings.total_steps;
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("a valid template"));
+    bar.set_position(trainer.steps_done() as u64);
+    let mut metrics = OpenOptions::new().create(true).append(true).open(output.join("metrics.jsonl")).map_err(|e| format!("cannot open metrics.jsonl: {e}"))?;
+    let start = Instant::now();
+    let mut out = Outcome { interrupted: false, seconds: 0.0, tokens: 0, last_loss: f32::NAN, last_eval: None, train_curve: vec![], eval_curve: vec![] };
+    while trainer.steps_done() < total {
+        let s = match trainer.step() {
+            Ok(s) => s,
+            Err(e) => {
+                bar.abandon();
+                return Err(e.into());
+            }
+        };
+        out.tokens += s.tokens;
+        out.last_loss = s.loss;
+        out.train_curve.push((s.step as f64, s.loss as f64));
+        let tps = s.tokens as f64 / s.seconds.max(1e-9);
+        bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps));
+        bar.set_position(s.step as u64);
+        writeln!(metrics, "{}", serde_json::json!({"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "tokens_per_s": tps, "elapsed_s": start.elapsed().as_secs_f64()}))?;
+        if !eval.is_empty() && (s.step % eval_every.max(1) == 0 || s.step == total) {
+            let e = trainer.evaluate(eval)?;
+            out.last_eval = Some(e.loss);
+            out.eval_curve.push((s.step as f64, e.loss as f64));
+            bar.println(format!("step {}: eval loss {:.4} (perplexity {:.2}) {}", s.step, e.loss, e.loss.exp(), per_category(&e.per_category)));
+            writeln!(metrics, "{}", serde_json::json!({"step": s.step, "eval_loss": e.loss, "eval_tokens": e.tokens, "eval_per_category": e.per_category}))?;
+        }
+        let stopping = stop.load(Ordering::SeqCst);
+        if s.step % save_every.max(1) == 0 || stopping {
+            trainer.save_checkpoint(checkpoint)?;
+        }
+        if stopping {
+            bar.println(format!("interrupted: checkpoint written at step {} to {}; continue with --resume", s.step, checkpoint.display()));
+            out.interrupted = true;
+            break;
+        }
+    }
+    bar.finish();
+    out.seconds = start.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+fn per_category(m: &BTreeMap<String, f32>) -> String {
+    if m.len() <= 1 {
+        return String::new();
+    }
+    m.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", ")
+}
+
+fn finish(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, o: Outcome) -> CliResult {
+    trainer.save_checkpoint(&output.join("checkpoint"))?;
+    let adapter_dir = output.join("adapter");
+    save_adapter(&trainer.model, &adapter_dir)?;
+    let mut files = vec![adapter_dir.display().to_string(), output.join("metrics.jsonl").display().to_string()];
+    let curve = output.join("loss.svg");
+    let mut series = vec![Series { name: "train", color: "#1f77b4", points: &o.train_curve }];
+    if !o.eval_curve.is_empty() {
+        series.push(Series { name: "eval", color: "#d62728", points: &o.eval_curve });
+    }
+    line_chart_svg(&curve, "loss", "loss", &series)?;
+    files.push(curve.display().to_string());
+    let hydra = trainer.model.adapter.as_ref().is_some_and(|a| a.method == Method::Hydra);
+    let mut groups: BTreeMap<String, Vec<Vec<u32>>> = BTreeMap::new();
+    for ex in eval {
+        if let Some(c) = &ex.category {
+            groups.entry(c.clone()).or_default().push(ex.ids.clone());
+        }
+    }
+    if hydra && !groups.is_empty() {
+        let groups: Vec<(String, Vec<Vec<u32>>)> = groups.into_iter().collect();
+        let rows = gates_by_category(&mut trainer.model, &groups)?;
+        let names: Vec<String> = groups.iter().map(|(n, _)| n.clone()).collect();
+        let heads: Vec<String> = (0..rows.first().map_or(0, Vec::len)).map(|i| format!("head {i}")).collect();
+        let path = output.join("router.svg");
+        heatmap_svg(&path, "router: mean gate weight per category (all layers)", &names, &heads, &rows)?;
+        files.push(path.display().to_string());
+    }
+    println!("{}", if o.interrupted { "stopped early (Ctrl-C)" } else { "done" });
+    println!("  steps:       {} of {}", trainer.steps_done(), trainer.settings.total_steps);
+    println!("  train loss:  {:.4} (last step)", o.last_loss);
+    if let Some(e) = o.last_eval {
+        println!("  eval loss:   {e:.4} (perplexity {:.2})", e.exp());
+    }
+    println!("  time:        {:.1} s, {:.0} tokens/s", o.seconds, o.tokens as f64 / o.seconds.max(1e-9));
+    println!("  files:       {}", files.join("\n               "));
+    Ok(())
+}
