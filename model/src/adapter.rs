@@ -564,7 +564,10 @@ pub fn balance_loss(model: &Llama, coef: f32) -> Result<Option<Tensor>> {
 
 /// Mean gate weight of each head per category, averaged over every router of the model:
 /// one row per category of `groups` (name, its token ids), one column per head.
-pub fn gates_by_category(model: &mut Llama, groups: &[(String, Vec<Vec<u32>>)]) -> Result<Vec<Vec<f32>>> {
+pub fn gates_by_category(
+    model: &mut Llama,
+    groups: &[(String, Vec<Vec<u32>>)],
+) -> Result<Vec<Vec<f32>>> {
     record_gates(model, true);
     let mut rows = Vec::with_capacity(groups.len());
     for (_, sequences) in groups {

@@ -20,7 +20,7 @@ use crate::error::{ModelError, Result};
 use crate::generate::{generate, SamplingConfig};
 use crate::llama::Llama;
 use crate::report::{heatmap_svg, line_chart_svg, Series};
-use crate::train::{ScheduleKind, StepStats, Trainable, TrainSettings, Trainer};
+use crate::train::{ScheduleKind, StepStats, TrainSettings, Trainable, Trainer};
 
 /// The four fine-tuning tasks: same `tag:input=` format, different mappings.
 pub const TASKS: [&str; 4] = ["reverse", "sort", "add", "cipher"];
@@ -49,19 +49,39 @@ pub struct DemoOptions {
 impl DemoOptions {
     /// The default demo (a few minutes on a 2-core CPU with lavapipe).
     pub fn standard(cache_dir: PathBuf, out_dir: PathBuf) -> Self {
-        DemoOptions { seeds: 3, base_steps: 300, finetune_steps: 200, train_per_task: 400, eval_per_task: 24, batch: 32, cache_dir, out_dir }
+        DemoOptions {
+            seeds: 3,
+            base_steps: 300,
+            finetune_steps: 200,
+            train_per_task: 400,
+            eval_per_task: 24,
+            batch: 32,
+            cache_dir,
+            out_dir,
+        }
     }
 
     /// `--quick`: the same pipeline, smaller (about a minute on the same machine).
     pub fn quick(cache_dir: PathBuf, out_dir: PathBuf) -> Self {
-        DemoOptions { seeds: 3, finetune_steps: 50, train_per_task: 200, eval_per_task: 12, batch: 16, ..Self::standard(cache_dir, out_dir) }
+        DemoOptions {
+            seeds: 3,
+            finetune_steps: 50,
+            train_per_task: 200,
+            eval_per_task: 12,
+            batch: 16,
+            ..Self::standard(cache_dir, out_dir)
+        }
     }
 }
 
 /// Progress of the demo, for a progress display.
 pub enum DemoEvent<'a> {
     Phase(String),
-    Step { run: &'a str, stats: &'a StepStats, total: usize },
+    Step {
+        run: &'a str,
+        stats: &'a StepStats,
+        total: usize,
+    },
 }
 
 /// One row of the result table: a task, a method, exact match over the seeds.
@@ -89,7 +109,11 @@ pub struct DemoReport {
 /// One example of a task, from the seeded generator.
 pub fn task_example(task: &str, rng: &mut Rng) -> Example {
     let n_letters = LETTERS.len() as u64;
-    let word = |rng: &mut Rng| -> String { (0..3 + rng.below(2)).map(|_| LETTERS.as_bytes()[rng.below(n_letters) as usize] as char).collect() };
+    let word = |rng: &mut Rng| -> String {
+        (0..3 + rng.below(2))
+            .map(|_| LETTERS.as_bytes()[rng.below(n_letters) as usize] as char)
+            .collect()
+    };
     let (tag, input, output) = match task {
         "reverse" => {
             let w = word(rng);
@@ -107,15 +131,31 @@ pub fn task_example(task: &str, rng: &mut Rng) -> Example {
         }
         "cipher" => {
             let w = word(rng);
-            ("rot", w.clone(), w.chars().map(|c| (b'a' + (c as u8 - b'a' + 3) % n_letters as u8) as char).collect())
+            (
+                "rot",
+                w.clone(),
+                w.chars()
+                    .map(|c| (b'a' + (c as u8 - b'a' + 3) % n_letters as u8) as char)
+                    .collect(),
+            )
         }
         // The generic corpus of the base model: copy letters or digits.
         _ => {
-            let w = if rng.below(3) == 0 { (0..1 + rng.below(4)).map(|_| (b'0' + rng.below(10) as u8) as char).collect() } else { word(rng) };
+            let w = if rng.below(3) == 0 {
+                (0..1 + rng.below(4))
+                    .map(|_| (b'0' + rng.below(10) as u8) as char)
+                    .collect()
+            } else {
+                word(rng)
+            };
             ("cpy", w.clone(), w)
         }
     };
-    Example { prompt: format!("{tag}:{input}="), response: output, category: Some(task.to_string()) }
+    Example {
+        prompt: format!("{tag}:{input}="),
+        response: output,
+        category: Some(task.to_string()),
+    }
 }
 
 fn task_set(tasks: &[&str], per_task: usize, seed: u64) -> Vec<Example> {
@@ -153,57 +193,121 @@ pub fn demo_config(vocab: usize) -> LlamaConfig {
 /// with the rank whose count comes closest.
 pub fn adapter_pair(model: &Llama) -> (AdapterConfig, AdapterConfig) {
     // Reverse and sort need new attention patterns, so attention is adapted as well as the MLP.
-    let targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+    let targets = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
     let hydra = AdapterConfig::hydra(4, 8.0, 4, &targets);
     let count = |cfg: &AdapterConfig| -> usize {
         model
             .layers
             .iter()
-            .flat_map(|l| cfg.targets.iter().map(move |t| l.linear(t).expect("a target")))
-            .map(|lin| cfg.r * lin.d_in() + cfg.experts * cfg.r * lin.d_out() + if cfg.experts > 1 { cfg.experts * lin.d_in() } else { 0 })
+            .flat_map(|l| {
+                cfg.targets
+                    .iter()
+                    .map(move |t| l.linear(t).expect("a target"))
+            })
+            .map(|lin| {
+                cfg.r * lin.d_in()
+                    + cfg.experts * cfg.r * lin.d_out()
+                    + if cfg.experts > 1 {
+                        cfg.experts * lin.d_in()
+                    } else {
+                        0
+                    }
+            })
             .sum()
     };
     let budget = count(&hydra);
-    let r = (1..=64).min_by_key(|&r| count(&AdapterConfig::lora(r, 2.0 * r as f32, &targets)).abs_diff(budget)).unwrap_or(8);
+    let r = (1..=64)
+        .min_by_key(|&r| count(&AdapterConfig::lora(r, 2.0 * r as f32, &targets)).abs_diff(budget))
+        .unwrap_or(8);
     (AdapterConfig::lora(r, 2.0 * r as f32, &targets), hydra)
 }
 
 /// Exact match of greedy generation against each example's response, per category.
-pub fn exact_match(model: &Llama, codec: &dyn TextCodec, examples: &[Example]) -> Result<BTreeMap<String, f64>> {
+pub fn exact_match(
+    model: &Llama,
+    codec: &dyn TextCodec,
+    examples: &[Example],
+) -> Result<BTreeMap<String, f64>> {
     let mut hits: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for ex in examples {
         let mut prompt = codec.bos_id().into_iter().collect::<Vec<_>>();
         prompt.extend(codec.encode(&ex.prompt)?);
-        let cfg = SamplingConfig { max_new_tokens: ex.response.chars().count() + 2, stop_tokens: codec.eos_id().into_iter().collect(), ..Default::default() };
+        let cfg = SamplingConfig {
+            max_new_tokens: ex.response.chars().count() + 2,
+            stop_tokens: codec.eos_id().into_iter().collect(),
+            ..Default::default()
+        };
         let out = generate(model, &prompt, &cfg, |_| true)?;
-        let entry = hits.entry(ex.category.clone().unwrap_or_default()).or_default();
+        let entry = hits
+            .entry(ex.category.clone().unwrap_or_default())
+            .or_default();
         entry.0 += usize::from(codec.decode(&out)? == ex.response);
         entry.1 += 1;
     }
-    Ok(hits.into_iter().map(|(k, (h, n))| (k, h as f64 / n.max(1) as f64)).collect())
+    Ok(hits
+        .into_iter()
+        .map(|(k, (h, n))| (k, h as f64 / n.max(1) as f64))
+        .collect())
 }
 
 /// The base model: from the cache when it is there, else trained now and cached.
-fn base_model(device: &Device, codec: &CharCodec, opts: &DemoOptions, on_event: &mut dyn FnMut(DemoEvent)) -> Result<(Llama, bool)> {
+fn base_model(
+    device: &Device,
+    codec: &CharCodec,
+    opts: &DemoOptions,
+    on_event: &mut dyn FnMut(DemoEvent),
+) -> Result<(Llama, bool)> {
     let config = demo_config(codec.vocab_size());
-    let dir = opts.cache_dir.join(format!("demo-base-v{BASE_VERSION}-{}steps", opts.base_steps));
+    let dir = opts.cache_dir.join(format!(
+        "demo-base-v{BASE_VERSION}-{}steps",
+        opts.base_steps
+    ));
     if dir.join("model.safetensors").is_file() {
         if let Ok(model) = Llama::load(device, &dir) {
             return Ok((model, true));
         }
     }
-    on_event(DemoEvent::Phase(format!("training the base model ({} steps, full parameters, copy task); cached in {}", opts.base_steps, dir.display())));
+    on_event(DemoEvent::Phase(format!(
+        "training the base model ({} steps, full parameters, copy task); cached in {}",
+        opts.base_steps,
+        dir.display()
+    )));
     let corpus = task_set(&["copy"], opts.base_steps * BASE_BATCH / 4 + 64, 1234);
     let (tokens, _) = tokenize(&corpus, codec, 32)?;
     let model = random_model(device, &config, 7)?;
-    let settings = TrainSettings { lr: 5e-3, schedule: ScheduleKind::Cosine, warmup_steps: opts.base_steps / 20, total_steps: opts.base_steps, micro_batch: BASE_BATCH, grad_accum: 1, max_grad_norm: Some(1.0), weight_decay: 0.01, seed: 1, trainable: Trainable::Full, ..Default::default() };
+    let settings = TrainSettings {
+        lr: 5e-3,
+        schedule: ScheduleKind::Cosine,
+        warmup_steps: opts.base_steps / 20,
+        total_steps: opts.base_steps,
+        micro_batch: BASE_BATCH,
+        grad_accum: 1,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.01,
+        seed: 1,
+        trainable: Trainable::Full,
+        ..Default::default()
+    };
     let mut trainer = Trainer::new(model, tokens, codec.pad_id(), settings)?;
     for _ in 0..opts.base_steps {
         let stats = trainer.step()?;
-        on_event(DemoEvent::Step { run: "base", stats: &stats, total: opts.base_steps });
+        on_event(DemoEvent::Step {
+            run: "base",
+            stats: &stats,
+            total: opts.base_steps,
+        });
     }
     let model = trainer.model;
-    std::fs::create_dir_all(&opts.cache_dir).map_err(|e| ModelError::io("create", &opts.cache_dir, e))?;
+    std::fs::create_dir_all(&opts.cache_dir)
+        .map_err(|e| ModelError::io("create", &opts.cache_dir, e))?;
     crate::train::checkpoint::replace_dir(&dir, |tmp| {
         model.save(tmp)?;
         codec.save(&tmp.join(crate::codec::CHAR_CODEC_FILE))
@@ -213,7 +317,11 @@ fn base_model(device: &Device, codec: &CharCodec, opts: &DemoOptions, on_event: 
 }
 
 /// Runs the whole demo; `on_event` sees phases and steps (for progress bars).
-pub fn run_demo(device: &Device, opts: &DemoOptions, mut on_event: impl FnMut(DemoEvent)) -> Result<DemoReport> {
+pub fn run_demo(
+    device: &Device,
+    opts: &DemoOptions,
+    mut on_event: impl FnMut(DemoEvent),
+) -> Result<DemoReport> {
     let start = Instant::now();
     let codec = CharCodec::new(ALPHABET.chars())?;
     let (base, base_from_cache) = base_model(device, &codec, opts, &mut on_event)?;
@@ -221,38 +329,63 @@ pub fn run_demo(device: &Device, opts: &DemoOptions, mut on_event: impl FnMut(De
     let train = task_set(&TASKS, opts.train_per_task, 99);
     let eval = task_set(&TASKS, opts.eval_per_task, 4242);
     let (train_tokens, _) = tokenize(&train, &codec, 32)?;
-    let base_dir = opts.cache_dir.join(format!("demo-base-v{BASE_VERSION}-{}steps", opts.base_steps));
+    let base_dir = opts.cache_dir.join(format!(
+        "demo-base-v{BASE_VERSION}-{}steps",
+        opts.base_steps
+    ));
     let load_base = || Llama::load(device, &base_dir);
-    on_event(DemoEvent::Phase("exact match of the base model (before fine-tuning)".into()));
+    on_event(DemoEvent::Phase(
+        "exact match of the base model (before fine-tuning)".into(),
+    ));
     let mut base_eval = eval.clone();
     base_eval.extend(task_set(&["copy"], opts.eval_per_task, 4243));
     let base_exact_match = exact_match(&load_base()?, &codec, &base_eval)?;
     let (lora_cfg, hydra_cfg) = adapter_pair(&load_base()?);
 
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| ModelError::io("create", &opts.out_dir, e))?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .map_err(|e| ModelError::io("create", &opts.out_dir, e))?;
     let mut scores: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     let mut counts = BTreeMap::new();
     let mut curves: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     let mut heatmap: Option<(Vec<String>, Vec<Vec<f32>>)> = None;
     for seed in 0..opts.seeds as u64 {
         for (method, cfg) in [("lora", &lora_cfg), ("hydra", &hydra_cfg)] {
-            on_event(DemoEvent::Phase(format!("fine-tuning {method} (seed {seed})")));
+            on_event(DemoEvent::Phase(format!(
+                "fine-tuning {method} (seed {seed})"
+            )));
             let mut model = load_base()?;
             attach(&mut model, cfg, 1000 + seed)?;
             counts.insert(method.to_string(), trainable_count(&model));
-            let settings = TrainSettings { lr: 1e-2, schedule: ScheduleKind::Cosine, warmup_steps: opts.finetune_steps / 10, total_steps: opts.finetune_steps, micro_batch: opts.batch, max_grad_norm: Some(1.0), weight_decay: 0.0, seed: 10 + seed, ..Default::default() };
+            let settings = TrainSettings {
+                lr: 1e-2,
+                schedule: ScheduleKind::Cosine,
+                warmup_steps: opts.finetune_steps / 10,
+                total_steps: opts.finetune_steps,
+                micro_batch: opts.batch,
+                max_grad_norm: Some(1.0),
+                weight_decay: 0.0,
+                seed: 10 + seed,
+                ..Default::default()
+            };
             let mut trainer = Trainer::new(model, train_tokens.clone(), codec.pad_id(), settings)?;
             let mut curve = Vec::new();
             let run = format!("{method} seed {seed}");
             for _ in 0..opts.finetune_steps {
                 let stats = trainer.step()?;
                 curve.push((stats.step as f64, stats.loss as f64));
-                on_event(DemoEvent::Step { run: &run, stats: &stats, total: opts.finetune_steps });
+                on_event(DemoEvent::Step {
+                    run: &run,
+                    stats: &stats,
+                    total: opts.finetune_steps,
+                });
             }
             let mut model = trainer.model;
             let em = exact_match(&model, &codec, &eval)?;
             for (task, v) in em {
-                scores.entry((task, method.to_string())).or_default().push(v);
+                scores
+                    .entry((task, method.to_string()))
+                    .or_default()
+                    .push(v);
             }
             if seed == 0 {
                 curves.push((method.to_string(), curve));
@@ -268,11 +401,31 @@ pub fn run_demo(device: &Device, opts: &DemoOptions, mut on_event: impl FnMut(De
         .into_iter()
         .map(|((task, method), per_seed)| {
             let (mean, std) = mean_std(&per_seed);
-            TaskResult { trainable_params: counts[&method], task, method, exact_match: mean, exact_match_std: std, per_seed }
+            TaskResult {
+                trainable_params: counts[&method],
+                task,
+                method,
+                exact_match: mean,
+                exact_match_std: std,
+                per_seed,
+            }
         })
         .collect();
-    let describe = |c: &AdapterConfig| format!("{:?} r={} alpha={} N={} targets={:?}", c.method, c.r, c.alpha, c.experts, c.targets);
-    let report = DemoReport { results, base_exact_match, lora_config: describe(&lora_cfg), hydra_config: describe(&hydra_cfg), files, seconds: start.elapsed().as_secs_f64(), base_from_cache };
+    let describe = |c: &AdapterConfig| {
+        format!(
+            "{:?} r={} alpha={} N={} targets={:?}",
+            c.method, c.r, c.alpha, c.experts, c.targets
+        )
+    };
+    let report = DemoReport {
+        results,
+        base_exact_match,
+        lora_config: describe(&lora_cfg),
+        hydra_config: describe(&hydra_cfg),
+        files,
+        seconds: start.elapsed().as_secs_f64(),
+        base_from_cache,
+    };
     let json = serde_json::to_string_pretty(&report).expect("the report serialises");
     let path = opts.out_dir.join("results.json");
     crate::weights::write_atomically(&path, |out| std::io::Write::write_all(out, json.as_bytes()))?;
@@ -280,28 +433,64 @@ pub fn run_demo(device: &Device, opts: &DemoOptions, mut on_event: impl FnMut(De
 }
 
 /// Mean gate weight of each head per task, averaged over every router.
-fn router_heatmap(model: &mut Llama, codec: &dyn TextCodec, eval: &[Example]) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
+fn router_heatmap(
+    model: &mut Llama,
+    codec: &dyn TextCodec,
+    eval: &[Example],
+) -> Result<(Vec<String>, Vec<Vec<f32>>)> {
     let mut groups = Vec::new();
     for task in TASKS {
-        let examples: Vec<Example> = eval.iter().filter(|e| e.category.as_deref() == Some(task)).cloned().collect();
+        let examples: Vec<Example> = eval
+            .iter()
+            .filter(|e| e.category.as_deref() == Some(task))
+            .cloned()
+            .collect();
         let (tokens, _) = tokenize(&examples, codec, 32)?;
-        groups.push((task.to_string(), tokens.into_iter().map(|t| t.ids).collect()));
+        groups.push((
+            task.to_string(),
+            tokens.into_iter().map(|t| t.ids).collect(),
+        ));
     }
     let rows = adapter::gates_by_category(model, &groups)?;
     Ok((TASKS.iter().map(|t| t.to_string()).collect(), rows))
 }
 
-fn write_pictures(opts: &DemoOptions, curves: &[(String, Vec<(f64, f64)>)], heatmap: Option<(Vec<String>, Vec<Vec<f32>>)>) -> Result<Vec<PathBuf>> {
+fn write_pictures(
+    opts: &DemoOptions,
+    curves: &[(String, Vec<(f64, f64)>)],
+    heatmap: Option<(Vec<String>, Vec<Vec<f32>>)>,
+) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     let colors = ["#1f77b4", "#d62728"];
-    let series: Vec<Series> = curves.iter().zip(colors).map(|((name, pts), color)| Series { name, color, points: pts }).collect();
+    let series: Vec<Series> = curves
+        .iter()
+        .zip(colors)
+        .map(|((name, pts), color)| Series {
+            name,
+            color,
+            points: pts,
+        })
+        .collect();
     let loss = opts.out_dir.join("loss.svg");
-    line_chart_svg(&loss, "demo fine-tuning loss (seed 0)", "train loss", &series)?;
+    line_chart_svg(
+        &loss,
+        "demo fine-tuning loss (seed 0)",
+        "train loss",
+        &series,
+    )?;
     files.push(loss);
     if let Some((rows, values)) = heatmap {
-        let cols: Vec<String> = (0..values.first().map_or(0, Vec::len)).map(|i| format!("head {i}")).collect();
+        let cols: Vec<String> = (0..values.first().map_or(0, Vec::len))
+            .map(|i| format!("head {i}"))
+            .collect();
         let path = opts.out_dir.join("router.svg");
-        heatmap_svg(&path, "HydraLoRA router: mean gate weight per task (all layers)", &rows, &cols, &values)?;
+        heatmap_svg(
+            &path,
+            "HydraLoRA router: mean gate weight per task (all layers)",
+            &rows,
+            &cols,
+            &values,
+        )?;
         files.push(path);
     }
     Ok(files)
@@ -319,5 +508,8 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
         return Path::new(&x).join("hydralora");
     }
-    std::env::var_os("HOME").map_or_else(|| PathBuf::from(".hydralora-cache"), |h| Path::new(&h).join(".cache").join("hydralora"))
+    std::env::var_os("HOME").map_or_else(
+        || PathBuf::from(".hydralora-cache"),
+        |h| Path::new(&h).join(".cache").join("hydralora"),
+    )
 }

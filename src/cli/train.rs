@@ -254,7 +254,7 @@ fn train_loop(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, c
             let e = trainer.evaluate(eval)?;
             out.last_eval = Some(e.loss);
             out.eval_curve.push((s.step as f64, e.loss as f64));
-            bar.println(format!("step {}: eval loss {:.4} (perplexity {:.2}) {}", s.step, e.loss, e.loss.exp(), per_category(&e.per_category)));
+            say(&bar, format!("step {}: eval loss {:.4} (perplexity {:.2}) {}", s.step, e.loss, e.loss.exp(), per_category(&e.per_category)));
             writeln!(metrics, "{}", serde_json::json!({"step": s.step, "eval_loss": e.loss, "eval_tokens": e.tokens, "eval_per_category": e.per_category}))?;
         }
         let stopping = stop.load(Ordering::SeqCst);
@@ -262,7 +262,7 @@ fn train_loop(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, c
             trainer.save_checkpoint(checkpoint)?;
         }
         if stopping {
-            bar.println(format!("interrupted: checkpoint written at step {} to {}; continue with --resume", s.step, checkpoint.display()));
+            say(&bar, format!("interrupted: checkpoint written at step {} to {}; continue with --resume", s.step, checkpoint.display()));
             out.interrupted = true;
             break;
         }
@@ -270,6 +270,15 @@ fn train_loop(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, c
     bar.finish();
     out.seconds = start.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// A line above the progress bar, or on stdout when there is no terminal to draw it on.
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 fn per_category(m: &BTreeMap<String, f32>) -> String {
