@@ -37,7 +37,7 @@ fn model_dir(name: &str) -> PathBuf {
     assert_eq!(chars.len(), 93);
     CharCodec::new(chars.chars())
         .unwrap()
-        .save(&dir.join(CHAR_CODEC_FILE))
+        .save(dir.join(CHAR_CODEC_FILE))
         .unwrap();
     dir
 }

@@ -29,7 +29,7 @@ pub const TASKS: [&str; 4] = ["reverse", "sort", "add", "cipher"];
 const LETTERS: &str = "abcdefghij";
 const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz0123456789:+=";
 /// Bump when the base model's recipe changes, so a stale cache is not reused.
-const BASE_VERSION: u32 = 1;
+const BASE_VERSION: u32 = 2;
 /// The base model's batch size (fixed, so `--quick` and the full demo share one cached base).
 const BASE_BATCH: usize = 32;
 
@@ -310,7 +310,7 @@ fn base_model(
         .map_err(|e| ModelError::io("create", &opts.cache_dir, e))?;
     crate::train::checkpoint::replace_dir(&dir, |tmp| {
         model.save(tmp)?;
-        codec.save(&tmp.join(crate::codec::CHAR_CODEC_FILE))
+        codec.save(tmp.join(crate::codec::CHAR_CODEC_FILE))
     })?;
     // Reload so the weights are frozen tensors again.
     Ok((Llama::load(device, &dir)?, false))

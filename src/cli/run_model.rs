@@ -29,7 +29,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    fn load(&self, device: &Device) -> Result<(Llama, Box<dyn TextCodec>), Box<dyn std::error::Error>> {
+    fn load(
+        &self,
+        device: &Device,
+    ) -> Result<(Llama, Box<dyn TextCodec>), Box<dyn std::error::Error>> {
         let mut model = Llama::load(device, &self.model)?;
         if let Some(dir) = &self.adapter {
             load_adapter(&mut model, dir)?;
@@ -70,11 +73,21 @@ pub fn generate_cmd(a: GenerateArgs) -> CliResult {
     prompt.extend(codec.encode(&a.prompt)?);
     let sampling = SamplingConfig {
         max_new_tokens: a.max_tokens.or(gen.max_new_tokens).unwrap_or(128),
-        temperature: a.temperature.or(gen.temperature.filter(|_| gen.do_sample.unwrap_or(false)).map(|t| t as f32)).unwrap_or(0.0),
+        temperature: a
+            .temperature
+            .or(gen
+                .temperature
+                .filter(|_| gen.do_sample.unwrap_or(false))
+                .map(|t| t as f32))
+            .unwrap_or(0.0),
         top_k: a.top_k.or(gen.top_k),
         top_p: a.top_p.or(gen.top_p.map(|p| p as f32)),
         seed: a.seed,
-        stop_tokens: if gen.eos_token_ids.is_empty() { model.config.eos_token_ids.clone() } else { gen.eos_token_ids.clone() },
+        stop_tokens: if gen.eos_token_ids.is_empty() {
+            model.config.eos_token_ids.clone()
+        } else {
+            gen.eos_token_ids.clone()
+        },
         use_cache: true,
     };
     let mut out = std::io::stdout();
@@ -132,27 +145,70 @@ pub fn eval_cmd(a: EvalArgs) -> CliResult {
     }
     let device = Device::new()?;
     let (model, codec) = a.model.load(&device)?;
-    let (examples, _) = read_jsonl(&a.data, &ReadOptions { skip_bad_lines: a.skip_bad_lines, template: PromptTemplate::alpaca() })?;
-    let (tokens, _) = tokenize(&examples, codec.as_ref(), a.max_len.min(model.config.max_position_embeddings))?;
+    let (examples, _) = read_jsonl(
+        &a.data,
+        &ReadOptions {
+            skip_bad_lines: a.skip_bad_lines,
+            template: PromptTemplate::alpaca(),
+        },
+    )?;
+    let (tokens, _) = tokenize(
+        &examples,
+        codec.as_ref(),
+        a.max_len.min(model.config.max_position_embeddings),
+    )?;
     let stats = evaluate(&model, &tokens, 8)?;
     let em: BTreeMap<String, f64> = if a.no_generate {
         BTreeMap::new()
     } else {
-        let labelled: Vec<Example> = examples.iter().map(|e| Example { category: Some(e.category.clone().unwrap_or_else(|| "all".into())), ..e.clone() }).collect();
+        let labelled: Vec<Example> = examples
+            .iter()
+            .map(|e| Example {
+                category: Some(e.category.clone().unwrap_or_else(|| "all".into())),
+                ..e.clone()
+            })
+            .collect();
         exact_match(&model, codec.as_ref(), &labelled)?
     };
     if a.json {
-        let per: BTreeMap<&String, serde_json::Value> = stats.per_category.iter().map(|(c, l)| (c, serde_json::json!({"loss": l, "perplexity": l.exp(), "exact_match": em.get(c)}))).collect();
-        println!("{}", serde_json::json!({"loss": stats.loss, "perplexity": stats.loss.exp(), "tokens": stats.tokens, "exact_match": em, "per_category": per}));
+        let per: BTreeMap<&String, serde_json::Value> = stats
+            .per_category
+            .iter()
+            .map(|(c, l)| {
+                (
+                    c,
+                    serde_json::json!({"loss": l, "perplexity": l.exp(), "exact_match": em.get(c)}),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"loss": stats.loss, "perplexity": stats.loss.exp(), "tokens": stats.tokens, "exact_match": em, "per_category": per})
+        );
         return Ok(());
     }
-    println!("{:<16} {:>10} {:>12} {:>12}", "category", "loss", "perplexity", "exact match");
+    println!(
+        "{:<16} {:>10} {:>12} {:>12}",
+        "category", "loss", "perplexity", "exact match"
+    );
     for (c, l) in &stats.per_category {
-        let e = em.get(c).map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
+        let e = em
+            .get(c)
+            .map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
         println!("{c:<16} {l:>10.4} {:>12.3} {e:>12}", l.exp());
     }
-    let total = if em.is_empty() { "-".into() } else { format!("{:.1}%", 100.0 * em.values().sum::<f64>() / em.len() as f64) };
-    println!("{:<16} {:>10.4} {:>12.3} {total:>12}  ({} tokens)", "all", stats.loss, stats.loss.exp(), stats.tokens);
+    let total = if em.is_empty() {
+        "-".into()
+    } else {
+        format!("{:.1}%", 100.0 * em.values().sum::<f64>() / em.len() as f64)
+    };
+    println!(
+        "{:<16} {:>10.4} {:>12.3} {total:>12}  ({} tokens)",
+        "all",
+        stats.loss,
+        stats.loss.exp(),
+        stats.tokens
+    );
     Ok(())
 }
 
@@ -164,17 +220,31 @@ pub struct VerifyArgs {
 }
 
 pub fn verify_cmd(a: VerifyArgs) -> CliResult {
-    let root = a.fixtures.unwrap_or_else(|| fixtures_root("../shared/fixtures"));
+    let root = a
+        .fixtures
+        .unwrap_or_else(|| fixtures_root("../shared/fixtures"));
     let device = Device::new()?;
-    println!("device: {} ({}, {})", device.info().name, device.info().backend, device.info().driver);
-    println!("{:<22} {:<52} {:>10} {:>10}  verdict", "case", "check", "error", "tolerance");
+    println!(
+        "device: {} ({}, {})",
+        device.info().name,
+        device.info().backend,
+        device.info().driver
+    );
+    println!(
+        "{:<22} {:<52} {:>10} {:>10}  verdict",
+        "case", "check", "error", "tolerance"
+    );
     let checks = check_all(&device, &root)?;
     for c in &checks {
         println!("{c}");
     }
     let failed = checks.iter().filter(|c| !c.passed()).count();
     if failed > 0 {
-        return Err(format!("{failed} of {} checks failed: this device or driver does not compute correctly", checks.len()).into());
+        return Err(format!(
+            "{failed} of {} checks failed: this device or driver does not compute correctly",
+            checks.len()
+        )
+        .into());
     }
     println!("all {} checks passed", checks.len());
     Ok(())

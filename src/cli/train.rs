@@ -11,9 +11,13 @@ use std::time::Instant;
 
 use clap::Args;
 use hydralora::engine::Device;
-use hydralora::model::adapter::{attach, gates_by_category, save_adapter, trainable_count, AdapterConfig, Method};
+use hydralora::model::adapter::{
+    attach, gates_by_category, save_adapter, trainable_count, AdapterConfig, Method,
+};
 use hydralora::model::codec::load_codec;
-use hydralora::model::data::{read_jsonl, split_eval, tokenize, PromptTemplate, ReadOptions, TokenizedExample};
+use hydralora::model::data::{
+    read_jsonl, split_eval, tokenize, PromptTemplate, ReadOptions, TokenizedExample,
+};
 use hydralora::model::report::{heatmap_svg, line_chart_svg, Series};
 use hydralora::model::train::{ScheduleKind, TrainSettings, Trainer};
 use hydralora::model::{Llama, TARGET_MODULES};
@@ -125,19 +129,53 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Flags over the TOML file's values.
     fn merged(self) -> Result<TrainArgs, Box<dyn std::error::Error>> {
-        let Some(path) = self.config.clone() else { return Ok(self) };
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-        let file: TrainArgs = toml::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let file: TrainArgs =
+            toml::from_str(&text).map_err(|e| format!("`{}`: {e}", path.display()))?;
         macro_rules! pick {
             ($($f:ident),*) => { TrainArgs { $($f: self.$f.or(file.$f),)* data: if self.data.is_empty() { file.data } else { self.data }, config: self.config, resume: self.resume } };
         }
-        Ok(pick!(model, output, method, rank, alpha, experts, targets, rslora, top_k, balance_coef, lr, schedule, warmup, epochs, steps, micro_batch, grad_accum, max_len, max_grad_norm, weight_decay, eval_split, eval_interval, save_interval, seed, skip_bad_lines, template))
+        Ok(pick!(
+            model,
+            output,
+            method,
+            rank,
+            alpha,
+            experts,
+            targets,
+            rslora,
+            top_k,
+            balance_coef,
+            lr,
+            schedule,
+            warmup,
+            epochs,
+            steps,
+            micro_batch,
+            grad_accum,
+            max_len,
+            max_grad_norm,
+            weight_decay,
+            eval_split,
+            eval_interval,
+            save_interval,
+            seed,
+            skip_bad_lines,
+            template
+        ))
     }
 }
 
 pub fn run(args: TrainArgs) -> CliResult {
     let a = args.merged()?;
-    let model_dir = a.model.clone().ok_or("--model is required (a Hugging Face model folder)")?;
+    let model_dir = a
+        .model
+        .clone()
+        .ok_or("--model is required (a Hugging Face model folder)")?;
     if a.data.is_empty() {
         return Err("--data is required (one or more JSONL files)".into());
     }
@@ -146,8 +184,18 @@ pub fn run(args: TrainArgs) -> CliResult {
         "hydra" => Method::Hydra,
         other => return Err(format!("--method must be lora or hydra, not `{other}`").into()),
     };
-    let output = a.output.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", if method == Method::Lora { "lora" } else { "hydra" })));
-    std::fs::create_dir_all(&output).map_err(|e| format!("cannot create `{}`: {e}", output.display()))?;
+    let output = a.output.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "runs/{}",
+            if method == Method::Lora {
+                "lora"
+            } else {
+                "hydra"
+            }
+        ))
+    });
+    std::fs::create_dir_all(&output)
+        .map_err(|e| format!("cannot create `{}`: {e}", output.display()))?;
     let seed = a.seed.unwrap_or(0);
 
     let device = Device::new()?;
@@ -158,19 +206,35 @@ pub fn run(args: TrainArgs) -> CliResult {
         Some(t) => PromptTemplate::new(t)?,
         None => PromptTemplate::alpaca(),
     };
-    let (examples, read_report) = read_jsonl(&a.data, &ReadOptions { skip_bad_lines: a.skip_bad_lines.unwrap_or(false), template })?;
+    let (examples, read_report) = read_jsonl(
+        &a.data,
+        &ReadOptions {
+            skip_bad_lines: a.skip_bad_lines.unwrap_or(false),
+            template,
+        },
+    )?;
     eprintln!("data: {read_report}");
     let (train, eval) = match a.eval_split.unwrap_or(0.05) {
         f if f > 0.0 && examples.len() >= 2 => split_eval(examples, f, seed)?,
         _ => (examples, Vec::new()),
     };
-    let max_len = a.max_len.unwrap_or(512).min(model.config.max_position_embeddings);
+    let max_len = a
+        .max_len
+        .unwrap_or(512)
+        .min(model.config.max_position_embeddings);
     let (train_tokens, report) = tokenize(&train, codec.as_ref(), max_len)?;
     eprintln!("train: {report}");
-    let eval_tokens = if eval.is_empty() { Vec::new() } else { tokenize(&eval, codec.as_ref(), max_len)?.0 };
+    let eval_tokens = if eval.is_empty() {
+        Vec::new()
+    } else {
+        tokenize(&eval, codec.as_ref(), max_len)?.0
+    };
 
     let r = a.rank.unwrap_or(8);
-    let targets: Vec<String> = a.targets.clone().unwrap_or_else(|| TARGET_MODULES.iter().map(|s| s.to_string()).collect());
+    let targets: Vec<String> = a
+        .targets
+        .clone()
+        .unwrap_or_else(|| TARGET_MODULES.iter().map(|s| s.to_string()).collect());
     let target_refs: Vec<&str> = targets.iter().map(String::as_str).collect();
     let alpha = a.alpha.unwrap_or(2.0 * r as f32);
     let mut adapter = match method {
@@ -181,12 +245,20 @@ pub fn run(args: TrainArgs) -> CliResult {
     adapter.top_k = a.top_k;
     adapter.balance_coef = a.balance_coef.unwrap_or(0.0);
     attach(&mut model, &adapter, seed)?;
-    eprintln!("adapter: {:?} r={r} alpha={alpha} N={} on {:?}: {} trainable parameters", method, adapter.experts, targets, trainable_count(&model));
+    eprintln!(
+        "adapter: {:?} r={r} alpha={alpha} N={} on {:?}: {} trainable parameters",
+        method,
+        adapter.experts,
+        targets,
+        trainable_count(&model)
+    );
 
     let micro = a.micro_batch.unwrap_or(4);
     let accum = a.grad_accum.unwrap_or(1);
     let per_epoch = train_tokens.len().div_ceil(micro * accum).max(1);
-    let total = a.steps.unwrap_or_else(|| ((a.epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as usize).max(1));
+    let total = a
+        .steps
+        .unwrap_or_else(|| ((a.epochs.unwrap_or(1.0) * per_epoch as f64).ceil() as usize).max(1));
     let schedule: ScheduleKind = a.schedule.as_deref().unwrap_or("cosine").parse()?;
     let settings = TrainSettings {
         lr: a.lr.unwrap_or(2e-4),
@@ -204,12 +276,23 @@ pub fn run(args: TrainArgs) -> CliResult {
     let pad = codec.pad_id();
     let mut trainer = if a.resume {
         let t = Trainer::resume(model, train_tokens, pad, &checkpoint)?;
-        eprintln!("resumed from {} at step {}", checkpoint.display(), t.steps_done());
+        eprintln!(
+            "resumed from {} at step {}",
+            checkpoint.display(),
+            t.steps_done()
+        );
         t
     } else {
         Trainer::new(model, train_tokens, pad, settings)?
     };
-    let outcome = train_loop(&mut trainer, &eval_tokens, &output, &checkpoint, a.eval_interval.unwrap_or(50), a.save_interval.unwrap_or(100))?;
+    let outcome = train_loop(
+        &mut trainer,
+        &eval_tokens,
+        &output,
+        &checkpoint,
+        a.eval_interval.unwrap_or(50),
+        a.save_interval.unwrap_or(100),
+    )?;
     finish(&mut trainer, &eval_tokens, &output, outcome)
 }
 
@@ -223,18 +306,40 @@ struct Outcome {
     eval_curve: Vec<(f64, f64)>,
 }
 
-fn train_loop(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, checkpoint: &Path, eval_every: usize, save_every: usize) -> Result<Outcome, Box<dyn std::error::Error>> {
+fn train_loop(
+    trainer: &mut Trainer,
+    eval: &[TokenizedExample],
+    output: &Path,
+    checkpoint: &Path,
+    eval_every: usize,
+    save_every: usize,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     // Ctrl-C: finish the current step, write a checkpoint, then exit.
     let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     let total = trainer.settings.total_steps;
     let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}").expect("a valid template"));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+            .expect("a valid template"),
+    );
     bar.set_position(trainer.steps_done() as u64);
-    let mut metrics = OpenOptions::new().create(true).append(true).open(output.join("metrics.jsonl")).map_err(|e| format!("cannot open metrics.jsonl: {e}"))?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(output.join("metrics.jsonl"))
+        .map_err(|e| format!("cannot open metrics.jsonl: {e}"))?;
     let start = Instant::now();
-    let mut out = Outcome { interrupted: false, seconds: 0.0, tokens: 0, last_loss: f32::NAN, last_eval: None, train_curve: vec![], eval_curve: vec![] };
+    let mut out = Outcome {
+        interrupted: false,
+        seconds: 0.0,
+        tokens: 0,
+        last_loss: f32::NAN,
+        last_eval: None,
+        train_curve: vec![],
+        eval_curve: vec![],
+    };
     while trainer.steps_done() < total {
         let s = match trainer.step() {
             Ok(s) => s,
@@ -247,22 +352,49 @@ fn train_loop(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, c
         out.last_loss = s.loss;
         out.train_curve.push((s.step as f64, s.loss as f64));
         let tps = s.tokens as f64 / s.seconds.max(1e-9);
-        bar.set_message(format!("loss {:.4}  lr {:.2e}  {:.0} tok/s", s.loss, s.lr, tps));
+        bar.set_message(format!(
+            "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+            s.loss, s.lr, tps
+        ));
         bar.set_position(s.step as u64);
-        writeln!(metrics, "{}", serde_json::json!({"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "tokens_per_s": tps, "elapsed_s": start.elapsed().as_secs_f64()}))?;
+        writeln!(
+            metrics,
+            "{}",
+            serde_json::json!({"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "tokens_per_s": tps, "elapsed_s": start.elapsed().as_secs_f64()})
+        )?;
         if !eval.is_empty() && (s.step % eval_every.max(1) == 0 || s.step == total) {
             let e = trainer.evaluate(eval)?;
             out.last_eval = Some(e.loss);
             out.eval_curve.push((s.step as f64, e.loss as f64));
-            say(&bar, format!("step {}: eval loss {:.4} (perplexity {:.2}) {}", s.step, e.loss, e.loss.exp(), per_category(&e.per_category)));
-            writeln!(metrics, "{}", serde_json::json!({"step": s.step, "eval_loss": e.loss, "eval_tokens": e.tokens, "eval_per_category": e.per_category}))?;
+            say(
+                &bar,
+                format!(
+                    "step {}: eval loss {:.4} (perplexity {:.2}) {}",
+                    s.step,
+                    e.loss,
+                    e.loss.exp(),
+                    per_category(&e.per_category)
+                ),
+            );
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::json!({"step": s.step, "eval_loss": e.loss, "eval_tokens": e.tokens, "eval_per_category": e.per_category})
+            )?;
         }
         let stopping = stop.load(Ordering::SeqCst);
         if s.step % save_every.max(1) == 0 || stopping {
             trainer.save_checkpoint(checkpoint)?;
         }
         if stopping {
-            say(&bar, format!("interrupted: checkpoint written at step {} to {}; continue with --resume", s.step, checkpoint.display()));
+            say(
+                &bar,
+                format!(
+                    "interrupted: checkpoint written at step {} to {}; continue with --resume",
+                    s.step,
+                    checkpoint.display()
+                ),
+            );
             out.interrupted = true;
             break;
         }
@@ -285,22 +417,45 @@ fn per_category(m: &BTreeMap<String, f32>) -> String {
     if m.len() <= 1 {
         return String::new();
     }
-    m.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", ")
+    m.iter()
+        .map(|(k, v)| format!("{k} {v:.3}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn finish(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, o: Outcome) -> CliResult {
+fn finish(
+    trainer: &mut Trainer,
+    eval: &[TokenizedExample],
+    output: &Path,
+    o: Outcome,
+) -> CliResult {
     trainer.save_checkpoint(&output.join("checkpoint"))?;
     let adapter_dir = output.join("adapter");
     save_adapter(&trainer.model, &adapter_dir)?;
-    let mut files = vec![adapter_dir.display().to_string(), output.join("metrics.jsonl").display().to_string()];
+    let mut files = vec![
+        adapter_dir.display().to_string(),
+        output.join("metrics.jsonl").display().to_string(),
+    ];
     let curve = output.join("loss.svg");
-    let mut series = vec![Series { name: "train", color: "#1f77b4", points: &o.train_curve }];
+    let mut series = vec![Series {
+        name: "train",
+        color: "#1f77b4",
+        points: &o.train_curve,
+    }];
     if !o.eval_curve.is_empty() {
-        series.push(Series { name: "eval", color: "#d62728", points: &o.eval_curve });
+        series.push(Series {
+            name: "eval",
+            color: "#d62728",
+            points: &o.eval_curve,
+        });
     }
     line_chart_svg(&curve, "loss", "loss", &series)?;
     files.push(curve.display().to_string());
-    let hydra = trainer.model.adapter.as_ref().is_some_and(|a| a.method == Method::Hydra);
+    let hydra = trainer
+        .model
+        .adapter
+        .as_ref()
+        .is_some_and(|a| a.method == Method::Hydra);
     let mut groups: BTreeMap<String, Vec<Vec<u32>>> = BTreeMap::new();
     for ex in eval {
         if let Some(c) = &ex.category {
@@ -311,18 +466,41 @@ fn finish(trainer: &mut Trainer, eval: &[TokenizedExample], output: &Path, o: Ou
         let groups: Vec<(String, Vec<Vec<u32>>)> = groups.into_iter().collect();
         let rows = gates_by_category(&mut trainer.model, &groups)?;
         let names: Vec<String> = groups.iter().map(|(n, _)| n.clone()).collect();
-        let heads: Vec<String> = (0..rows.first().map_or(0, Vec::len)).map(|i| format!("head {i}")).collect();
+        let heads: Vec<String> = (0..rows.first().map_or(0, Vec::len))
+            .map(|i| format!("head {i}"))
+            .collect();
         let path = output.join("router.svg");
-        heatmap_svg(&path, "router: mean gate weight per category (all layers)", &names, &heads, &rows)?;
+        heatmap_svg(
+            &path,
+            "router: mean gate weight per category (all layers)",
+            &names,
+            &heads,
+            &rows,
+        )?;
         files.push(path.display().to_string());
     }
-    println!("{}", if o.interrupted { "stopped early (Ctrl-C)" } else { "done" });
-    println!("  steps:       {} of {}", trainer.steps_done(), trainer.settings.total_steps);
+    println!(
+        "{}",
+        if o.interrupted {
+            "stopped early (Ctrl-C)"
+        } else {
+            "done"
+        }
+    );
+    println!(
+        "  steps:       {} of {}",
+        trainer.steps_done(),
+        trainer.settings.total_steps
+    );
     println!("  train loss:  {:.4} (last step)", o.last_loss);
     if let Some(e) = o.last_eval {
         println!("  eval loss:   {e:.4} (perplexity {:.2})", e.exp());
     }
-    println!("  time:        {:.1} s, {:.0} tokens/s", o.seconds, o.tokens as f64 / o.seconds.max(1e-9));
+    println!(
+        "  time:        {:.1} s, {:.0} tokens/s",
+        o.seconds,
+        o.tokens as f64 / o.seconds.max(1e-9)
+    );
     println!("  files:       {}", files.join("\n               "));
     Ok(())
 }

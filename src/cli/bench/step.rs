@@ -47,14 +47,39 @@ pub fn run_step(a: StepArgs) -> CliResult {
         return Ok(());
     }
     println!("device:             {}", r.device);
-    println!("config:             {} (batch {} x seq {} = {} tokens)", a.config.display(), cfg.batch, cfg.seq, r.tokens_per_step);
-    println!("method:             {} on {:?}, {} trainable parameters", r.method, r.targets, r.trainable_params);
-    println!("time per step:      median {:.3} s, min {:.3} s ({} timed steps)", r.median_s, r.min_s, a.steps.max(1));
+    println!(
+        "config:             {} (batch {} x seq {} = {} tokens)",
+        a.config.display(),
+        cfg.batch,
+        cfg.seq,
+        r.tokens_per_step
+    );
+    println!(
+        "method:             {} on {:?}, {} trainable parameters",
+        r.method, r.targets, r.trainable_params
+    );
+    println!(
+        "time per step:      median {:.3} s, min {:.3} s ({} timed steps)",
+        r.median_s,
+        r.min_s,
+        a.steps.max(1)
+    );
     println!("tokens/s:           {:.0}", r.tokens_per_s);
-    println!("FLOPs per step:     {:.3} GFLOP = {}", r.flops_per_step / 1e9, r.flops_formula);
+    println!(
+        "FLOPs per step:     {:.3} GFLOP = {}",
+        r.flops_per_step / 1e9,
+        r.flops_formula
+    );
     println!("achieved:           {:.2} GFLOP/s", r.gflops);
-    println!("pool peak:          {:.1} MiB first step, {:.1} MiB last step", r.peak_pool_bytes_first_step as f64 / 1048576.0, r.peak_pool_bytes_last_step as f64 / 1048576.0);
-    println!("pipelines compiled after the first step: {}; submits per step: {:.1}", r.pipelines_after_first_step, r.submits_per_step);
+    println!(
+        "pool peak:          {:.1} MiB first step, {:.1} MiB last step",
+        r.peak_pool_bytes_first_step as f64 / 1048576.0,
+        r.peak_pool_bytes_last_step as f64 / 1048576.0
+    );
+    println!(
+        "pipelines compiled after the first step: {}; submits per step: {:.1}",
+        r.pipelines_after_first_step, r.submits_per_step
+    );
     Ok(())
 }
 
@@ -76,7 +101,10 @@ pub fn run_forward(a: ForwardArgs) -> CliResult {
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("{}: forward of {} tokens in {:.3} s (median): {:.0} tokens/s, {:.2} GFLOP/s", r.device, r.tokens, r.median_s, r.tokens_per_s, r.gflops);
+        println!(
+            "{}: forward of {} tokens in {:.3} s (median): {:.0} tokens/s, {:.2} GFLOP/s",
+            r.device, r.tokens, r.median_s, r.tokens_per_s, r.gflops
+        );
     }
     Ok(())
 }
