@@ -24,6 +24,7 @@ shader!(UNARY, "unary");
 shader!(UNARY_BACKWARD, "unary_backward");
 shader!(REDUCE, "reduce");
 shader!(COPY, "copy");
+shader!(CAST, "cast");
 shader!(MATMUL, "matmul");
 shader!(MATMUL_SUBGROUP, "matmul_subgroup");
 shader!(MATMUL_TILED, "matmul_tiled");
@@ -50,6 +51,7 @@ pub const ALL: &[&Shader] = &[
     &UNARY_BACKWARD,
     &REDUCE,
     &COPY,
+    &CAST,
     &MATMUL,
     &MATMUL_SUBGROUP,
     &MATMUL_TILED,

@@ -211,3 +211,57 @@ impl Tensor {
         Ok(out)
     }
 }
+
+impl Tensor {
+    /// This f32 tensor stored as f16 (half the memory; for frozen weights and storage).
+    pub fn to_f16(&self) -> Result<Tensor> {
+        self.expect_dtype("to_f16", DType::F32, "f32")?;
+        self.cast("f32_to_f16", DType::F16)
+    }
+
+    /// This f16 tensor widened to f32 for compute.
+    pub fn to_f32(&self) -> Result<Tensor> {
+        self.expect_dtype("to_f32", DType::F16, "f16")?;
+        self.cast("f16_to_f32", DType::F32)
+    }
+
+    fn cast(&self, entry: &'static str, to: DType) -> Result<Tensor> {
+        self.expect_bindable(entry)?;
+        let out = Tensor::empty_bindable(entry, self.device(), self.shape(), to)?;
+        self.device().dispatch(
+            &shaders::CAST,
+            entry,
+            &[self.numel() as u32],
+            &[self.binding()],
+            &[out.binding()],
+            grid(self.device(), self.numel().div_ceil(2), 256),
+        );
+        Ok(out)
+    }
+
+    /// Uploads f16 host data.
+    pub fn from_f16(device: &crate::Device, data: &[half::f16], shape: &[usize]) -> Result<Tensor> {
+        if data.len() != numel(shape) {
+            return Err(Error::HostLength {
+                shape: shape.to_vec(),
+                got: data.len(),
+                want: numel(shape),
+            });
+        }
+        let t = Tensor::empty(device, shape, DType::F16)?;
+        device.upload(t.buffer(), bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Copies an f16 tensor to the host.
+    pub fn to_vec_f16(&self) -> Result<Vec<half::f16>> {
+        self.expect_dtype("to_vec_f16", DType::F16, "f16")?;
+        let bytes = self
+            .device()
+            .read_bytes(self.buffer(), self.size_in_bytes())?;
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]))
+            .collect())
+    }
+}
