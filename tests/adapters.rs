@@ -286,6 +286,7 @@ fn adapted_layer(
             top_k,
             last_gates: Default::default(),
             record_gates: false,
+            dropout: Default::default(),
         };
         Linear {
             weight: w.clone(),
@@ -336,4 +337,60 @@ proptest! {
         // The frozen weight is not an input: no gradient of it is ever computed.
         prop_assert!(!w.tracks_grad());
     }
+}
+
+#[test]
+fn dropout_masks_have_the_right_statistics() {
+    let p = 0.3;
+    let mask = hydralora::model::linear::dropout_mask(100_000, p, 7);
+    let zeros = mask.iter().filter(|&&m| m == 0.0).count() as f64 / mask.len() as f64;
+    let mean = mask.iter().map(|&m| m as f64).sum::<f64>() / mask.len() as f64;
+    // 5 standard deviations of a binomial fraction over 100k draws.
+    assert!(
+        (zeros - p as f64).abs() < 5.0 * (0.3f64 * 0.7 / 1e5).sqrt(),
+        "{zeros}"
+    );
+    assert!(
+        (mean - 1.0).abs() < 0.01,
+        "inverted dropout keeps the mean: {mean}"
+    );
+    assert!(mask
+        .iter()
+        .all(|&m| m == 0.0 || (m - 1.0 / 0.7).abs() < 1e-6));
+}
+
+#[test]
+fn dropout_acts_only_while_training_and_is_seeded() {
+    let mut plain = tiny();
+    let cfg = AdapterConfig::lora(4, 8.0, &["q_proj", "up_proj"]);
+    attach(&mut plain, &cfg, 1).unwrap();
+    randomise_b(&plain, 40);
+    let mut dropped = tiny();
+    attach(
+        &mut dropped,
+        &AdapterConfig {
+            dropout: 0.5,
+            ..cfg
+        },
+        1,
+    )
+    .unwrap();
+    randomise_b(&dropped, 40);
+    assert_eq!(
+        logits(&dropped),
+        logits(&plain),
+        "no dropout at inference (no_grad)"
+    );
+    let train_logits = |m: &Llama, seed: u64| {
+        hydralora::model::adapter::set_dropout_seed(m, seed);
+        m.forward(&IDS, 2, None).unwrap().to_vec_f32().unwrap()
+    };
+    let a = train_logits(&dropped, 3);
+    assert_ne!(a, logits(&plain), "dropout changes the training forward");
+    assert_eq!(
+        a,
+        train_logits(&dropped, 3),
+        "the same seed draws the same masks"
+    );
+    assert_ne!(a, train_logits(&dropped, 4));
 }

@@ -9,7 +9,7 @@ use hydralora_engine::{no_grad, rng::Rng, Tensor};
 use serde_json::{json, Value};
 
 use crate::error::{ModelError, Result};
-use crate::linear::Adapter;
+use crate::linear::{Adapter, Dropout};
 use crate::llama::{Layer, Llama, TARGET_MODULES};
 use crate::weights::{write_atomically, write_safetensors, WeightFile};
 
@@ -29,7 +29,7 @@ pub struct AdapterConfig {
     pub method: Method,
     pub r: usize,
     pub alpha: f32,
-    /// Dropout on the adapter's input (kept in the file; training applies none yet).
+    /// Dropout on the input of A while training (PEFT's `lora_dropout`).
     pub dropout: f32,
     pub targets: Vec<String>,
     /// N, the number of B heads (1 for LoRA).
@@ -254,8 +254,9 @@ pub fn attach(model: &mut Llama, cfg: &AdapterConfig, seed: u64) -> Result<()> {
     cfg.validate()?;
     let device = model.device().clone();
     let mut rng = Rng::new(seed);
-    for layer in &mut model.layers {
-        for module in &cfg.targets {
+    let dropout_seed = Arc::new(std::sync::atomic::AtomicU64::new(seed));
+    for (l, layer) in model.layers.iter_mut().enumerate() {
+        for (m, module) in cfg.targets.iter().enumerate() {
             let linear = layer.linear_mut(module).expect("targets were validated");
             let (d_in, d_out) = (linear.d_in(), linear.d_out());
             let bound = 1.0 / (d_in as f32).sqrt();
@@ -277,14 +278,31 @@ pub fn attach(model: &mut Llama, cfg: &AdapterConfig, seed: u64) -> Result<()> {
                 Method::Lora => None,
             };
             let b = Tensor::zeros(&device, &[d_out, cfg.experts * cfg.r])?;
-            linear.adapter = Some(new_adapter(cfg, a.into_param(), b.into_param(), router));
+            let dropout = Dropout {
+                p: cfg.dropout,
+                seed: dropout_seed.clone(),
+                salt: (l * TARGET_MODULES.len() + m) as u64,
+            };
+            linear.adapter = Some(new_adapter(
+                cfg,
+                a.into_param(),
+                b.into_param(),
+                router,
+                dropout,
+            ));
         }
     }
     model.adapter = Some(cfg.clone());
     Ok(())
 }
 
-fn new_adapter(cfg: &AdapterConfig, a: Tensor, b: Tensor, router: Option<Tensor>) -> Adapter {
+fn new_adapter(
+    cfg: &AdapterConfig,
+    a: Tensor,
+    b: Tensor,
+    router: Option<Tensor>,
+    dropout: Dropout,
+) -> Adapter {
     Adapter {
         a,
         b,
@@ -293,6 +311,7 @@ fn new_adapter(cfg: &AdapterConfig, a: Tensor, b: Tensor, router: Option<Tensor>
         top_k: cfg.top_k,
         last_gates: Arc::new(Mutex::new(None)),
         record_gates: false,
+        dropout,
     }
 }
 
@@ -587,4 +606,18 @@ pub fn gates_by_category(
     }
     record_gates(model, false);
     Ok(rows)
+}
+
+/// Sets the seed of every adapter's dropout masks (the trainer does, per micro-batch).
+pub fn set_dropout_seed(model: &Llama, seed: u64) {
+    for layer in &model.layers {
+        for m in TARGET_MODULES {
+            if let Some(ad) = layer.linear(m).and_then(|l| l.adapter.as_ref()) {
+                ad.dropout
+                    .seed
+                    .store(seed, std::sync::atomic::Ordering::Relaxed);
+                return; // one seed, shared by all
+            }
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub use codec::{CharCodec, HfCodec, TextCodec};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use generate::{generate, SamplingConfig};
-pub use linear::{Adapter, Linear};
+pub use linear::{Adapter, Dropout, Linear};
 pub use llama::{KvCache, Layer, Llama, TARGET_MODULES};
 pub use tokenizer::{DecodeStream, Tokenizer};
 pub use weights::{

@@ -9,9 +9,10 @@
 //! ```
 //! LoRA is N = 1 with no router (z = h).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hydralora_engine::{gate_expand, top_k_mask, Result, Tensor};
+use hydralora_engine::{gate_expand, is_recording, rng::Rng, top_k_mask, Result, Tensor};
 
 /// The trainable part of an adapted linear layer.
 #[derive(Clone, Debug)]
@@ -26,6 +27,43 @@ pub struct Adapter {
     /// set: router statistics and the load-balancing loss read them.
     pub last_gates: Arc<Mutex<Option<Tensor>>>,
     pub record_gates: bool,
+    /// Dropout on the input of A while training (recording a graph), as PEFT applies it.
+    pub dropout: Dropout,
+}
+
+/// Inverted dropout with masks drawn on the host from (seed, salt): the trainer sets the
+/// seed for each micro-batch from its step, so a resumed run draws the same masks.
+#[derive(Clone, Debug, Default)]
+pub struct Dropout {
+    pub p: f32,
+    /// Shared by every adapter of a model; set by the trainer before each forward.
+    pub seed: Arc<AtomicU64>,
+    /// Tells this adapter's masks from the others' (its layer and module).
+    pub salt: u64,
+}
+
+impl Dropout {
+    /// x with each element zeroed with probability p and the rest scaled by 1 / (1 - p).
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if self.p <= 0.0 || !is_recording() {
+            return Ok(x.clone());
+        }
+        let mask = dropout_mask(
+            x.numel(),
+            self.p,
+            self.seed.load(Ordering::Relaxed) ^ self.salt.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        x.mul(&Tensor::from_slice(x.device(), &mask, x.shape())?)
+    }
+}
+
+/// n values, each 0 with probability p and 1 / (1 - p) otherwise, from a seeded generator.
+pub fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let keep = 1.0 / (1.0 - p);
+    (0..n)
+        .map(|_| if rng.next_f32() < p { 0.0 } else { keep })
+        .collect()
 }
 
 impl Adapter {
@@ -67,7 +105,7 @@ impl Adapter {
 
     /// scale * z Bs^T for x [T, d_in]: the adapter's addition to the layer output.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = x.matmul_nt(&self.a)?; // [T, r]
+        let h = self.dropout.apply(x)?.matmul_nt(&self.a)?; // [T, r]
         let z = match self.gates(x)? {
             Some(g) => gate_expand(&g, &h)?, // [T, N r]
             None => h,

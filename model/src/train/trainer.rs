@@ -219,7 +219,12 @@ impl Trainer {
         let mut summed: Option<Gradients> = None;
         let mut loss_sum: Option<Tensor> = None; // [1]
         let mut tokens = 0;
-        for _ in 0..accum {
+        for micro in 0..accum {
+            crate::adapter::set_dropout_seed(
+                &self.model,
+                self.settings.seed
+                    ^ ((self.step * accum + micro) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
             let batch = self.loader.next_batch();
             tokens += counted_tokens(&batch);
             let lm_loss = self.model.causal_lm_loss(
