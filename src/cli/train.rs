@@ -33,6 +33,13 @@ use super::CliResult;
 ///       --rank 8 --alpha 16 --lr 2e-4 --epochs 2 --micro-batch 4 --output runs/hydra
 #[derive(Debug, Args, Deserialize, Default)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[command(
+    after_help = "Every setting can also be a key of the same name in --config FILE.toml (flags win).\n\n\
+Example:\n  hydralora train --model ./TinyLlama-1.1B --data train.jsonl --method hydra --experts 4 \\\n      \
+--rank 8 --alpha 16 --lr 2e-4 --epochs 2 --micro-batch 4 --output runs/hydra\n\n\
+Writes <output>/adapter, checkpoint/, metrics.jsonl, loss.svg and (hydra with categories) router.svg.\n\
+Continue an interrupted run with the same flags plus --resume."
+)]
 pub struct TrainArgs {
     /// A TOML file with any of these settings (keys as the flag names, e.g. `micro-batch = 8`).
     #[arg(long)]
@@ -63,6 +70,9 @@ pub struct TrainArgs {
     /// Comma-separated modules to adapt [default: all seven q,k,v,o,gate,up,down_proj].
     #[arg(long, value_delimiter = ',')]
     pub targets: Option<Vec<String>>,
+    /// Dropout on the adapter's input while training (PEFT's lora_dropout) [default: 0].
+    #[arg(long)]
+    pub dropout: Option<f32>,
     /// Scale by alpha / sqrt(r) (rsLoRA).
     #[arg(long)]
     pub rslora: Option<bool>,
@@ -147,6 +157,7 @@ impl TrainArgs {
             alpha,
             experts,
             targets,
+            dropout,
             rslora,
             top_k,
             balance_coef,
@@ -242,6 +253,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         Method::Hydra => AdapterConfig::hydra(r, alpha, a.experts.unwrap_or(4), &target_refs),
     };
     adapter.rslora = a.rslora.unwrap_or(false);
+    adapter.dropout = a.dropout.unwrap_or(0.0);
     adapter.top_k = a.top_k;
     adapter.balance_coef = a.balance_coef.unwrap_or(0.0);
     attach(&mut model, &adapter, seed)?;
