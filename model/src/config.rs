@@ -192,6 +192,19 @@ impl LlamaConfig {
             Some(0) => return err("head_dim", "must be greater than 0".into()),
             _ => {}
         }
+        // The largest tensors' byte sizes (f32) must be numbers: a config claiming more is
+        // refused here rather than overflowing in `q_dim` or later.
+        let q_dim = self.head_dim().checked_mul(self.num_attention_heads);
+        let bytes = |rows: Option<usize>| rows?.checked_mul(self.hidden_size)?.checked_mul(4);
+        for (field, rows) in [
+            ("num_attention_heads", q_dim),
+            ("vocab_size", Some(self.vocab_size)),
+            ("intermediate_size", Some(self.intermediate_size)),
+        ] {
+            if bytes(rows).is_none() {
+                return err(field, "the tensor sizes it implies overflow".into());
+            }
+        }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return err(
                 "num_key_value_heads",

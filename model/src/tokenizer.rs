@@ -38,6 +38,14 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>, bos_token_id: Option<u32>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let bytes = fs::read(&path).map_err(|e| ModelError::io("read", &path, e))?;
+        // Check the JSON syntax first: `tokenizers` 0.23 panics (`expect("Helper")`) on a
+        // syntax error inside the `decoder` object instead of returning its error.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            ModelError::Tokenizer {
+                file: path.clone(),
+                why: format!("cannot load it: invalid JSON: {e}"),
+            }
+        })?;
         let inner =
             tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
                 file: path.clone(),
