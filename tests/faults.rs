@@ -224,3 +224,57 @@ fn two_trainers_interleaved_on_one_device_match_each_run_alone() {
     assert_eq!(inter_a, alone_a);
     assert_eq!(inter_b, alone_b);
 }
+
+#[test]
+fn a_batch_over_the_binding_limit_is_refused_up_front_with_the_numbers() {
+    let model = Llama::load(&common::device(), TINY).unwrap();
+    let limit = model.device().info().max_binding_bytes();
+    // 4 heads x T^2 x 4 bytes per sequence: 600 sequences of 128 tokens need 157 MB of scores.
+    let err = model.check_batch_fits(600, 128).unwrap_err().to_string();
+    assert!(
+        err.contains("attention scores")
+            && err.contains(&limit.to_string())
+            && err.contains("micro-batch of at most"),
+        "{err}"
+    );
+    assert!(model.check_batch_fits(4, 128).is_ok());
+    // The trainer refuses such a run before its first step.
+    let long: Vec<TokenizedExample> = (0..4)
+        .map(|_| TokenizedExample {
+            ids: vec![5; 128],
+            labels: vec![5; 128],
+            category: None,
+        })
+        .collect();
+    let settings = TrainSettings {
+        micro_batch: 600,
+        ..Default::default()
+    };
+    let mut model = model;
+    attach(&mut model, &AdapterConfig::lora(2, 4.0, &["q_proj"]), 0).unwrap();
+    let err = Trainer::new(model, long, 0, settings)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("needs") && err.contains("bytes"), "{err}");
+}
+
+#[test]
+fn a_lost_device_is_reported_as_such_not_a_crash() {
+    // A device of its own: this test breaks it.
+    let dev = hydralora::engine::Device::new().unwrap();
+    let x = hydralora::engine::Tensor::from_slice(&dev, &[1.0, 2.0], &[2]).unwrap();
+    assert_eq!(x.to_vec_f32().unwrap(), vec![1.0, 2.0]);
+    // What a driver reset or unplugged GPU does: the wgpu device goes away under us.
+    dev.wgpu().0.destroy();
+    let err = x
+        .add(&x)
+        .and_then(|y| y.to_vec_f32())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("device was lost") && err.contains("resume from the last checkpoint"),
+        "{err}"
+    );
+    assert!(dev.synchronize().is_err());
+}

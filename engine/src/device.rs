@@ -92,6 +92,9 @@ pub(crate) struct DeviceInner {
     batch: Mutex<Batch>,
     params_arena: wgpu::Buffer, // [PARAMS_ARENA_BYTES] u8, rewritten before each submit
     params_align: u64,
+    /// The first error the driver reported outside an error scope, or a device loss (only
+    /// recorded for devices the engine created; a shared device keeps its app's handlers).
+    fault: Arc<Mutex<Option<Error>>>,
 }
 
 /// Compiled pipelines, keyed by (shader, entry point), and layouts keyed by binding count.
@@ -166,7 +169,53 @@ impl Device {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Self::from_wgpu_with_info(device, queue, Some(info)))
+        let dev = Self::from_wgpu_with_info(device, queue, Some(info));
+        dev.record_faults();
+        Ok(dev)
+    }
+
+    /// Records driver errors and a device loss instead of panicking, so they come back as
+    /// [`Error`]s from the next readback or synchronize.
+    fn record_faults(&self) {
+        let fault = self.inner.fault.clone();
+        self.inner
+            .device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = fault.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(match e {
+                    wgpu::Error::OutOfMemory { .. } => Error::OutOfMemory {
+                        shape: vec![],
+                        bytes: 0,
+                        held: 0,
+                        reason: e.to_string(),
+                    },
+                    other => Error::Device(other.to_string()),
+                });
+            }));
+        let fault = self.inner.fault.clone();
+        self.inner
+            .device
+            .set_device_lost_callback(move |reason, message| {
+                let mut slot = fault.lock().unwrap_or_else(|p| p.into_inner());
+                *slot = Some(Error::DeviceLost(format!(
+                    "{reason:?}{}",
+                    if message.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {message}")
+                    }
+                )));
+            });
+    }
+
+    /// The recorded fault, if the device has had one (it stays: a lost device stays lost).
+    pub fn check(&self) -> Result<()> {
+        match &*self.inner.fault.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(Error::DeviceLost(m)) => Err(Error::DeviceLost(m.clone())),
+            Some(Error::Device(m)) => Err(Error::Device(m.clone())),
+            Some(e) => Err(Error::Device(e.to_string())),
+        }
     }
 
     /// Builds the engine's device on a `wgpu::Device` and `Queue` the caller already owns
@@ -220,6 +269,7 @@ impl Device {
                 batch: Mutex::default(),
                 params_arena,
                 params_align,
+                fault: Arc::new(Mutex::new(None)),
             }),
         }
     }
@@ -269,8 +319,8 @@ impl Device {
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Readback(e.to_string()))
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        self.check()
     }
 
     fn lock_batch(&self) -> MutexGuard<'_, Batch> {
@@ -383,13 +433,20 @@ impl Device {
             usage: wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: true,
         });
-        {
-            let mut view = staging
-                .get_mapped_range_mut(..)
-                .expect("a buffer mapped at creation");
-            let mut data = bytes.to_vec();
-            data.resize(padded as usize, 0);
-            view.copy_from_slice(&data);
+        match staging.get_mapped_range_mut(..) {
+            Ok(mut view) => {
+                let mut data = bytes.to_vec();
+                data.resize(padded as usize, 0);
+                view.copy_from_slice(&data);
+            }
+            // Only on a faulted device (out of memory, lost): the next readback reports it.
+            Err(e) => {
+                let mut slot = self.inner.fault.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert(Error::Device(format!(
+                    "staging an upload of {padded} bytes: {e}"
+                )));
+                return;
+            }
         }
         staging.unmap();
         self.copy(&staging, 0, dst, 0, padded);
@@ -397,6 +454,7 @@ impl Device {
 
     /// Copies the first `bytes` of `src` to the host; submits what is recorded and waits.
     pub(crate) fn read_bytes(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        self.check()?;
         let padded = align_up(bytes.max(4), 4);
         let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -414,9 +472,10 @@ impl Device {
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Readback(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| Error::Readback(e.to_string()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        // A failed map on a faulted device reports the fault, not the symptom.
+        let mapped = rx.recv().map_err(|e| Error::Readback(e.to_string()))?;
+        self.check()?;
+        mapped.map_err(|e| Error::Readback(e.to_string()))?;
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;

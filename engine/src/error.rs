@@ -66,6 +66,24 @@ pub enum Error {
         want: usize,
     },
 
+    #[error(
+        "out of GPU memory: could not allocate {bytes} bytes for a tensor of shape {shape:?} \
+         ({held} bytes already held by hydralora's buffer pool): {reason}. Try a smaller \
+         micro-batch, shorter sequences (--max-len), fewer adapted modules, or f16 storage"
+    )]
+    OutOfMemory {
+        shape: Vec<usize>,
+        bytes: u64,
+        held: u64,
+        reason: String,
+    },
+
+    #[error("the GPU device was lost ({0}); restart and resume from the last checkpoint")]
+    DeviceLost(String),
+
+    #[error("the GPU reported an error: {0}")]
+    Device(String),
+
     #[error("backward: {0}")]
     Backward(String),
 

@@ -62,34 +62,54 @@ impl BufferPool {
         }
     }
 
-    /// A buffer of at least `bytes` bytes (storage, copy source and destination).
-    pub fn take(self: &Arc<Self>, bytes: u64) -> PooledBuffer {
+    /// A buffer of at least `bytes` bytes (storage, copy source and destination). When the
+    /// device is out of memory, the idle buffers are released and the allocation is tried
+    /// once more before giving up with the bytes held and the driver's reason.
+    pub fn take(self: &Arc<Self>, bytes: u64) -> Result<PooledBuffer, (u64, String)> {
         let class = size_class(bytes);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let reused = state.free.get_mut(&class).and_then(Vec::pop);
-        let buffer = match reused {
+        let buffer = match state.free.get_mut(&class).and_then(Vec::pop) {
             Some(b) => {
                 state.stats.cached -= class;
                 b
             }
             None => {
+                let created = match self.create(class) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        state.free.clear();
+                        state.stats.cached = 0;
+                        self.create(class)
+                            .map_err(|reason| (state.stats.in_use, reason))?
+                    }
+                };
                 state.stats.allocations += 1;
-                self.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("tensor"),
-                    size: class,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
+                created
             }
         };
         state.stats.in_use += class;
         state.stats.peak_in_use = state.stats.peak_in_use.max(state.stats.in_use);
-        PooledBuffer {
+        Ok(PooledBuffer {
             buffer: Some(buffer),
             class,
             pool: self.clone(),
+        })
+    }
+
+    /// A new driver buffer, or the device's out-of-memory message.
+    fn create(&self, size: u64) -> Result<wgpu::Buffer, String> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tensor"),
+            size,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        match pollster::block_on(scope.pop()) {
+            Some(e) => Err(e.to_string()),
+            None => Ok(buffer),
         }
     }
 

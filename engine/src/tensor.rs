@@ -85,7 +85,17 @@ impl Tensor {
                 which: "max_buffer_size",
             });
         }
-        let storage = device.inner.pool.take(bytes.max(4));
+        device.check()?;
+        let storage = device
+            .inner
+            .pool
+            .take(bytes.max(4))
+            .map_err(|(held, reason)| Error::OutOfMemory {
+                shape: shape.to_vec(),
+                bytes,
+                held,
+                reason,
+            })?;
         Ok(Self::from_parts(
             device,
             shape.to_vec(),

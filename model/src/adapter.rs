@@ -84,6 +84,22 @@ impl AdapterConfig {
         if self.r == 0 {
             return Err(field("r", "the rank must be at least 1".into()));
         }
+        // Bounds far above any useful adapter, so a lying file cannot make us allocate terabytes.
+        if self.r > 1 << 16 {
+            return Err(field(
+                "r",
+                format!("a rank of {} is beyond any model (at most 65536)", self.r),
+            ));
+        }
+        if self.experts > 1 << 12 {
+            return Err(field(
+                "lora_nums",
+                format!(
+                    "{} B heads is beyond any model (at most 4096)",
+                    self.experts
+                ),
+            ));
+        }
         if self.experts == 0 {
             return Err(field(
                 "lora_nums",

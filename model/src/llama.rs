@@ -451,6 +451,43 @@ impl Llama {
         Ok(())
     }
 
+    /// Refuses, before any work, a batch whose largest tensors would not fit one kernel
+    /// binding: the logits [B T, V], the attention scores [B, heads, T, T] and the MLP
+    /// activations [B T, I]. The error gives both numbers and what to lower.
+    pub fn check_batch_fits(&self, batch: usize, seq: usize) -> Result<()> {
+        let c = &self.config;
+        let limit = self.device.info().max_binding_bytes();
+        let tokens = (batch * seq) as u64;
+        // (what, bytes, how the size grows with T: 1 linear, 2 quadratic)
+        let largest = [
+            ("logits [B*T, vocab]", tokens * c.vocab_size as u64 * 4, 1.0),
+            (
+                "attention scores [B, heads, T, T]",
+                (batch * c.num_attention_heads * seq * seq) as u64 * 4,
+                2.0,
+            ),
+            (
+                "MLP activations [B*T, intermediate]",
+                tokens * c.intermediate_size as u64 * 4,
+                1.0,
+            ),
+        ];
+        for (what, bytes, power) in largest {
+            if bytes > limit {
+                let scale = limit as f64 / bytes as f64;
+                return Err(ModelError::Input(format!(
+                    "a batch of {batch} sequences of {seq} tokens needs {bytes} bytes for the {what}, over this device's \
+                     limit of {limit} bytes for one kernel binding ({}); use a micro-batch of at most {} (with gradient \
+                     accumulation to keep the effective batch) or sequences of at most {} tokens",
+                    self.device.info().name,
+                    ((batch as f64 * scale).floor() as usize).max(1),
+                    ((seq as f64 * scale.powf(1.0 / power)).floor() as usize).max(1),
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Logits under `no_grad`, for inference.
     pub fn logits(&self, ids: &[u32], batch: usize) -> Result<Tensor> {
         no_grad(|| self.forward(ids, batch, None))

@@ -435,6 +435,17 @@ type Present<'a> = BTreeMap<&'a str, (&'a [usize], &'a Path)>;
 
 /// Compares `present` with [`llama_tensor_shapes`]; `source` is named for missing tensors.
 fn check_llama_tensors(config: &LlamaConfig, present: &Present, source: &Path) -> Result<()> {
+    // A config claiming more layers than the checkpoint could hold (9 tensors each): check
+    // only one layer more than it could hold, which reports the same first missing or
+    // mis-shaped tensor without listing (allocating) every claimed one.
+    let most = present.len() / 9 + 1;
+    if config.num_hidden_layers > most {
+        let capped = LlamaConfig {
+            num_hidden_layers: most,
+            ..config.clone()
+        };
+        return check_llama_tensors(&capped, present, source);
+    }
     let expected = llama_tensor_shapes(config);
     for (name, shape) in &expected {
         match present.get(name.as_str()) {

@@ -168,6 +168,13 @@ impl Trainer {
 
     fn build(mut model: Llama, loader: Loader, settings: TrainSettings) -> Result<Trainer> {
         settings.validate()?;
+        let longest = loader
+            .examples()
+            .iter()
+            .map(|e| e.ids.len())
+            .max()
+            .unwrap_or(1);
+        model.check_batch_fits(settings.micro_batch, longest)?;
         let params = match settings.trainable {
             Trainable::Adapter => {
                 let cfg = model.adapter.clone().ok_or_else(|| {
