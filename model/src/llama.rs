@@ -216,7 +216,44 @@ impl Llama {
         &self,
         ids: &[u32],
         batch: usize,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.hidden_states_inspected(ids, batch, cache, &mut |_, _| Ok(()))
+    }
+
+    /// Where the forward of `ids` first produces a NaN or an infinity ("the embedding",
+    /// "layer 3 attention", "layer 3 MLP", "the final norm", "the logits"), or None. A
+    /// diagnosis after a bad loss: it reads every intermediate result back.
+    pub fn first_nonfinite(&self, ids: &[u32], batch: usize) -> Result<Option<String>> {
+        let mut found = None;
+        let result = no_grad(|| {
+            let hidden = self.hidden_states_inspected(ids, batch, None, &mut |place, x| {
+                if x.to_vec_f32()?.iter().any(|v| !v.is_finite()) {
+                    found = Some(place.to_string());
+                    return Err(ModelError::Input(String::new())); // stop here
+                }
+                Ok(())
+            })?;
+            let logits = self.project_vocab(&hidden)?;
+            if logits.to_vec_f32()?.iter().any(|v| !v.is_finite()) {
+                found = Some("the logits".to_string());
+            }
+            Ok(())
+        });
+        match (result, found) {
+            (_, Some(place)) => Ok(Some(place)),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(None),
+        }
+    }
+
+    /// The forward, with `inspect` shown the residual stream after each stage.
+    fn hidden_states_inspected(
+        &self,
+        ids: &[u32],
+        batch: usize,
         mut cache: Option<&mut KvCache>,
+        inspect: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let c = &self.config;
         if batch == 0 || ids.is_empty() || ids.len() % batch != 0 {
@@ -237,6 +274,7 @@ impl Llama {
         let tables = RopeTables::new(&self.device, &positions, &self.inv_freq)?;
         let ids_t = Tensor::from_u32(&self.device, ids, &[batch * t])?;
         let mut x = embedding_parts(&self.embed, &ids_t)?; // [B T, H]
+        inspect("the embedding", &x)?;
         for (l, layer) in self.layers.iter().enumerate() {
             let h = x.rms_norm(&layer.input_norm, c.rms_norm_eps as f32)?;
             let attn = self.attention(
@@ -248,6 +286,7 @@ impl Llama {
                 cache.as_deref_mut().map(|c| (c, l)),
             )?;
             x = x.add(&attn)?;
+            inspect(&format!("layer {l} attention"), &x)?;
             let h = x.rms_norm(&layer.post_norm, c.rms_norm_eps as f32)?;
             let mlp = layer.down_proj.forward(
                 &layer
@@ -257,8 +296,11 @@ impl Llama {
                     .mul(&layer.up_proj.forward(&h)?)?,
             )?;
             x = x.add(&mlp)?;
+            inspect(&format!("layer {l} MLP"), &x)?;
         }
-        Ok(x.rms_norm(&self.norm, c.rms_norm_eps as f32)?)
+        let out = x.rms_norm(&self.norm, c.rms_norm_eps as f32)?;
+        inspect("the final norm", &out)?;
+        Ok(out)
     }
 
     /// Self-attention of one layer: h [B T, H] -> [B T, H].

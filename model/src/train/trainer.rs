@@ -226,6 +226,7 @@ impl Trainer {
         let mut summed: Option<Gradients> = None;
         let mut loss_sum: Option<Tensor> = None; // [1]
         let mut tokens = 0;
+        let mut batches = Vec::with_capacity(accum);
         for micro in 0..accum {
             crate::adapter::set_dropout_seed(
                 &self.model,
@@ -234,6 +235,7 @@ impl Trainer {
             );
             let batch = self.loader.next_batch();
             tokens += counted_tokens(&batch);
+            batches.push((batch.ids.clone(), batch.batch));
             let lm_loss = self.model.causal_lm_loss(
                 &self.model.forward(&batch.ids, batch.batch, None)?,
                 &batch.labels,
@@ -262,7 +264,17 @@ impl Trainer {
         let (loss, grad_norm) = (both[0] / accum as f32, both[1].sqrt());
         let next = self.step + 1;
         if !loss.is_finite() {
-            return Err(diverged(next, format!("the loss is {loss}")));
+            let mut place = None;
+            for (ids, b) in &batches {
+                place = self.model.first_nonfinite(ids, *b)?;
+                if place.is_some() {
+                    break;
+                }
+            }
+            let place = place.map_or(String::new(), |p| {
+                format!(" (first non-finite values: {p})")
+            });
+            return Err(diverged(next, format!("the loss is {loss}{place}")));
         }
         if !grad_norm.is_finite() {
             return Err(diverged(
