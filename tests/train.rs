@@ -128,6 +128,8 @@ fn a_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
         msg.contains("diverged at step 3") && msg.contains("NaN"),
         "{msg}"
     );
+    // The first adapter tensor is layer 0's q_proj A: the NaN appears in layer 0's attention.
+    assert!(msg.contains("layer 0 attention"), "{msg}");
     assert_eq!(
         read_state(&readable_dir(&dir).unwrap()).unwrap().step,
         2,
