@@ -55,3 +55,23 @@ fn softmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) group
         y[base + c] = v;
     }
 }
+
+// The same softmax with one invocation per row and no barriers: faster where a workgroup
+// is the SIMD lanes of one CPU core (lavapipe), and rows are short (attention scores).
+@compute @workgroup_size(64)
+fn softmax_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = gid.x + gid.y * groups.x * 64u;
+    if row >= p.rows { return; }
+    let base = row * p.cols;
+    let n = visible(row);
+    var m = -3.4e38;
+    for (var c = 0u; c < n; c++) { m = max(m, p.scale * x[base + c]); }
+    var sum = 0.0;
+    for (var c = 0u; c < n; c++) { sum += exp(p.scale * x[base + c] - m); }
+    let inv = 1.0 / sum;
+    for (var c = 0u; c < p.cols; c++) {
+        var v = 0.0;
+        if c < n { v = exp(p.scale * x[base + c] - m) * inv; }
+        y[base + c] = v;
+    }
+}

@@ -34,3 +34,16 @@ fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         dx[base + c] = p.scale * y[base + c] * (dy[base + c] - total);
     }
 }
+
+// One invocation per row, no barriers (see softmax_rows).
+@compute @workgroup_size(64)
+fn softmax_backward_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = gid.x + gid.y * groups.x * 64u;
+    if row >= p.rows { return; }
+    let base = row * p.cols;
+    var dot = 0.0;
+    for (var c = 0u; c < p.cols; c++) { dot += dy[base + c] * y[base + c]; }
+    for (var c = 0u; c < p.cols; c++) {
+        dx[base + c] = p.scale * y[base + c] * (dy[base + c] - dot);
+    }
+}

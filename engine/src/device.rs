@@ -113,10 +113,16 @@ struct Batch {
     params: Vec<u8>, // the bytes of the params arena for this batch
     dispatches: usize,
     submits: u64,
+    /// GPU time per entry point (calls, seconds) while profiling is on.
+    profile: Option<std::collections::BTreeMap<&'static str, (u64, f64)>>,
 }
+
+/// Most dispatches timed in one batch: two timestamps each, within a query set's 4096.
+const MAX_PROFILED_DISPATCHES: usize = 2048;
 
 enum Command {
     Dispatch {
+        entry: &'static str,
         pipeline: wgpu::ComputePipeline,
         bind_group: wgpu::BindGroup,
         groups: [u32; 3],
@@ -278,6 +284,12 @@ impl Device {
         &self.inner.info
     }
 
+    /// A CPU Vulkan driver (lavapipe): workgroups run as SIMD lanes of one core, so
+    /// barrier-free kernels win there, while real GPUs prefer shared-memory ones.
+    pub fn is_cpu(&self) -> bool {
+        self.inner.device.adapter_info().device_type == wgpu::DeviceType::Cpu
+    }
+
     /// The underlying wgpu device and queue, for callers that mix their own work in.
     pub fn wgpu(&self) -> (&wgpu::Device, &wgpu::Queue) {
         (&self.inner.device, &self.inner.queue)
@@ -352,9 +364,12 @@ impl Device {
         let mut batch = self.lock_batch();
         let params_bytes = (params.len().max(1) * 4) as u64;
         let offset = align_up(batch.params.len() as u64, self.inner.params_align);
-        if offset + params_bytes > PARAMS_ARENA_BYTES
-            || batch.dispatches >= MAX_DISPATCHES_PER_BATCH
-        {
+        let max_dispatches = if batch.profile.is_some() {
+            MAX_PROFILED_DISPATCHES
+        } else {
+            MAX_DISPATCHES_PER_BATCH
+        };
+        if offset + params_bytes > PARAMS_ARENA_BYTES || batch.dispatches >= max_dispatches {
             self.submit(&mut batch);
         }
         let offset = align_up(batch.params.len() as u64, self.inner.params_align);
@@ -391,6 +406,7 @@ impl Device {
                 entries: &entries,
             });
         batch.commands.push(Command::Dispatch {
+            entry,
             pipeline,
             bind_group,
             groups,
@@ -499,8 +515,56 @@ impl Device {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("batch"),
             });
-        let mut commands = std::mem::take(&mut batch.commands).into_iter().peekable();
-        while let Some(cmd) = commands.next() {
+        let commands = std::mem::take(&mut batch.commands);
+        let timed = match batch.profile.is_some() && dev.info.timestamp_query {
+            true => Some(self.encode_timed(&mut encoder, commands)),
+            false => {
+                encode(&mut encoder, commands);
+                None
+            }
+        };
+        dev.queue.submit([encoder.finish()]);
+        batch.params.clear();
+        batch.dispatches = 0;
+        batch.submits += 1;
+        if let (Some((entries, readback)), Some(profile)) = (timed, batch.profile.as_mut()) {
+            self.collect_times(&entries, &readback, profile);
+        }
+    }
+
+    /// Encodes every dispatch in its own pass between two timestamps; returns the entry
+    /// point of each and the buffer the timestamps will be copied to.
+    fn encode_timed(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        commands: Vec<Command>,
+    ) -> (Vec<&'static str>, wgpu::Buffer) {
+        let dev = &self.inner.device;
+        let count = commands
+            .iter()
+            .filter(|c| matches!(c, Command::Dispatch { .. }))
+            .count()
+            .max(1) as u32;
+        let queries = dev.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * count,
+        });
+        let bytes = 16 * count as u64;
+        let resolve = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut entries = Vec::new();
+        for cmd in commands {
             match cmd {
                 Command::Copy {
                     src,
@@ -508,39 +572,87 @@ impl Device {
                     dst,
                     dst_offset,
                     bytes,
-                } => {
-                    encoder.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, bytes);
-                }
+                } => encoder.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, bytes),
                 Command::Dispatch {
+                    entry,
                     pipeline,
                     bind_group,
                     groups,
                 } => {
-                    let mut pass =
-                        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-                    let mut next = Some((pipeline, bind_group, groups));
-                    while let Some((pipeline, bind_group, groups)) = next.take() {
-                        pass.set_pipeline(&pipeline);
-                        pass.set_bind_group(0, &bind_group, &[]);
-                        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-                        if let Some(Command::Dispatch { .. }) = commands.peek() {
-                            if let Some(Command::Dispatch {
-                                pipeline,
-                                bind_group,
-                                groups,
-                            }) = commands.next()
-                            {
-                                next = Some((pipeline, bind_group, groups));
-                            }
-                        }
-                    }
+                    let i = 2 * entries.len() as u32;
+                    let writes = wgpu::ComputePassTimestampWrites {
+                        query_set: &queries,
+                        beginning_of_pass_write_index: Some(i),
+                        end_of_pass_write_index: Some(i + 1),
+                    };
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(entry),
+                        timestamp_writes: Some(writes),
+                    });
+                    pass.set_pipeline(&pipeline);
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    entries.push(entry);
                 }
             }
         }
-        dev.queue.submit([encoder.finish()]);
-        batch.params.clear();
-        batch.dispatches = 0;
-        batch.submits += 1;
+        encoder.resolve_query_set(&queries, 0..2 * count, &resolve, 0);
+        encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
+        (entries, readback)
+    }
+
+    /// Waits for a timed batch and adds each dispatch's time to its entry point's total.
+    fn collect_times(
+        &self,
+        entries: &[&'static str],
+        readback: &wgpu::Buffer,
+        profile: &mut std::collections::BTreeMap<&'static str, (u64, f64)>,
+    ) {
+        readback.map_async(wgpu::MapMode::Read, .., |_| {});
+        if self
+            .inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .is_err()
+        {
+            return;
+        }
+        let Ok(view) = readback.get_mapped_range(..) else {
+            return;
+        };
+        let ticks: &[u64] = bytemuck::cast_slice(&view);
+        let period = self.inner.queue.get_timestamp_period() as f64 * 1e-9;
+        for (i, entry) in entries.iter().enumerate() {
+            let slot = profile.entry(entry).or_default();
+            slot.0 += 1;
+            slot.1 += ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+        }
+        drop(view);
+        readback.unmap();
+    }
+
+    /// Turns per-kernel GPU timing on (every dispatch timed: slower) or off. Needs
+    /// `TIMESTAMP_QUERY`; without it the profile stays empty.
+    pub fn set_profiling(&self, on: bool) {
+        let mut batch = self.lock_batch();
+        self.submit(&mut batch);
+        batch.profile = on.then(Default::default);
+    }
+
+    /// GPU time per kernel entry point since profiling was turned on: (entry, calls, seconds),
+    /// most time first. Resets the totals.
+    pub fn take_profile(&self) -> Vec<(&'static str, u64, f64)> {
+        let mut batch = self.lock_batch();
+        self.submit(&mut batch);
+        let Some(profile) = batch.profile.as_mut() else {
+            return vec![];
+        };
+        let mut rows: Vec<_> = std::mem::take(profile)
+            .into_iter()
+            .map(|(e, (n, t))| (e, n, t))
+            .collect();
+        rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        rows
     }
 
     fn pipeline(
@@ -589,6 +701,49 @@ impl Device {
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Device({})", self.inner.info.name)
+    }
+}
+
+/// Encodes commands in order; runs of dispatches share one compute pass.
+fn encode(encoder: &mut wgpu::CommandEncoder, commands: Vec<Command>) {
+    let mut commands = commands.into_iter().peekable();
+    while let Some(cmd) = commands.next() {
+        match cmd {
+            Command::Copy {
+                src,
+                src_offset,
+                dst,
+                dst_offset,
+                bytes,
+            } => {
+                encoder.copy_buffer_to_buffer(&src, src_offset, &dst, dst_offset, bytes);
+            }
+            Command::Dispatch {
+                pipeline,
+                bind_group,
+                groups,
+                ..
+            } => {
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+                let mut next = Some((pipeline, bind_group, groups));
+                while let Some((pipeline, bind_group, groups)) = next.take() {
+                    pass.set_pipeline(&pipeline);
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    if let Some(Command::Dispatch { .. }) = commands.peek() {
+                        if let Some(Command::Dispatch {
+                            pipeline,
+                            bind_group,
+                            groups,
+                            ..
+                        }) = commands.next()
+                        {
+                            next = Some((pipeline, bind_group, groups));
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -147,9 +147,19 @@ pub struct StepReport {
     pub pipelines_after_first_step: usize,
     pub submits_per_step: f64,
     pub device: String,
+    /// With `profile`: GPU time per kernel entry point over one extra step, most first.
+    pub profile: Vec<KernelTime>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelTime {
+    pub kernel: String,
+    pub calls: u64,
+    pub seconds: f64,
 }
 
 /// Times `steps` training steps after `warmup` steps; `targets` overrides the config's.
+/// With `profile`, one more step runs with every dispatch timed (needs `TIMESTAMP_QUERY`).
 pub fn bench_step(
     device: &Device,
     cfg: &BenchConfig,
@@ -157,6 +167,7 @@ pub fn bench_step(
     targets: Option<Vec<String>>,
     warmup: usize,
     steps: usize,
+    profile: bool,
 ) -> Result<StepReport> {
     let mut model = random_model(device, &cfg.model, cfg.seed)?;
     let adapter = match method {
@@ -219,6 +230,24 @@ pub fn bench_step(
             submits += device.submits() - submits0;
         }
     }
+    let mut kernels = Vec::new();
+    if profile {
+        device.set_profiling(true);
+        let loss = model.causal_lm_loss(&model.forward(&ids, b, None)?, &labels)?;
+        let grads = loss.backward()?;
+        opt.step(&params, &grads)?;
+        device.synchronize()?;
+        kernels = device
+            .take_profile()
+            .into_iter()
+            .map(|(k, calls, seconds)| KernelTime {
+                kernel: k.to_string(),
+                calls,
+                seconds,
+            })
+            .collect();
+        device.set_profiling(false);
+    }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let fwd = forward_flops(&cfg.model, b, t);
@@ -246,6 +275,7 @@ pub fn bench_step(
         pipelines_after_first_step: pipelines_after_first,
         submits_per_step: submits as f64 / times.len() as f64,
         device: device.info().name.clone(),
+        profile: kernels,
     })
 }
 

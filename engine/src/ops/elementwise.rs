@@ -106,13 +106,19 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor>
     params.extend(pad6(&shape, 1));
     params.extend(pad6(&broadcast_strides(a.shape(), &shape), 0));
     params.extend(pad6(&broadcast_strides(b.shape(), &shape), 0));
+    // Same shapes: four elements per invocation; broadcasting: one, with index arithmetic.
+    let (entry, items) = if same {
+        ("binary_same", numel.div_ceil(4))
+    } else {
+        ("binary", numel)
+    };
     a.device().dispatch(
         &shaders::ELEMENTWISE,
-        "binary",
+        entry,
         &params,
         &[a.binding(), b.binding()],
         &[out.binding()],
-        grid(a.device(), numel, 256),
+        grid(a.device(), items, 256),
     );
     Ok(out.with_op(
         || Op::Binary {

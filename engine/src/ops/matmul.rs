@@ -262,7 +262,7 @@ pub fn subgroups_of_8(device: &Device) -> bool {
 }
 
 fn is_cpu(device: &Device) -> bool {
-    device.wgpu().0.adapter_info().device_type == wgpu::DeviceType::Cpu
+    device.is_cpu()
 }
 
 /// The kernel and K splits for a product on a device. The rule, and why:

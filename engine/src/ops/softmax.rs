@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::ops::rows_grid;
+use crate::ops::{grid, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -40,9 +40,10 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
         None => (0, 1, 0),
     };
     let y = Tensor::empty(x.device(), x.shape(), DType::F32)?;
+    let (entry, groups) = row_kernel(x.device(), "softmax", "softmax_rows", rows, cols);
     x.device().dispatch(
         &shaders::SOFTMAX,
-        "softmax",
+        entry,
         &[
             rows as u32,
             cols as u32,
@@ -53,7 +54,7 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
         ],
         &[x.binding()],
         &[y.binding()],
-        rows_grid(x.device(), rows),
+        groups,
     );
     Ok(y.with_op(
         || Op::Softmax {
@@ -68,15 +69,38 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
 pub(crate) fn softmax_backward(y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
     let (rows, cols) = rows_cols("softmax_backward", y)?;
     let dx = Tensor::empty(y.device(), y.shape(), DType::F32)?;
+    let (entry, groups) = row_kernel(
+        y.device(),
+        "softmax_backward",
+        "softmax_backward_rows",
+        rows,
+        cols,
+    );
     y.device().dispatch(
         &shaders::SOFTMAX_BACKWARD,
-        "softmax_backward",
+        entry,
         &[rows as u32, cols as u32, scale.to_bits()],
         &[y.binding(), dy.binding()],
         &[dx.binding()],
-        rows_grid(y.device(), rows),
+        groups,
     );
     Ok(dx)
+}
+
+/// Which kernel takes the rows: one invocation per row on a CPU device for rows up to a few
+/// thousand (barriers cost most there), else one workgroup per row with a tree reduction.
+fn row_kernel(
+    device: &crate::Device,
+    workgroup: &'static str,
+    per_row: &'static str,
+    rows: usize,
+    cols: usize,
+) -> (&'static str, [u32; 3]) {
+    if device.is_cpu() && cols <= 4096 {
+        (per_row, grid(device, rows, 64))
+    } else {
+        (workgroup, rows_grid(device, rows))
+    }
 }
 
 impl Tensor {

@@ -31,6 +31,9 @@ pub struct StepArgs {
     steps: usize,
     #[arg(long)]
     json: bool,
+    /// Also time every kernel of one more step on the GPU (needs timestamp queries).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run_step(a: StepArgs) -> CliResult {
@@ -41,7 +44,15 @@ pub fn run_step(a: StepArgs) -> CliResult {
         MethodArg::Hydra => BenchMethod::Hydra,
         MethodArg::Full => BenchMethod::Full,
     };
-    let r = bench_step(&device, &cfg, method, a.targets, 1, a.steps.max(1))?;
+    let r = bench_step(
+        &device,
+        &cfg,
+        method,
+        a.targets,
+        1,
+        a.steps.max(1),
+        a.profile,
+    )?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
@@ -80,7 +91,39 @@ pub fn run_step(a: StepArgs) -> CliResult {
         "pipelines compiled after the first step: {}; submits per step: {:.1}",
         r.pipelines_after_first_step, r.submits_per_step
     );
+    if a.profile {
+        print_profile(&r.profile, &device);
+    }
     Ok(())
+}
+
+/// The per-kernel table of a profiled step.
+fn print_profile(rows: &[hydralora::model::bench::KernelTime], device: &Device) {
+    if rows.is_empty() {
+        println!(
+            "no profile: {} has no timestamp queries",
+            device.info().name
+        );
+        return;
+    }
+    let total: f64 = rows.iter().map(|k| k.seconds).sum();
+    println!(
+        "\nGPU time per kernel over one step (every dispatch timed; {:.3} s in kernels):",
+        total
+    );
+    println!(
+        "  {:<28} {:>7} {:>11} {:>7}",
+        "kernel", "calls", "ms", "share"
+    );
+    for k in rows {
+        println!(
+            "  {:<28} {:>7} {:>11.2} {:>6.1}%",
+            k.kernel,
+            k.calls,
+            1e3 * k.seconds,
+            100.0 * k.seconds / total.max(1e-12)
+        );
+    }
 }
 
 #[derive(Debug, Args)]
