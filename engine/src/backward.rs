@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::ops::elementwise::{unary_backward, BinaryKind};
+use crate::ops::elementwise::{swiglu_backward, unary_backward, BinaryKind};
 use crate::ops::{
     embedding, gate, loss, matmul::matmul_t, norm, reduce::sum_to_shape, rope, softmax,
 };
@@ -183,6 +183,10 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
                 Some(sum_to_shape(&da, a.shape())?),
                 Some(sum_to_shape(&db, b.shape())?),
             ]
+        }
+        Op::Swiglu { g: gate, u } => {
+            let (dg, du) = swiglu_backward(gate, u, g)?;
+            vec![Some(dg), Some(du)]
         }
         Op::Unary { x, kind } => vec![Some(unary_backward(x, out, g, *kind)?)],
         Op::Sum { x, .. } => vec![Some(Tensor::zeros(x.device(), x.shape())?.add(g)?)],

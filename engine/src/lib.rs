@@ -38,6 +38,7 @@ pub use custom::CustomOp;
 pub use device::{Device, DeviceInfo};
 pub use error::{Error, Result};
 pub use ops::attention::causal_attention;
+pub use ops::elementwise::swiglu;
 pub use ops::embedding::{embedding, embedding_parts};
 pub use ops::gate::{gate_expand, top_k_mask};
 pub use ops::loss::{cross_entropy, IGNORE_INDEX};

@@ -20,6 +20,11 @@ pub(crate) enum Op {
         b: Tensor,
         kind: BinaryKind,
     },
+    /// silu(g) * u, fused.
+    Swiglu {
+        g: Tensor,
+        u: Tensor,
+    },
     /// neg, exp, log, sqrt, silu, scale.
     Unary {
         x: Tensor,
@@ -100,6 +105,7 @@ impl Op {
             | Op::Transpose { x, .. }
             | Op::Narrow { x, .. } => vec![x],
             Op::RmsNorm { x, w, .. } => vec![x, w],
+            Op::Swiglu { g, u } => vec![g, u],
             Op::Embedding { table, .. } => vec![table],
             Op::CrossEntropy { logits, .. } => vec![logits],
             Op::GateExpand { g, h } => vec![g, h],

@@ -38,6 +38,8 @@ shader!(EMBEDDING, "embedding");
 shader!(EMBEDDING_BACKWARD, "embedding_backward");
 shader!(CROSS_ENTROPY, "cross_entropy");
 shader!(CROSS_ENTROPY_BACKWARD, "cross_entropy_backward");
+shader!(SWIGLU, "swiglu");
+shader!(SWIGLU_BACKWARD, "swiglu_backward");
 shader!(GATE, "gate");
 shader!(GATE_BACKWARD, "gate_backward");
 shader!(TOP_K, "top_k");
@@ -65,6 +67,8 @@ pub const ALL: &[&Shader] = &[
     &EMBEDDING_BACKWARD,
     &CROSS_ENTROPY,
     &CROSS_ENTROPY_BACKWARD,
+    &SWIGLU,
+    &SWIGLU_BACKWARD,
     &GATE,
     &GATE_BACKWARD,
     &TOP_K,

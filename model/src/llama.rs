@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use hydralora_engine::{
-    causal_attention, embedding_parts, no_grad, rope, Device, RopeTables, Tensor, IGNORE_INDEX,
+    causal_attention, embedding_parts, no_grad, rope, swiglu, Device, RopeTables, Tensor,
+    IGNORE_INDEX,
 };
 
 use crate::config::LlamaConfig;
@@ -288,13 +289,8 @@ impl Llama {
             x = x.add(&attn)?;
             inspect(&format!("layer {l} attention"), &x)?;
             let h = x.rms_norm(&layer.post_norm, c.rms_norm_eps as f32)?;
-            let mlp = layer.down_proj.forward(
-                &layer
-                    .gate_proj
-                    .forward(&h)?
-                    .silu()?
-                    .mul(&layer.up_proj.forward(&h)?)?,
-            )?;
+            let gated = swiglu(&layer.gate_proj.forward(&h)?, &layer.up_proj.forward(&h)?)?; // [B T, I]
+            let mlp = layer.down_proj.forward(&gated)?;
             x = x.add(&mlp)?;
             inspect(&format!("layer {l} MLP"), &x)?;
         }

@@ -178,6 +178,58 @@ pub(crate) fn fill(t: &Tensor, value: f32) {
     );
 }
 
+/// silu(g) * u in one kernel (the LLaMA MLP's gate); g and u of one shape.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.expect_dtype("swiglu", DType::F32, "f32")?;
+    u.expect_dtype("swiglu", DType::F32, "f32")?;
+    g.expect_same_device("swiglu", u)?;
+    if g.shape() != u.shape() {
+        return Err(Error::ShapeMismatch {
+            op: "swiglu",
+            lhs: g.shape().to_vec(),
+            rhs: u.shape().to_vec(),
+            why: "gate and up must have one shape".into(),
+        });
+    }
+    g.expect_bindable("swiglu")?;
+    let y = Tensor::empty_bindable("swiglu", g.device(), g.shape(), DType::F32)?;
+    let n = g.numel();
+    g.device().dispatch(
+        &shaders::SWIGLU,
+        "swiglu",
+        &[n as u32],
+        &[g.binding(), u.binding()],
+        &[y.binding()],
+        grid(g.device(), n.div_ceil(4), 256),
+    );
+    Ok(y.with_op(
+        || Op::Swiglu {
+            g: g.clone(),
+            u: u.clone(),
+        },
+        &[g, u],
+    ))
+}
+
+/// (dg, du) of swiglu.
+pub(crate) fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dev = g.device();
+    let (dg, du) = (
+        Tensor::empty(dev, g.shape(), DType::F32)?,
+        Tensor::empty(dev, u.shape(), DType::F32)?,
+    );
+    let n = g.numel();
+    dev.dispatch(
+        &shaders::SWIGLU_BACKWARD,
+        "swiglu_backward",
+        &[n as u32],
+        &[g.binding(), u.binding(), dy.binding()],
+        &[dg.binding(), du.binding()],
+        grid(dev, n.div_ceil(4), 256),
+    );
+    Ok((dg, du))
+}
+
 impl Tensor {
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
         binary(self, rhs, BinaryKind::Add)

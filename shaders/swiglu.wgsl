@@ -1,0 +1,22 @@
+// SwiGLU, fused: y = silu(g) * u, the LLaMA MLP's gate, in one pass over memory.
+
+struct SwigluParams {
+    numel: u32,
+}
+
+@group(0) @binding(0) var<storage, read> p: SwigluParams;
+@group(0) @binding(1) var<storage, read> g: array<f32>;       // [numel] gate_proj output
+@group(0) @binding(2) var<storage, read> u: array<f32>;       // [numel] up_proj output
+@group(0) @binding(3) var<storage, read_write> y: array<f32>; // [numel]
+
+@compute @workgroup_size(256)
+fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let base = 4u * (gid.x + gid.y * groups.x * 256u);
+    for (var j = 0u; j < 4u; j++) {
+        let i = base + j;
+        if i < p.numel {
+            let v = g[i];
+            y[i] = v / (1.0 + exp(-v)) * u[i];
+        }
+    }
+}

@@ -1,0 +1,27 @@
+// SwiGLU backward: with s = sigmoid(g), dg = dy u s (1 + g (1 - s)), du = dy g s.
+
+struct SwigluParams {
+    numel: u32,
+}
+
+@group(0) @binding(0) var<storage, read> p: SwigluParams;
+@group(0) @binding(1) var<storage, read> g: array<f32>;        // [numel]
+@group(0) @binding(2) var<storage, read> u: array<f32>;        // [numel]
+@group(0) @binding(3) var<storage, read> dy: array<f32>;       // [numel]
+@group(0) @binding(4) var<storage, read_write> dg: array<f32>; // [numel]
+@group(0) @binding(5) var<storage, read_write> du: array<f32>; // [numel]
+
+@compute @workgroup_size(256)
+fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let base = 4u * (gid.x + gid.y * groups.x * 256u);
+    for (var j = 0u; j < 4u; j++) {
+        let i = base + j;
+        if i < p.numel {
+            let v = g[i];
+            let s = 1.0 / (1.0 + exp(-v));
+            let d = dy[i];
+            dg[i] = d * u[i] * s * (1.0 + v * (1.0 - s));
+            du[i] = d * v * s;
+        }
+    }
+}
