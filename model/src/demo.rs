@@ -52,7 +52,7 @@ impl DemoOptions {
         DemoOptions {
             seeds: 3,
             base_steps: 300,
-            finetune_steps: 200,
+            finetune_steps: 500,
             train_per_task: 400,
             eval_per_task: 24,
             batch: 32,
@@ -61,11 +61,11 @@ impl DemoOptions {
         }
     }
 
-    /// `--quick`: the same pipeline, smaller (about a minute on the same machine).
+    /// `--quick`: the same pipeline, smaller (under a minute on the same machine).
     pub fn quick(cache_dir: PathBuf, out_dir: PathBuf) -> Self {
         DemoOptions {
             seeds: 3,
-            finetune_steps: 50,
+            finetune_steps: 120,
             train_per_task: 200,
             eval_per_task: 12,
             batch: 16,
