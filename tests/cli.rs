@@ -6,10 +6,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hydralora::model::codec::{CharCodec, CHAR_CODEC_FILE};
-
-const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-llama");
-
 fn hydralora(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hydralora"))
         .args(args)
@@ -22,23 +18,10 @@ fn hydralora(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// tiny-llama (vocabulary 96) with a 93-character codec (newline and ' '..'{'): 3 special tokens + 93 = 96.
 fn model_dir(name: &str) -> PathBuf {
-    let _ = common::device(); // fail early (not skip) without an adapter
     let dir = std::env::temp_dir().join(format!("hydralora-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors"] {
-        std::fs::copy(Path::new(TINY).join(f), dir.join(f)).unwrap();
-    }
-    let chars: String = std::iter::once('\n')
-        .chain((b' '..=b'{').map(|c| c as char))
-        .collect();
-    assert_eq!(chars.len(), 93);
-    CharCodec::new(chars.chars())
-        .unwrap()
-        .save(dir.join(CHAR_CODEC_FILE))
-        .unwrap();
+    common::char_model_dir(&dir);
     dir
 }
 
@@ -311,7 +294,7 @@ fn eval_generate_and_merge_run_on_a_trained_adapter() {
     let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
     assert!(v["perplexity"].as_f64().unwrap() > 1.0);
     assert!(v["per_category"]["math"]["exact_match"].is_number());
-    let (ok, o, e) = hydralora(&[
+    let generate_args = [
         "generate",
         "--model",
         dir.to_str().unwrap(),
@@ -325,28 +308,11 @@ fn eval_generate_and_merge_run_on_a_trained_adapter() {
         "0.8",
         "--seed",
         "3",
-    ]);
+    ];
+    let (ok, o, e) = hydralora(&generate_args);
     assert!(ok, "{o}\n{e}");
     assert!(o.starts_with("echo"));
-    let (again, ..) = (
-        hydralora(&[
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--adapter",
-            adapter.to_str().unwrap(),
-            "--prompt",
-            "echo",
-            "--max-tokens",
-            "5",
-            "--temperature",
-            "0.8",
-            "--seed",
-            "3",
-        ])
-        .1,
-        0,
-    );
+    let again = hydralora(&generate_args).1;
     assert_eq!(o, again, "a seed fixes the sampled text");
     let merged = dir.join("merged");
     let (ok, o, e) = hydralora(&[

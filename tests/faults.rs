@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use hydralora::engine::rng::Rng;
 use hydralora::model::adapter::{attach, AdapterConfig};
-use hydralora::model::codec::{CharCodec, CHAR_CODEC_FILE};
 use hydralora::model::data::TokenizedExample;
 use hydralora::model::train::{TrainSettings, Trainer};
 use hydralora::model::Llama;
@@ -24,20 +23,10 @@ fn work_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// tiny-llama with a 93-character codec (3 special tokens + 93 = its vocabulary of 96).
+/// A character-codec copy of tiny-llama in `dir/model`, and 16 lines of data beside it.
 fn model_dir(dir: &Path) -> PathBuf {
     let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(Path::new(TINY).join(f), model.join(f)).unwrap();
-    }
-    let chars: String = std::iter::once('\n')
-        .chain((b' '..=b'{').map(|c| c as char))
-        .collect();
-    CharCodec::new(chars.chars())
-        .unwrap()
-        .save(model.join(CHAR_CODEC_FILE))
-        .unwrap();
+    common::char_model_dir(&model);
     let data: Vec<String> = (0..16)
         .map(|i| {
             format!(

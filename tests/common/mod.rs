@@ -209,3 +209,25 @@ pub fn matmul_ref(
     }
     c
 }
+
+/// Writes into `dir` a copy of the tiny-llama fixture (vocabulary 96) with a character codec
+/// of 93 characters (newline and ' '..='{') + 3 special tokens, so the CLI can train it on
+/// text. `dir` must not exist yet or be empty.
+pub fn char_model_dir(dir: &std::path::Path) {
+    use hydralora::model::codec::{CharCodec, CHAR_CODEC_FILE};
+    let _ = device(); // fail early (not skip) without an adapter
+    let tiny =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-llama");
+    std::fs::create_dir_all(dir).unwrap();
+    for f in ["config.json", "generation_config.json", "model.safetensors"] {
+        std::fs::copy(tiny.join(f), dir.join(f)).unwrap();
+    }
+    let chars: String = std::iter::once('\n')
+        .chain((b' '..=b'{').map(|c| c as char))
+        .collect();
+    assert_eq!(chars.chars().count(), 93);
+    CharCodec::new(chars.chars())
+        .unwrap()
+        .save(dir.join(CHAR_CODEC_FILE))
+        .unwrap();
+}
