@@ -107,7 +107,9 @@ impl Tensor {
                 }
                 continue;
             };
-            let grads = rule(op, node, &g)?;
+            // Only the inputs in the graph get a gradient: a frozen weight's is never computed.
+            let needs: Vec<bool> = op.inputs().iter().map(|t| t.tracks_grad()).collect();
+            let grads = rule(op, node, &g, &needs)?;
             for (input, gi) in op.inputs().into_iter().zip(grads) {
                 let Some(gi) = gi else { continue };
                 if !input.tracks_grad() {
@@ -152,36 +154,56 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 
 /// The backward rule of each op: gradients of its inputs (in `Op::inputs` order) from the
 /// gradient `g` of its output `out`. `None` where an input gets no gradient.
-fn rule(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+/// `needs[i]` says whether input i is in the graph; rules with costly gradients (matmul,
+/// the binary ops) skip the ones nobody needs.
+fn rule(op: &Op, out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+    let need = |i: usize| needs.get(i).copied().unwrap_or(true);
     Ok(match op {
         Op::Matmul { a, b, ta, tb } => {
             // C = op(A) op(B):  dop(A) = dC op(B)^T,  dop(B) = op(A)^T dC.
-            let da = if *ta {
-                matmul_t(b, g, *tb, true)?
-            } else {
-                matmul_t(g, b, false, !*tb)?
+            let da = || {
+                if *ta {
+                    matmul_t(b, g, *tb, true)
+                } else {
+                    matmul_t(g, b, false, !*tb)
+                }
             };
-            let db = if *tb {
-                matmul_t(g, a, true, *ta)?
-            } else {
-                matmul_t(a, g, !*ta, false)?
+            let db = || {
+                if *tb {
+                    matmul_t(g, a, true, *ta)
+                } else {
+                    matmul_t(a, g, !*ta, false)
+                }
             };
             vec![
-                Some(sum_to_shape(&da, a.shape())?),
-                Some(sum_to_shape(&db, b.shape())?),
+                need(0)
+                    .then(|| sum_to_shape(&da()?, a.shape()))
+                    .transpose()?,
+                need(1)
+                    .then(|| sum_to_shape(&db()?, b.shape()))
+                    .transpose()?,
             ]
         }
         Op::Binary { a, b, kind } => {
-            let (da, db) = match kind {
-                BinaryKind::Add => (g.clone(), g.clone()),
-                BinaryKind::Sub => (g.clone(), g.neg()?),
-                BinaryKind::Mul => (g.mul(b)?, g.mul(a)?),
+            let da = || match kind {
+                BinaryKind::Add | BinaryKind::Sub => Ok(g.clone()),
+                BinaryKind::Mul => g.mul(b),
+                BinaryKind::Div => g.div(b),
+            };
+            let db = || match kind {
+                BinaryKind::Add => Ok(g.clone()),
+                BinaryKind::Sub => g.neg(),
+                BinaryKind::Mul => g.mul(a),
                 // d(a/b)/db = -a / b^2 = -out / b
-                BinaryKind::Div => (g.div(b)?, g.mul(out)?.div(b)?.neg()?),
+                BinaryKind::Div => g.mul(out)?.div(b)?.neg(),
             };
             vec![
-                Some(sum_to_shape(&da, a.shape())?),
-                Some(sum_to_shape(&db, b.shape())?),
+                need(0)
+                    .then(|| sum_to_shape(&da()?, a.shape()))
+                    .transpose()?,
+                need(1)
+                    .then(|| sum_to_shape(&db()?, b.shape()))
+                    .transpose()?,
             ]
         }
         Op::Swiglu { g: gate, u } => {

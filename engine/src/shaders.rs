@@ -26,6 +26,7 @@ shader!(REDUCE, "reduce");
 shader!(COPY, "copy");
 shader!(CAST, "cast");
 shader!(MATMUL, "matmul");
+shader!(MATMUL_F16, "matmul_f16");
 shader!(MATMUL_SUBGROUP, "matmul_subgroup");
 shader!(MATMUL_TILED, "matmul_tiled");
 shader!(MATMUL_SPLITK, "matmul_splitk");
@@ -55,6 +56,7 @@ pub const ALL: &[&Shader] = &[
     &COPY,
     &CAST,
     &MATMUL,
+    &MATMUL_F16,
     &MATMUL_SUBGROUP,
     &MATMUL_TILED,
     &MATMUL_SPLITK,

@@ -448,7 +448,10 @@ impl Llama {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (name, t) in self.named_weights() {
-            let values = t.to_vec_f32()?;
+            let values = match t.dtype() {
+                hydralora_engine::DType::F16 => t.to_f32()?.to_vec_f32()?,
+                _ => t.to_vec_f32()?,
+            };
             match host.last_mut() {
                 // Row parts of one matrix are joined back.
                 Some((last, shape, data)) if *last == name => {
@@ -521,6 +524,26 @@ impl Llama {
                     ((batch as f64 * scale).floor() as usize).max(1),
                     ((seq as f64 * scale.powf(1.0 / power)).floor() as usize).max(1),
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the frozen linear weights of every layer as f16 (half their memory; the
+    /// matmuls widen them to f32 as they load and accumulate in f32). The embedding, the
+    /// norms and lm_head stay f32. Not for weights being trained.
+    pub fn store_frozen_weights_f16(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            for m in TARGET_MODULES {
+                let linear = layer.linear_mut(m).expect("a target module");
+                if linear.weight.requires_grad() {
+                    return Err(ModelError::Input(format!(
+                        "{m} is being trained: only frozen weights can be stored as f16"
+                    )));
+                }
+                if linear.weight.dtype() == hydralora_engine::DType::F32 {
+                    linear.weight = linear.weight.to_f16()?;
+                }
             }
         }
         Ok(())

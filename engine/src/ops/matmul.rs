@@ -126,7 +126,9 @@ fn operand(t: &Tensor) -> Result<Operand> {
 fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<usize>)> {
     a.expect_same_device(OP, b)?;
     a.expect_dtype(OP, DType::F32, "f32")?;
-    b.expect_dtype(OP, DType::F32, "f32")?;
+    if b.dtype() != DType::F16 {
+        b.expect_dtype(OP, DType::F32, "f32 (or f16 for the second operand)")?;
+    }
     let (oa, ob) = (operand(a)?, operand(b)?);
     let (m, k) = if ta {
         (oa.cols, oa.rows)
@@ -442,7 +444,9 @@ fn run(
 ) -> Result<Tensor> {
     let device = a.device();
     let mut variant = variant;
-    if p.k == 0 {
+    // f16 weights (the second operand) run on the general kernel's f16 twin.
+    let f16_b = b.dtype() == DType::F16;
+    if p.k == 0 || f16_b {
         // Nothing to sum: the general kernel writes the zeros (the subgroup kernel's vec4
         // bindings cannot bind an empty operand).
         variant = MatmulVariant::new(MatmulKernel::General, 1);
@@ -495,6 +499,8 @@ fn run(
             let groups = [p.n.div_ceil(tile), p.m.div_ceil(tile), slices];
             if variant.kernel == MatmulKernel::Tiled {
                 ("matmul_tiled", &shaders::MATMUL_TILED, groups, params)
+            } else if f16_b {
+                ("matmul", &shaders::MATMUL_F16, groups, params)
             } else {
                 ("matmul", &shaders::MATMUL, groups, params)
             }
