@@ -265,6 +265,8 @@ fn eval_generate_and_merge_run_on_a_trained_adapter() {
         data.to_str().unwrap(),
         "--method",
         "lora",
+        "--f16-weights",
+        "--skip-bad-lines",
         "--rank",
         "2",
         "--targets",

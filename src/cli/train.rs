@@ -73,8 +73,11 @@ pub struct TrainArgs {
     /// Dropout on the adapter's input while training (PEFT's lora_dropout) [default: 0].
     #[arg(long)]
     pub dropout: Option<f32>,
+    /// Keep the frozen layer weights in f16 (half their memory; computed in f32).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub f16_weights: Option<bool>,
     /// Scale by alpha / sqrt(r) (rsLoRA).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub rslora: Option<bool>,
     /// Route each token to its k best heads only (hydra; off by default, as the paper).
     #[arg(long)]
@@ -129,7 +132,7 @@ pub struct TrainArgs {
     #[serde(skip)]
     pub resume: bool,
     /// Skip malformed JSONL lines (counted and reported) instead of stopping at the first.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub skip_bad_lines: Option<bool>,
     /// A prompt template with {instruction} and {input} [default: Alpaca].
     #[arg(long)]
@@ -158,6 +161,7 @@ impl TrainArgs {
             experts,
             targets,
             dropout,
+            f16_weights,
             rslora,
             top_k,
             balance_coef,
@@ -212,6 +216,9 @@ pub fn run(args: TrainArgs) -> CliResult {
     let device = Device::new()?;
     eprintln!("device: {} ({})", device.info().name, device.info().backend);
     let mut model = Llama::load(&device, &model_dir)?;
+    if a.f16_weights.unwrap_or(false) {
+        model.store_frozen_weights_f16()?;
+    }
     let codec = load_codec(&model_dir, &model.config)?;
     let template = match &a.template {
         Some(t) => PromptTemplate::new(t)?,
