@@ -460,7 +460,6 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<AdapterConfig> {
     let cfg = AdapterConfig::from_file(&dir.join(ADAPTER_CONFIG_FILE))?;
     let file = WeightFile::open(dir.join(ADAPTER_WEIGHTS_FILE))?;
     attach(model, &cfg, 0)?;
-    let device = model.device().clone();
     let mut expected = std::collections::HashSet::new();
     // Gather each parameter's full value from its stored pieces, then upload once.
     let mut staged: Vec<(Tensor, Vec<f32>)> = Vec::new();
@@ -504,7 +503,6 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<AdapterConfig> {
             .iter()
             .try_for_each(|(param, values)| param.write_f32(values))
     })?;
-    let _ = device;
     Ok(cfg)
 }
 

@@ -240,9 +240,15 @@ impl Trainer {
                 &self.model.forward(&batch.ids, batch.batch, None)?,
                 &batch.labels,
             )?;
-            let objective = match balance_loss(&self.model, self.balance_coef)? {
-                Some(aux) if self.balance_coef > 0.0 => lm_loss.add(&aux)?,
-                _ => lm_loss.clone(),
+            // The balance loss reads the gates recorded in this forward (only when it is on).
+            let aux = if self.balance_coef > 0.0 {
+                balance_loss(&self.model, self.balance_coef)?
+            } else {
+                None
+            };
+            let objective = match aux {
+                Some(aux) => lm_loss.add(&aux)?,
+                None => lm_loss.clone(),
             };
             // Scaling each micro-batch by 1/accum makes the summed gradient the mean's.
             let grads = objective.scale(1.0 / accum as f32)?.backward()?;
