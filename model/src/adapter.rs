@@ -550,13 +550,28 @@ pub fn recorded_gates(model: &Llama) -> Vec<(usize, &'static str, Tensor)> {
     out
 }
 
-/// Router statistics of the last forward (needs [`record_gates`] on).
+/// Router statistics of the last forward (needs [`record_gates`] on), with one readback for
+/// every router together.
 pub fn router_stats(model: &Llama) -> Result<Vec<RouterStats>> {
-    recorded_gates(model)
+    let gates = recorded_gates(model);
+    if gates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = hydralora_engine::no_grad(|| {
+        let flat: Vec<Tensor> = gates
+            .iter()
+            .map(|(_, _, g)| g.reshape(&[g.numel()]))
+            .collect::<std::result::Result<_, _>>()?;
+        Tensor::concat(&flat, 0)
+    })?
+    .to_vec_f32()?;
+    let mut offset = 0;
+    gates
         .into_iter()
         .map(|(layer, module, g)| {
             let (t, n) = (g.dim(0), g.dim(1));
-            let host = g.to_vec_f32()?;
+            let host = &all[offset..offset + t * n];
+            offset += t * n;
             let mut mean_gate = vec![0.0f64; n];
             let mut entropy = 0.0f64;
             for row in host.chunks(n) {

@@ -111,6 +111,18 @@ pub enum ModelError {
     /// Input a caller passed in (token ids, labels, batch sizes) that the model cannot take.
     #[error("{0}")]
     Input(String),
+
+    /// A training step was cancelled before it changed anything: the run is still after
+    /// optimizer step `step`, as if the cancelled step had never started.
+    #[error("cancelled; the run stands after step {step}, unchanged by the cancelled step")]
+    Cancelled {
+        /// Optimizer steps done (the cancelled one not counted).
+        step: usize,
+    },
+
+    /// The background training thread ended (or panicked) before it answered.
+    #[error("{0}")]
+    Background(String),
 }
 
 /// The result type of this crate.

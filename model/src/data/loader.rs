@@ -201,6 +201,17 @@ impl Loader {
         }
     }
 
+    /// Moves back to `state`, taken earlier from this loader with [`Loader::state`] (a
+    /// cancelled step gives back the batches it took).
+    pub(crate) fn rewind(&mut self, state: &LoaderState) {
+        debug_assert_eq!(state.fingerprint, self.fingerprint);
+        if state.epoch != self.epoch {
+            self.order = epoch_order(self.examples.len(), self.seed, state.epoch);
+        }
+        self.epoch = state.epoch;
+        self.position = state.position;
+    }
+
     /// Epochs done, fractional: `epoch + position / len`.
     pub fn epochs_done(&self) -> f64 {
         self.epoch as f64 + self.position as f64 / self.examples.len() as f64

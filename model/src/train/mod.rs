@@ -3,6 +3,8 @@
 pub mod checkpoint;
 pub mod schedule;
 pub mod trainer;
+pub mod worker;
 
 pub use schedule::{LrSchedule, ScheduleKind};
 pub use trainer::{evaluate, EvalStats, StepStats, TrainSettings, Trainable, Trainer};
+pub use worker::{Pending, Progress, TrainEvent, TrainerWorker, WorkerOptions, WorkerStatus};

@@ -219,15 +219,37 @@ impl Trainer {
         self.loader.state()
     }
 
-    /// One optimizer step over `grad_accum` micro-batches.
+    /// One optimizer step over `grad_accum` micro-batches. A step that fails changes
+    /// nothing: the optimizer has not run, and the data loader is back where it was.
     pub fn step(&mut self) -> Result<StepStats> {
+        self.step_unless(&|| false)
+    }
+
+    /// [`Trainer::step`], abandoned when `cancelled()` is true before a micro-batch or
+    /// before the optimizer update: it then returns [`ModelError::Cancelled`] and the run is
+    /// exactly as before the call (same weights, moments, step count and data position), so
+    /// the next step is the one the cancelled step would have been.
+    pub fn step_unless(&mut self, cancelled: &dyn Fn() -> bool) -> Result<StepStats> {
+        let before = self.loader.state();
+        let result = self.try_step(cancelled);
+        if result.is_err() {
+            self.loader.rewind(&before);
+        }
+        result
+    }
+
+    fn try_step(&mut self, cancelled: &dyn Fn() -> bool) -> Result<StepStats> {
         let start = Instant::now();
         let accum = self.settings.grad_accum;
         let mut summed: Option<Gradients> = None;
         let mut loss_sum: Option<Tensor> = None; // [1]
         let mut tokens = 0;
         let mut batches = Vec::with_capacity(accum);
+        let stop = |step| Err(ModelError::Cancelled { step });
         for micro in 0..accum {
+            if cancelled() {
+                return stop(self.step);
+            }
             crate::adapter::set_dropout_seed(
                 &self.model,
                 self.settings.seed
@@ -295,6 +317,9 @@ impl Trainer {
             if grad_norm > max {
                 grads = scale_gradients(grads, &self.params, max / (grad_norm + 1e-6))?;
             }
+        }
+        if cancelled() {
+            return stop(self.step);
         }
         let lr = self.settings.schedule().at(self.step);
         self.optimizer.step_with_lr(&self.params(), &grads, lr)?;
@@ -429,7 +454,13 @@ impl Trainer {
         trainer.step = state.step;
         let file = WeightFile::open(dir.join(checkpoint::OPTIMIZER_FILE))?;
         let mut moments = Vec::new();
-        for (name, p) in &trainer.params {
+        // A checkpoint saved before the first update has no moments yet.
+        let saved_moments = if state.optimizer_steps > 0 {
+            &trainer.params[..]
+        } else {
+            &[]
+        };
+        for (name, p) in saved_moments {
             let m = file.expect_f32(&format!("{name}.exp_avg"), p.shape())?;
             let v = file.expect_f32(&format!("{name}.exp_avg_sq"), p.shape())?;
             moments.push((
