@@ -15,7 +15,7 @@ use crate::adapter::{self, attach, trainable_count, AdapterConfig};
 use crate::bench::random_model;
 use crate::codec::{CharCodec, TextCodec};
 use crate::config::LlamaConfig;
-use crate::data::{tokenize, Example};
+use crate::data::{tokenize, Example, TokenizedExample};
 use crate::error::{ModelError, Result};
 use crate::generate::{generate, SamplingConfig};
 use crate::llama::Llama;
@@ -316,6 +316,55 @@ fn base_model(
     Ok((Llama::load(device, &dir)?, false))
 }
 
+/// The demo's task set and base model, for other front ends (the desktop example).
+pub struct DemoTasks {
+    /// The character codec every demo model uses.
+    pub codec: CharCodec,
+    /// The base model: from the cache, or trained now (and cached).
+    pub base: Llama,
+    /// Whether `base` came from the cache.
+    pub base_from_cache: bool,
+    /// The fine-tuning set: the four tasks, tokenized.
+    pub train: Vec<TokenizedExample>,
+    /// Held-out examples of the four tasks, for exact match.
+    pub eval: Vec<Example>,
+}
+
+/// Prepares the demo's base model and tasks as [`run_demo`] does (the base is trained and
+/// cached under `opts.cache_dir` the first time); `on_event` sees the base model's steps.
+pub fn prepare_tasks(
+    device: &Device,
+    opts: &DemoOptions,
+    mut on_event: impl FnMut(DemoEvent),
+) -> Result<DemoTasks> {
+    let codec = CharCodec::new(ALPHABET.chars())?;
+    let (base, base_from_cache) = base_model(device, &codec, opts, &mut on_event)?;
+    let train = task_set(&TASKS, opts.train_per_task, 99);
+    let (train, _) = tokenize(&train, &codec, 32)?;
+    Ok(DemoTasks {
+        codec,
+        base,
+        base_from_cache,
+        train,
+        eval: task_set(&TASKS, opts.eval_per_task, 4242),
+    })
+}
+
+/// The settings of a demo fine-tuning run (seed `seed` of `opts`).
+pub fn finetune_settings(opts: &DemoOptions, seed: u64) -> TrainSettings {
+    TrainSettings {
+        lr: 1e-2,
+        schedule: ScheduleKind::Cosine,
+        warmup_steps: opts.finetune_steps / 10,
+        total_steps: opts.finetune_steps,
+        micro_batch: opts.batch,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.0,
+        seed: 10 + seed,
+        ..Default::default()
+    }
+}
+
 /// Runs the whole demo; `on_event` sees phases and steps (for progress bars).
 pub fn run_demo(
     device: &Device,
@@ -323,12 +372,14 @@ pub fn run_demo(
     mut on_event: impl FnMut(DemoEvent),
 ) -> Result<DemoReport> {
     let start = Instant::now();
-    let codec = CharCodec::new(ALPHABET.chars())?;
-    let (base, base_from_cache) = base_model(device, &codec, opts, &mut on_event)?;
+    let DemoTasks {
+        codec,
+        base,
+        base_from_cache,
+        train: train_tokens,
+        eval,
+    } = prepare_tasks(device, opts, &mut on_event)?;
     drop(base);
-    let train = task_set(&TASKS, opts.train_per_task, 99);
-    let eval = task_set(&TASKS, opts.eval_per_task, 4242);
-    let (train_tokens, _) = tokenize(&train, &codec, 32)?;
     let base_dir = opts.cache_dir.join(format!(
         "demo-base-v{BASE_VERSION}-{}steps",
         opts.base_steps
@@ -356,17 +407,7 @@ pub fn run_demo(
             let mut model = load_base()?;
             attach(&mut model, cfg, 1000 + seed)?;
             counts.insert(method.to_string(), trainable_count(&model));
-            let settings = TrainSettings {
-                lr: 1e-2,
-                schedule: ScheduleKind::Cosine,
-                warmup_steps: opts.finetune_steps / 10,
-                total_steps: opts.finetune_steps,
-                micro_batch: opts.batch,
-                max_grad_norm: Some(1.0),
-                weight_decay: 0.0,
-                seed: 10 + seed,
-                ..Default::default()
-            };
+            let settings = finetune_settings(opts, seed);
             let mut trainer = Trainer::new(model, train_tokens.clone(), codec.pad_id(), settings)?;
             let mut curve = Vec::new();
             let run = format!("{method} seed {seed}");
