@@ -148,7 +148,7 @@ fn engine_device_descriptor(adapter: &wgpu::Adapter) -> wgpu::DeviceDescriptor<'
 /// What the preparation thread reports.
 enum Prepared {
     Note(String),
-    Ready(Result<(Trainer, CharCodec), String>),
+    Ready(Result<Box<(Trainer, CharCodec)>, String>),
 }
 
 enum Stage {
@@ -218,7 +218,9 @@ impl DesktopApp {
                     stats.step, stats.loss
                 )),
             });
-            let _ = tx.send(Prepared::Ready(ready.map_err(|e| e.to_string())));
+            let _ = tx.send(Prepared::Ready(
+                ready.map(Box::new).map_err(|e| e.to_string()),
+            ));
             ctx.request_repaint();
         });
         Ok(DesktopApp {
@@ -249,7 +251,8 @@ impl DesktopApp {
         while let Ok(message) = rx.try_recv() {
             match message {
                 Prepared::Note(text) => self.status = text,
-                Prepared::Ready(Ok((trainer, codec))) => {
+                Prepared::Ready(Ok(ready)) => {
+                    let (trainer, codec) = *ready;
                     let ctx = ctx.clone();
                     let worker = TrainerWorker::spawn_with(
                         trainer,
