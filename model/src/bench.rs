@@ -173,7 +173,7 @@ pub struct StepReport {
     pub pipelines_after_first_step: usize,
     /// Command batches submitted per timed step, on average.
     pub submits_per_step: f64,
-    /// The adapter's name.
+    /// The GPU's name (the engine's `DeviceInfo::name`).
     pub device: String,
     /// With `profile`: GPU time per kernel entry point over one extra step, most first.
     pub profile: Vec<KernelTime>,
@@ -322,7 +322,7 @@ pub struct ForwardReport {
     pub tokens_per_s: f64,
     /// [`forward_flops`] / median_s, in GFLOP/s.
     pub gflops: f64,
-    /// The adapter's name.
+    /// The GPU's name (the engine's `DeviceInfo::name`).
     pub device: String,
 }
 
