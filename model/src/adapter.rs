@@ -97,7 +97,9 @@ impl AdapterConfig {
         }
     }
 
-    /// Errors name the field.
+    /// Checks the settings: r in 1..=65536, 1..=4096 heads (exactly 1 for LoRA), targets
+    /// non-empty and all in [`TARGET_MODULES`], dropout in [0, 1), top_k in 1..=heads. The
+    /// [`ModelError::Config`] names the field as `adapter_config.json` spells it.
     pub fn validate(&self) -> Result<()> {
         let field = |field: &str, why: String| ModelError::Config {
             file: None,
