@@ -17,11 +17,32 @@ thread_local! {
 }
 
 /// Whether ops on this thread record the graph (false inside [`no_grad`]).
+///
+/// ```
+/// use hydralora_engine::{is_recording, no_grad};
+/// assert!(is_recording());
+/// no_grad(|| assert!(!is_recording()));
+/// assert!(is_recording());
+/// ```
 pub fn is_recording() -> bool {
     NO_GRAD_DEPTH.with(|d| d.get() == 0)
 }
 
-/// Runs `f` without recording any op: inference, optimizer updates, evaluation.
+/// Runs `f` without recording any op: inference, optimizer updates, evaluation. Results
+/// computed inside hold no graph (no inputs kept alive, no gradient flows through them).
+/// The setting is per thread.
+///
+/// ```no_run
+/// use hydralora_engine::{no_grad, Device, Tensor};
+/// # fn main() -> hydralora_engine::Result<()> {
+/// let dev = Device::new()?;
+/// let w = Tensor::rand_uniform(&dev, &[4, 4], -1.0, 1.0, 0)?.into_param();
+/// let x = Tensor::rand_uniform(&dev, &[2, 4], -1.0, 1.0, 1)?;
+/// assert!(x.matmul_nt(&w)?.tracks_grad());
+/// let y = no_grad(|| x.matmul_nt(&w))?; // [2, 4]
+/// assert!(!y.tracks_grad());
+/// # Ok(()) }
+/// ```
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
     let _guard = NoGradGuard::new();
     f()
@@ -31,6 +52,8 @@ pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
 pub struct NoGradGuard(());
 
 impl NoGradGuard {
+    /// Turns recording off on this thread (nested guards count; recording resumes when the
+    /// last one is dropped).
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         NO_GRAD_DEPTH.with(|d| d.set(d.get() + 1));
@@ -51,24 +74,32 @@ pub struct Gradients {
 }
 
 impl Gradients {
+    /// The gradient of parameter `t` (same shape as `t`), or `None` when the output did not
+    /// depend on it.
     pub fn get(&self, t: &Tensor) -> Option<&Tensor> {
         self.map.get(&t.id())
     }
+    /// [`Gradients::get`] by tensor id.
     pub fn get_id(&self, id: TensorId) -> Option<&Tensor> {
         self.map.get(&id)
     }
+    /// Takes the gradient of `t` out (to accumulate into it or to free it early).
     pub fn remove(&mut self, t: &Tensor) -> Option<Tensor> {
         self.map.remove(&t.id())
     }
+    /// Sets the gradient of `t`, replacing any (for gradient accumulation and clipping).
     pub fn insert(&mut self, t: &Tensor, grad: Tensor) {
         self.map.insert(t.id(), grad);
     }
+    /// Number of parameters with a gradient.
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    /// Whether no parameter has a gradient.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
+    /// Every (parameter id, gradient) pair, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&TensorId, &Tensor)> {
         self.map.iter()
     }
@@ -76,13 +107,30 @@ impl Gradients {
 
 impl Tensor {
     /// Gradients of this tensor (a scalar, or any shape with an implied gradient of ones)
-    /// with respect to every parameter it depends on.
+    /// with respect to every parameter it depends on. Only parameters
+    /// ([`Tensor::into_param`]) get an entry; each gradient has its parameter's shape.
+    ///
+    /// ```no_run
+    /// use hydralora_engine::{Device, Tensor};
+    /// # fn main() -> hydralora_engine::Result<()> {
+    /// let dev = Device::new()?;
+    /// // y = sum(x W^T), x [1, 2], W [3, 2]: dy/dW[i, j] = x[j].
+    /// let w = Tensor::zeros(&dev, &[3, 2])?.into_param();
+    /// let x = Tensor::from_slice(&dev, &[1.0, 2.0], &[1, 2])?;
+    /// let y = x.matmul_nt(&w)?.sum_all()?; // [1]
+    /// let grads = y.backward()?;
+    /// let dw = grads.get(&w).expect("y depends on w").to_vec_f32()?;
+    /// assert_eq!(dw, [1.0, 2.0, 1.0, 2.0, 1.0, 2.0]);
+    /// assert!(grads.get(&x).is_none()); // x is not a parameter
+    /// # Ok(()) }
+    /// ```
     pub fn backward(&self) -> Result<Gradients> {
         let ones = no_grad(|| Tensor::full(self.device(), self.shape(), 1.0))?;
         self.backward_with(ones)
     }
 
-    /// Backward from a given output gradient (same shape as `self`).
+    /// Backward from a given output gradient (same shape as `self`, else
+    /// [`Error::Backward`]; on the same device, else [`Error::DeviceMismatch`]).
     pub fn backward_with(&self, grad: Tensor) -> Result<Gradients> {
         if grad.shape() != self.shape() {
             return Err(Error::Backward(format!(

@@ -19,9 +19,13 @@ const MAX_DISPATCHES_PER_BATCH: usize = 4096;
 /// What the engine knows about the adapter it runs on.
 #[derive(Clone, Debug)]
 pub struct DeviceInfo {
+    /// The adapter's name as the driver reports it (`shared device` for [`Device::from_wgpu`]).
     pub name: String,
+    /// The wgpu backend, e.g. `Vulkan`, `Metal`, `Dx12` (`unknown` when not given).
     pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` or `Other` (`unknown` when not given).
     pub device_type: String,
+    /// The driver's name and its info string (empty when not given).
     pub driver: String,
     /// `SHADER_F16`: f16 storage and arithmetic in shaders.
     pub shader_f16: bool,
@@ -29,6 +33,7 @@ pub struct DeviceInfo {
     pub subgroup: bool,
     /// `TIMESTAMP_QUERY`: GPU timestamps for per-kernel profiling.
     pub timestamp_query: bool,
+    /// The device's limits ([`Device::new`] asks for the adapter's own, not wgpu's defaults).
     pub limits: wgpu::Limits,
 }
 
@@ -148,6 +153,18 @@ impl Device {
     /// Opens the best adapter: `WGPU_ADAPTER_NAME` (a substring of the adapter's name) if set,
     /// else a discrete GPU, then integrated, virtual, and last a CPU (software) device.
     /// `WGPU_BACKEND` (e.g. `vulkan`, `metal`, `dx12`) restricts the backends searched.
+    /// The device is opened with the adapter's own limits and the `SHADER_F16`, `SUBGROUP`
+    /// and `TIMESTAMP_QUERY` features where the adapter has them.
+    ///
+    /// Errors: [`Error::NoAdapter`] (with what to install), [`Error::RequestDevice`].
+    ///
+    /// ```no_run
+    /// use hydralora_engine::Device;
+    /// # fn main() -> hydralora_engine::Result<()> {
+    /// let dev = Device::new()?;
+    /// println!("{}", dev.info()); // adapter, backend, features, limits
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Result<Device> {
         pollster::block_on(Self::new_async())
     }
@@ -280,6 +297,7 @@ impl Device {
         }
     }
 
+    /// What the device is and can do.
     pub fn info(&self) -> &DeviceInfo {
         &self.inner.info
     }
@@ -295,6 +313,7 @@ impl Device {
         (&self.inner.device, &self.inner.queue)
     }
 
+    /// Whether `self` and `other` are the same device (clones of one [`Device`]).
     pub fn same_as(&self, other: &Device) -> bool {
         self.inner.id == other.inner.id
     }

@@ -23,11 +23,15 @@ use crate::tensor::{DType, Tensor};
 /// Step and tolerances; a coordinate passes when |autodiff - numeric| <= atol + rtol |numeric|.
 #[derive(Clone, Debug)]
 pub struct GradcheckOptions {
+    /// The finite-difference step added to and taken from each checked coordinate.
     pub eps: f32,
+    /// Absolute tolerance.
     pub atol: f32,
+    /// Tolerance relative to |numeric|.
     pub rtol: f32,
     /// At most this many coordinates of each input are checked (chosen at random).
     pub max_checks_per_input: usize,
+    /// Seeds the projection weights and the choice of coordinates.
     pub seed: u64,
 }
 
@@ -47,21 +51,29 @@ impl Default for GradcheckOptions {
 /// One coordinate where the two gradients disagree.
 #[derive(Clone, Debug)]
 pub struct Mismatch {
+    /// Which input (index into `inputs`).
     pub input: usize,
+    /// The flat (row-major) index of the coordinate in that input.
     pub index: usize,
+    /// The gradient from [`Tensor::backward`].
     pub autodiff: f32,
+    /// The central finite difference.
     pub numeric: f32,
 }
 
 /// What was compared and how far apart the two gradients were.
 #[derive(Clone, Debug, Default)]
 pub struct GradcheckReport {
+    /// Coordinates compared, over all inputs.
     pub checked: usize,
+    /// The largest |autodiff - numeric| seen.
     pub max_abs_error: f32,
+    /// Every coordinate outside the tolerance (NaN included).
     pub mismatches: Vec<Mismatch>,
 }
 
 impl GradcheckReport {
+    /// Whether every checked coordinate was within the tolerance.
     pub fn passed(&self) -> bool {
         self.mismatches.is_empty()
     }
@@ -88,6 +100,21 @@ impl std::fmt::Display for GradcheckReport {
 }
 
 /// Checks the gradients of `f` at `inputs` (f32 tensors; they are copied, never changed).
+/// Costs two evaluations of `f` per checked coordinate. Fails with [`Error::DType`] for a
+/// non-f32 input and [`Error::InvalidArgument`] when `inputs` is empty; a gradient mismatch
+/// is not an error but a [`GradcheckReport::mismatches`] entry.
+///
+/// ```no_run
+/// use hydralora_engine::gradcheck::{gradcheck, GradcheckOptions};
+/// use hydralora_engine::{Device, Tensor};
+/// # fn main() -> hydralora_engine::Result<()> {
+/// let dev = Device::new()?;
+/// let a = Tensor::rand_uniform(&dev, &[3, 4], -1.0, 1.0, 1)?;
+/// let b = Tensor::rand_uniform(&dev, &[4, 2], -1.0, 1.0, 2)?;
+/// let report = gradcheck(|xs| xs[0].matmul(&xs[1]), &[a, b], &GradcheckOptions::default())?;
+/// assert!(report.passed(), "{report}");
+/// # Ok(()) }
+/// ```
 pub fn gradcheck(
     f: impl Fn(&[Tensor]) -> Result<Tensor>,
     inputs: &[Tensor],

@@ -3,17 +3,32 @@
 //! GPU tensors whose every kernel is a WGSL compute shader run through `wgpu` (Vulkan,
 //! Metal, DX12), with reverse-mode autodiff, AdamW and a gradient checker.
 //!
+//! - [`Device`] opens an adapter (or wraps a `wgpu::Device` an app already has); kernel
+//!   dispatches are recorded and submitted in batches, and reading a result back
+//!   ([`Tensor::to_vec_f32`]) is what waits for them.
+//! - [`Tensor`] is a shape, a [`DType`] and a pooled GPU buffer, row-major and contiguous.
+//!   Ops are methods ([`Tensor::matmul`], [`Tensor::add`], [`Tensor::softmax`], ...) and
+//!   functions re-exported here ([`causal_attention`], [`rms_norm`], [`cross_entropy`], ...).
+//! - A tensor made by [`Tensor::into_param`] is a parameter; ops on parameters record a
+//!   graph, [`Tensor::backward`] returns their [`Gradients`], and [`no_grad`] turns the
+//!   recording off.
+//! - [`AdamW`] updates parameters in place; [`gradcheck`] compares autodiff gradients with
+//!   finite differences; [`custom`] adds your own kernel and backward rule.
+//! - Every failure is an [`Error`] naming the op and the shapes involved.
+//!
 //! ```no_run
 //! use hydralora_engine::{Device, Tensor};
 //! # fn main() -> hydralora_engine::Result<()> {
 //! let dev = Device::new()?;
-//! let w = Tensor::rand_uniform(&dev, &[3, 4], -1.0, 1.0, 0)?.into_param();
-//! let x = Tensor::from_slice(&dev, &[1.0, 2.0, 3.0, 4.0], &[1, 4])?;
-//! let loss = x.matmul_nt(&w)?.silu()?.sum_all()?;
+//! let w = Tensor::rand_uniform(&dev, &[3, 4], -1.0, 1.0, 0)?.into_param(); // [3, 4]
+//! let x = Tensor::from_slice(&dev, &[1.0, 2.0, 3.0, 4.0], &[1, 4])?; // [1, 4]
+//! let loss = x.matmul_nt(&w)?.silu()?.sum_all()?; // [1]
 //! let grads = loss.backward()?;
 //! println!("dL/dw = {:?}", grads.get(&w).unwrap().to_vec_f32()?);
 //! # Ok(()) }
 //! ```
+
+#![warn(missing_docs)]
 
 mod backward;
 pub mod custom;

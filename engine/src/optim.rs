@@ -11,10 +11,15 @@ use crate::tensor::{Tensor, TensorId};
 /// AdamW settings (PyTorch's defaults except the learning rate).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
+    /// Learning rate used by [`AdamW::step`] ([`AdamW::step_with_lr`] takes its own).
     pub lr: f32,
+    /// Decay of the first moment (mean of gradients).
     pub beta1: f32,
+    /// Decay of the second moment (mean of squared gradients).
     pub beta2: f32,
+    /// Added to the square root of the bias-corrected second moment.
     pub eps: f32,
+    /// Decoupled weight decay: each step multiplies a parameter by `1 - lr * weight_decay`.
     pub weight_decay: f32,
 }
 
@@ -30,14 +35,32 @@ impl Default for AdamWConfig {
     }
 }
 
-/// The optimizer and its per-parameter moments.
+/// The optimizer and its per-parameter moments (keyed by parameter id, so keep updating the
+/// same parameter tensors).
+///
+/// ```no_run
+/// use hydralora_engine::{AdamW, AdamWConfig, Device, Tensor};
+/// # fn main() -> hydralora_engine::Result<()> {
+/// let dev = Device::new()?;
+/// let w = Tensor::from_slice(&dev, &[1.0, -1.0], &[2])?.into_param();
+/// let mut opt = AdamW::new(AdamWConfig { lr: 0.1, ..AdamWConfig::default() });
+/// for _ in 0..10 {
+///     let loss = w.mul(&w)?.sum_all()?; // |w|^2, smallest at w = 0
+///     let grads = loss.backward()?;
+///     opt.step(&[w.clone()], &grads)?; // updates w in place
+/// }
+/// assert!(w.to_vec_f32()?.iter().all(|x| x.abs() < 1.0));
+/// # Ok(()) }
+/// ```
 pub struct AdamW {
+    /// The settings; changes apply from the next step.
     pub config: AdamWConfig,
     step: u64,
     moments: HashMap<TensorId, (Tensor, Tensor)>, // param id -> (m, v), each the param's shape
 }
 
 impl AdamW {
+    /// An optimizer at step 0; moments are created (zeros) at a parameter's first update.
     pub fn new(config: AdamWConfig) -> Self {
         AdamW {
             config,
@@ -52,7 +75,9 @@ impl AdamW {
     }
 
     /// One update of every parameter that has a gradient, with learning rate `lr`
-    /// (a schedule's value for this step). Parameters without a gradient are left alone.
+    /// (a schedule's value for this step), in place and unrecorded. Parameters without a
+    /// gradient are left alone; the step count advances either way. Errors:
+    /// [`Error::ShapeMismatch`] when a gradient's shape is not its parameter's.
     pub fn step_with_lr(&mut self, params: &[Tensor], grads: &Gradients, lr: f32) -> Result<()> {
         self.step += 1;
         let c = self.config;

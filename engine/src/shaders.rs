@@ -5,12 +5,16 @@
 /// One `.wgsl` file from `shaders/`.
 #[derive(Debug)]
 pub struct Shader {
+    /// The file's stem (`matmul` for `shaders/matmul.wgsl`): the pipeline cache's key, so it
+    /// must be unique per source.
     pub name: &'static str,
+    /// The WGSL source text.
     pub source: &'static str,
 }
 
 macro_rules! shader {
     ($ident:ident, $file:literal) => {
+        #[doc = concat!("`shaders/", $file, ".wgsl`.")]
         pub const $ident: Shader = Shader {
             name: $file,
             source: include_str!(concat!("../../shaders/", $file, ".wgsl")),

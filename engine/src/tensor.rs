@@ -11,16 +11,23 @@ use crate::error::{Error, Result};
 use crate::pool::PooledBuffer;
 
 /// Element types. Compute is f32; ids are u32 (labels i32, where -100 means "no loss");
-/// f16 is a storage format for frozen weights on devices with `SHADER_F16`.
+/// f16 is a storage format for frozen weights (two halves packed per 32-bit word, so any
+/// device can hold it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float: every op computes in it.
     F32,
+    /// 16-bit float, storage only: [`Tensor::to_f16`] / [`Tensor::to_f32`] convert, and the
+    /// right operand of a matmul may be f16 (widened as it is loaded).
     F16,
+    /// 32-bit unsigned integer: token ids and positions.
     U32,
+    /// 32-bit signed integer: labels.
     I32,
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size_in_bytes(self) -> usize {
         match self {
             DType::F16 => 2,
@@ -145,7 +152,19 @@ impl Tensor {
         }))
     }
 
-    /// Uploads f32 host data.
+    /// Uploads f32 host data, row-major, as a tensor of `shape`. Fails with
+    /// [`Error::HostLength`] when `data.len()` is not the shape's element count.
+    ///
+    /// ```no_run
+    /// use hydralora_engine::{Device, Tensor};
+    /// # fn main() -> hydralora_engine::Result<()> {
+    /// let dev = Device::new()?;
+    /// let x = Tensor::from_slice(&dev, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])?;
+    /// assert_eq!(x.shape(), &[2, 3]);
+    /// let y = x.scale(2.0)?; // recorded, not yet run
+    /// assert_eq!(y.to_vec_f32()?, [2.0, 4.0, 6.0, 8.0, 10.0, 12.0]); // submits and waits
+    /// # Ok(()) }
+    /// ```
     pub fn from_slice(device: &Device, data: &[f32], shape: &[usize]) -> Result<Tensor> {
         Self::from_bytes(
             device,
@@ -240,30 +259,38 @@ impl Tensor {
         Self::from_slice(device, &data, shape)
     }
 
+    /// This tensor's identity (a new one for each op result, [`Tensor::into_param`] and
+    /// [`Tensor::detach`]; clones share it).
     pub fn id(&self) -> TensorId {
         self.0.id
     }
 
+    /// The dims, outermost first (row-major).
     pub fn shape(&self) -> &[usize] {
         &self.0.shape
     }
 
+    /// Number of dims.
     pub fn rank(&self) -> usize {
         self.0.shape.len()
     }
 
+    /// The size of dim `axis`. Panics when `axis >= rank`.
     pub fn dim(&self, axis: usize) -> usize {
         self.0.shape[axis]
     }
 
+    /// Number of elements (1 for shape `[]`).
     pub fn numel(&self) -> usize {
         numel(&self.0.shape)
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.0.dtype
     }
 
+    /// The device holding the data.
     pub fn device(&self) -> &Device {
         &self.0.device
     }
@@ -373,7 +400,9 @@ impl Tensor {
         Ok(())
     }
 
-    /// Copies an f32 tensor to the host (submits pending work and waits for it).
+    /// Copies an f32 tensor to the host, row-major (submits pending work and waits for it).
+    /// Errors: [`Error::DType`] for another element type; a device fault recorded since the
+    /// last readback ([`Error::Device`], [`Error::DeviceLost`], [`Error::OutOfMemory`]).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         self.expect_dtype("to_vec_f32", DType::F32, "f32")?;
         Ok(bytemuck::cast_slice(&self.read_bytes()?).to_vec())

@@ -13,24 +13,45 @@ use crate::linear::{Adapter, Dropout};
 use crate::llama::{Layer, Llama, TARGET_MODULES};
 use crate::weights::{write_atomically, write_safetensors, WeightFile};
 
+/// The adapter's settings file in an adapter folder (PEFT's name).
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// The adapter's tensors file in an adapter folder (PEFT's name).
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 
 /// LoRA (one B, no router) or HydraLoRA (a shared A, N heads B_i and a router).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
+    /// LoRA: `y = x W0^T + scale * (x A^T) B^T`.
     Lora,
+    /// HydraLoRA: one A shared by N heads B_i mixed per token by a softmax router.
     Hydra,
 }
 
 /// An adapter's settings, as in `adapter_config.json`.
+///
+/// ```
+/// use hydralora_model::{AdapterConfig, Method};
+/// let mut cfg = AdapterConfig::hydra(8, 16.0, 4, &["q_proj", "v_proj"]);
+/// assert_eq!(cfg.scale(), 2.0); // alpha / r
+/// assert!(cfg.validate().is_ok());
+/// let json = cfg.to_json(); // what adapter_config.json holds
+/// assert_eq!(json["lora_nums"], 4);
+/// cfg.targets.push("mlp".into());
+/// assert!(cfg.validate().is_err()); // not a LLaMA linear layer
+/// assert_eq!(AdapterConfig::lora(8, 16.0, &["q_proj"]).method, Method::Lora);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterConfig {
+    /// LoRA or HydraLoRA (in the file: HydraLoRA when `lora_nums` is present).
     pub method: Method,
+    /// The rank r of A `[r, d_in]` and of each B head `[d_out, r]`.
     pub r: usize,
+    /// `lora_alpha`: the adapter's output is scaled by [`AdapterConfig::scale`].
     pub alpha: f32,
     /// Dropout on the input of A while training (PEFT's `lora_dropout`).
     pub dropout: f32,
+    /// The adapted linear layers, by Hugging Face module name (a subset of [`TARGET_MODULES`]),
+    /// in every decoder layer.
     pub targets: Vec<String>,
     /// N, the number of B heads (1 for LoRA).
     pub experts: usize,
@@ -43,6 +64,7 @@ pub struct AdapterConfig {
 }
 
 impl AdapterConfig {
+    /// LoRA of rank `r` on `targets`; no dropout, no rsLoRA (validated by [`attach`]).
     pub fn lora(r: usize, alpha: f32, targets: &[&str]) -> Self {
         AdapterConfig {
             method: Method::Lora,
@@ -57,6 +79,7 @@ impl AdapterConfig {
         }
     }
 
+    /// HydraLoRA of rank `r` with `experts` B heads on `targets`, dense routing, no balance loss.
     pub fn hydra(r: usize, alpha: f32, experts: usize, targets: &[&str]) -> Self {
         AdapterConfig {
             method: Method::Hydra,
@@ -74,7 +97,9 @@ impl AdapterConfig {
         }
     }
 
-    /// Errors name the field.
+    /// Checks the settings: r in 1..=65536, 1..=4096 heads (exactly 1 for LoRA), targets
+    /// non-empty and all in [`TARGET_MODULES`], dropout in [0, 1), top_k in 1..=heads. The
+    /// [`ModelError::Config`] names the field as `adapter_config.json` spells it.
     pub fn validate(&self) -> Result<()> {
         let field = |field: &str, why: String| ModelError::Config {
             file: None,
@@ -266,6 +291,20 @@ pub fn module_key(layer: usize, module: &str) -> String {
 
 /// Adds a fresh adapter to every target module: A and the router Kaiming-uniform (bound
 /// 1/sqrt(d_in), as PEFT and the HydraLoRA code), every B zero, so the model is unchanged.
+/// An adapter already on a targeted layer is replaced (attach to a freshly loaded model).
+/// Fails with [`ModelError::Config`] when `cfg` is invalid ([`AdapterConfig::validate`]).
+///
+/// ```no_run
+/// use hydralora_model::adapter::{attach, trainable_count};
+/// use hydralora_model::{engine::Device, AdapterConfig, Llama};
+/// # fn main() -> hydralora_model::Result<()> {
+/// let device = Device::new()?;
+/// let mut model = Llama::load(&device, "models/TinyLlama-1.1B")?;
+/// attach(&mut model, &AdapterConfig::lora(8, 16.0, &["q_proj", "v_proj"]), 0)?;
+/// // Per layer and module: A [r, d_in] + B [d_out, r].
+/// println!("{} trainable parameters", trainable_count(&model));
+/// # Ok(()) }
+/// ```
 pub fn attach(model: &mut Llama, cfg: &AdapterConfig, seed: u64) -> Result<()> {
     cfg.validate()?;
     let device = model.device().clone();
@@ -333,7 +372,10 @@ fn new_adapter(
 
 /// One adapter tensor as it is stored in the file: its key, shape and where it lives.
 pub struct AdapterTensor<'a> {
+    /// The key in `adapter_model.safetensors`, e.g.
+    /// `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
     pub key: String,
+    /// The stored shape (a B head: `[d_out, r]`).
     pub shape: Vec<usize>,
     /// The parameter holding it (B heads are columns of the stacked B).
     pub param: &'a Tensor,
@@ -425,7 +467,24 @@ pub fn read_adapter_tensor(t: &AdapterTensor, source: &Tensor) -> Result<Vec<f32
     })
 }
 
-/// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir`, each atomically.
+/// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
+/// needed), each atomically. Fails when the model has no adapter.
+///
+/// ```no_run
+/// use std::path::Path;
+/// use hydralora_model::adapter::{attach, load_adapter, save_adapter};
+/// use hydralora_model::{engine::Device, AdapterConfig, Llama};
+/// # fn main() -> hydralora_model::Result<()> {
+/// let device = Device::new()?;
+/// let mut model = Llama::load(&device, "models/TinyLlama-1.1B")?;
+/// let cfg = AdapterConfig::hydra(8, 16.0, 3, &["q_proj", "v_proj"]);
+/// attach(&mut model, &cfg, 0)?;
+/// save_adapter(&model, Path::new("runs/adapter"))?;
+///
+/// let mut fresh = Llama::load(&device, "models/TinyLlama-1.1B")?;
+/// assert_eq!(load_adapter(&mut fresh, Path::new("runs/adapter"))?, cfg);
+/// # Ok(()) }
+/// ```
 pub fn save_adapter(model: &Llama, dir: &Path) -> Result<()> {
     let cfg = model
         .adapter
@@ -510,9 +569,13 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<AdapterConfig> {
 /// over the tokens of its last forward.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouterStats {
+    /// The decoder layer.
     pub layer: usize,
+    /// The adapted module, e.g. `q_proj`.
     pub module: String,
+    /// Mean gate weight of each head over the tokens, `[N]` (sums to 1).
     pub mean_gate: Vec<f32>, // [N]
+    /// Mean entropy of the per-token gate distribution, in nats (ln N when uniform).
     pub entropy: f32,
 }
 
@@ -595,7 +658,7 @@ pub fn router_stats(model: &Llama) -> Result<Vec<RouterStats>> {
 
 /// The load-balancing loss over the recorded gates: coef * sum over routers of
 /// N * sum_i (mean_t g[t, i])^2, smallest (= coef per router) when every head gets an equal
-/// share. A [1] tensor in the graph; None when no router recorded gates.
+/// share. A `[1]` tensor in the graph; None when no router recorded gates.
 pub fn balance_loss(model: &Llama, coef: f32) -> Result<Option<Tensor>> {
     let mut total: Option<Tensor> = None;
     for (_, _, g) in recorded_gates(model) {

@@ -18,23 +18,35 @@ use crate::llama::Llama;
 /// What to train in a step benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchMethod {
+    /// The config's `bench.lora` adapter.
     Lora,
+    /// The config's `bench.hydra` adapter.
     Hydra,
+    /// Every weight (full-parameter training, no adapter).
     Full,
 }
 
 /// A benchmark config: the model plus its `bench` block.
 pub struct BenchConfig {
+    /// The model's architecture (the file's `config.json` fields).
     pub model: LlamaConfig,
+    /// `bench.batch`: sequences per step.
     pub batch: usize,
+    /// `bench.seq`: tokens per sequence.
     pub seq: usize,
+    /// `bench.seed` (default 0): seeds the weights, the token ids and the adapter.
     pub seed: u64,
+    /// `bench.lora` (`r` 8, `alpha` 16 and no targets unless given).
     pub lora: AdapterConfig,
+    /// `bench.hydra` (`r` 8, `alpha` 16, `experts` 4 and no targets unless given).
     pub hydra: AdapterConfig,
+    /// `bench.adamw` (`lr` 2e-4, `betas` [0.9, 0.999], `eps` 1e-8, `weight_decay` 0 unless given).
     pub adamw: AdamWConfig,
 }
 
 impl BenchConfig {
+    /// Reads a benchmark config file; `bench.batch` and `bench.seq` are required, errors name
+    /// the file and the field.
     pub fn from_file(path: &Path) -> Result<BenchConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::io("read", path, e))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| ModelError::json(path, &e))?;
@@ -130,31 +142,51 @@ pub fn forward_flops(c: &LlamaConfig, batch: usize, seq: usize) -> f64 {
     2.0 * t * (linear + h * v) + attention
 }
 
+/// What [`bench_step`] measured (serialised as the benchmark's JSON output).
 #[derive(Clone, Debug, Serialize)]
 pub struct StepReport {
+    /// `lora`, `hydra` or `full`.
     pub method: String,
+    /// The adapted modules (empty for `full`).
     pub targets: Vec<String>,
+    /// batch * seq.
     pub tokens_per_step: usize,
+    /// Trainable scalars.
     pub trainable_params: usize,
+    /// Median step time over the timed steps, in seconds (forward, backward, AdamW, waited for).
     pub median_s: f64,
+    /// Fastest timed step, in seconds.
     pub min_s: f64,
+    /// tokens_per_step / median_s.
     pub tokens_per_s: f64,
+    /// Matmul FLOPs counted for one step (see `flops_formula`).
     pub flops_per_step: f64,
+    /// How `flops_per_step` was counted, in words.
     pub flops_formula: String,
+    /// flops_per_step / median_s, in GFLOP/s.
     pub gflops: f64,
+    /// Peak bytes held by live tensors during the first step.
     pub peak_pool_bytes_first_step: u64,
+    /// Peak bytes held by live tensors during the last step.
     pub peak_pool_bytes_last_step: u64,
+    /// Pipelines compiled in every step after the first, summed (0 when shapes repeat).
     pub pipelines_after_first_step: usize,
+    /// Command batches submitted per timed step, on average.
     pub submits_per_step: f64,
+    /// The GPU's name (the engine's `DeviceInfo::name`).
     pub device: String,
     /// With `profile`: GPU time per kernel entry point over one extra step, most first.
     pub profile: Vec<KernelTime>,
 }
 
+/// GPU time of one kernel entry point over a profiled step.
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelTime {
+    /// The WGSL entry point.
     pub kernel: String,
+    /// Dispatches of it.
     pub calls: u64,
+    /// Their total GPU time, in seconds.
     pub seconds: f64,
 }
 
@@ -279,12 +311,18 @@ pub fn bench_step(
     })
 }
 
+/// What [`bench_forward`] measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct ForwardReport {
+    /// Tokens per forward (batch * seq).
     pub tokens: usize,
+    /// Median forward time, in seconds (waited for).
     pub median_s: f64,
+    /// tokens / median_s.
     pub tokens_per_s: f64,
+    /// [`forward_flops`] / median_s, in GFLOP/s.
     pub gflops: f64,
+    /// The GPU's name (the engine's `DeviceInfo::name`).
     pub device: String,
 }
 

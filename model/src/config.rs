@@ -110,6 +110,21 @@ impl LlamaConfig {
 
     /// Builds a config from already-parsed JSON (not validated; call [`LlamaConfig::validate`]).
     /// `file` is only used in error messages.
+    ///
+    /// ```
+    /// use hydralora_model::LlamaConfig;
+    /// # fn main() -> hydralora_model::Result<()> {
+    /// let json = serde_json::json!({
+    ///     "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+    ///     "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 96,
+    ///     "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+    /// });
+    /// let config = LlamaConfig::from_json_value(&json, None)?;
+    /// config.validate()?;
+    /// assert_eq!(config.head_dim(), 16); // hidden_size / num_attention_heads
+    /// assert_eq!(config.kv_dim(), 32); // num_key_value_heads * head_dim
+    /// # Ok(()) }
+    /// ```
     pub fn from_json_value(value: &Value, file: Option<&Path>) -> Result<Self> {
         let fields = Fields::top(value, file)?;
         fields.expect_absent_or("hidden_act", "silu")?;
@@ -432,13 +447,19 @@ fn parse_rope_type(rope: &Fields, type_required: bool) -> Result<Option<Llama3Ro
 /// Generation defaults from `generation_config.json`; every field is optional.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GenerationConfig {
+    /// `bos_token_id`.
     pub bos_token_id: Option<u32>,
     /// One id or a list in the file; empty if absent.
     pub eos_token_ids: Vec<u32>,
+    /// `max_new_tokens`: the default token budget of generation.
     pub max_new_tokens: Option<usize>,
+    /// `temperature` (the CLI applies it only when `do_sample` is true, as `transformers` does).
     pub temperature: Option<f64>,
+    /// `top_p`: nucleus sampling's probability mass.
     pub top_p: Option<f64>,
+    /// `top_k`: sample from the k most likely tokens only.
     pub top_k: Option<usize>,
+    /// `do_sample`: false (or absent) means greedy decoding.
     pub do_sample: Option<bool>,
 }
 

@@ -36,13 +36,21 @@ const BASE_BATCH: usize = 32;
 /// How big a demo to run.
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
+    /// Fine-tuning runs per method, each with its own seed.
     pub seeds: usize,
+    /// Steps of the base model's full-parameter training (cached per step count).
     pub base_steps: usize,
+    /// Steps of each adapter run.
     pub finetune_steps: usize,
+    /// Training examples per task.
     pub train_per_task: usize,
+    /// Exact-match examples per task.
     pub eval_per_task: usize,
+    /// Micro-batch of the adapter runs.
     pub batch: usize,
+    /// Where the trained base model is cached.
     pub cache_dir: PathBuf,
+    /// Where `results.json`, the pictures and the seed-0 adapters are written.
     pub out_dir: PathBuf,
 }
 
@@ -76,10 +84,15 @@ impl DemoOptions {
 
 /// Progress of the demo, for a progress display.
 pub enum DemoEvent<'a> {
+    /// A new phase begins (a line of text).
     Phase(String),
+    /// One training step of a run finished.
     Step {
+        /// The run, e.g. `base` or `hydra seed 0`.
         run: &'a str,
+        /// What the step did.
         stats: &'a StepStats,
+        /// Steps of this run.
         total: usize,
     },
 }
@@ -87,22 +100,36 @@ pub enum DemoEvent<'a> {
 /// One row of the result table: a task, a method, exact match over the seeds.
 #[derive(Clone, Debug, Serialize)]
 pub struct TaskResult {
+    /// One of [`TASKS`].
     pub task: String,
+    /// `lora` or `hydra`.
     pub method: String,
+    /// Mean exact match over the seeds, in [0, 1].
     pub exact_match: f64,
+    /// Sample standard deviation of exact match over the seeds.
     pub exact_match_std: f64,
+    /// Exact match of each seed's run.
     pub per_seed: Vec<f64>,
+    /// Trainable scalars of the method's adapter.
     pub trainable_params: usize,
 }
 
+/// Everything the demo measured and wrote (also saved as `results.json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct DemoReport {
+    /// One row per (task, method).
     pub results: Vec<TaskResult>,
+    /// Exact match of the base model per task (before fine-tuning), `copy` included.
     pub base_exact_match: BTreeMap<String, f64>,
+    /// The LoRA adapter's settings, in words.
     pub lora_config: String,
+    /// The HydraLoRA adapter's settings, in words.
     pub hydra_config: String,
+    /// The pictures written (`loss.svg`, `router.svg`).
     pub files: Vec<PathBuf>,
+    /// Wall-clock time of the whole demo, in seconds.
     pub seconds: f64,
+    /// Whether the base model came from the cache (not trained in this run).
     pub base_from_cache: bool,
 }
 

@@ -14,7 +14,9 @@ pub enum ModelError {
     Io {
         /// What was being done, e.g. "read", "create", "rename to its final name".
         action: &'static str,
+        /// The file or folder.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -22,9 +24,13 @@ pub enum ModelError {
     /// A JSON file is not valid JSON (or not the JSON shape expected at its top level).
     #[error("`{}`: invalid JSON at line {line}, column {column}: {message}", path.display())]
     Json {
+        /// The file.
         path: PathBuf,
+        /// 1-based line of the error (0 when it is not about one place).
         line: usize,
+        /// 1-based column of the error.
         column: usize,
+        /// serde_json's message.
         message: String,
     },
 
@@ -36,6 +42,7 @@ pub enum ModelError {
         file: Option<PathBuf>,
         /// The field's JSON name; nested fields are dotted, e.g. `rope_parameters.rope_type`.
         field: String,
+        /// What is wrong with it.
         why: String,
     },
 
@@ -46,7 +53,9 @@ pub enum ModelError {
         ExpectedShape(expected.as_deref())
     )]
     MissingTensor {
+        /// The tensor's name.
         tensor: String,
+        /// The file (or checkpoint folder) searched.
         file: PathBuf,
         /// The shape the model wanted, when known.
         expected: Option<Vec<usize>>,
@@ -55,8 +64,11 @@ pub enum ModelError {
     /// The checkpoint holds a tensor the model does not know.
     #[error("unexpected tensor `{tensor}` of shape {shape:?} in `{}`", file.display())]
     UnexpectedTensor {
+        /// The tensor's name.
         tensor: String,
+        /// The file holding it.
         file: PathBuf,
+        /// Its shape in the file.
         shape: Vec<usize>,
     },
 
@@ -66,9 +78,13 @@ pub enum ModelError {
         file.display()
     )]
     TensorShape {
+        /// The tensor's name.
         tensor: String,
+        /// The file holding it.
         file: PathBuf,
+        /// The shape the model needs.
         expected: Vec<usize>,
+        /// The shape in the file.
         found: Vec<usize>,
     },
 
@@ -78,31 +94,53 @@ pub enum ModelError {
         file.display()
     )]
     UnsupportedDType {
+        /// The tensor's name.
         tensor: String,
+        /// The file holding it.
         file: PathBuf,
+        /// Its dtype in the file, e.g. `I64`.
         dtype: String,
+        /// The dtypes this reader takes, in words.
         supported: &'static str,
     },
 
     /// A safetensors file's header is damaged (truncated file, bad JSON, bad offsets).
     #[error("`{}` is not a valid safetensors file: {why}", file.display())]
-    Safetensors { file: PathBuf, why: String },
+    Safetensors {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
 
     /// A sharded checkpoint's index (`model.safetensors.index.json`) is inconsistent.
     #[error("`{}`: {why}", file.display())]
-    Index { file: PathBuf, why: String },
+    Index {
+        /// The index file.
+        file: PathBuf,
+        /// What is inconsistent.
+        why: String,
+    },
 
     /// Tensors handed to a writer are inconsistent (data length vs shape, duplicate names).
     #[error("cannot write tensor `{tensor}` to `{}`: {why}", file.display())]
     InvalidTensor {
+        /// The tensor's name.
         tensor: String,
+        /// The file being written.
         file: PathBuf,
+        /// What is inconsistent.
         why: String,
     },
 
     /// The tokenizer file could not be loaded, or encoding / decoding failed.
     #[error("tokenizer `{}`: {why}", file.display())]
-    Tokenizer { file: PathBuf, why: String },
+    Tokenizer {
+        /// The `tokenizer.json` file.
+        file: PathBuf,
+        /// The tokenizers library's message, or what failed.
+        why: String,
+    },
 
     /// An error from the GPU engine (device, shapes of an op, readback).
     #[error(transparent)]

@@ -17,6 +17,7 @@ pub struct SamplingConfig {
     pub top_k: Option<usize>,
     /// Keep the smallest set of tokens whose probability reaches p (None or 1: all).
     pub top_p: Option<f32>,
+    /// Seeds the sampling (unused when greedy): the same seed gives the same tokens.
     pub seed: u64,
     /// Tokens that end generation (EOS); the stop token is not returned.
     pub stop_tokens: Vec<u32>,
@@ -58,7 +59,30 @@ impl SamplingConfig {
 }
 
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` with each new token
-/// as soon as it is chosen (return false from it to stop early). Returns the new tokens.
+/// as soon as it is chosen (return false from it to stop early). Returns the new tokens
+/// (without the prompt or the stop token). Also stops at the model's
+/// `max_position_embeddings`. Errors: an empty prompt, an invalid `cfg` (temperature < 0,
+/// top_p outside (0, 1]), an id outside the vocabulary.
+///
+/// ```no_run
+/// use hydralora_model::{engine::Device, generate, HfCodec, Llama, SamplingConfig, TextCodec};
+/// # fn main() -> hydralora_model::Result<()> {
+/// let device = Device::new()?;
+/// let model = Llama::load(&device, "models/TinyLlama-1.1B")?;
+/// let codec = HfCodec::from_dir("models/TinyLlama-1.1B", &model.config)?;
+/// let prompt = hydralora_model::data::encode_prompt(&codec, "The capital of France is")?;
+/// let cfg = SamplingConfig {
+///     max_new_tokens: 16,
+///     temperature: 0.7,
+///     top_p: Some(0.9),
+///     seed: 1,
+///     stop_tokens: model.config.eos_token_ids.clone(),
+///     ..SamplingConfig::default()
+/// };
+/// let new = generate(&model, &prompt, &cfg, |_| true)?;
+/// println!("{}", codec.decode(&new)?);
+/// # Ok(()) }
+/// ```
 pub fn generate(
     model: &Llama,
     prompt: &[u32],

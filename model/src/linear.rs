@@ -17,15 +17,20 @@ use hydralora_engine::{gate_expand, is_recording, rng::Rng, top_k_mask, Result, 
 /// The trainable part of an adapted linear layer.
 #[derive(Clone, Debug)]
 pub struct Adapter {
-    pub a: Tensor,              // [r, d_in]
-    pub b: Tensor,              // [d_out, N r]: the N heads B_i side by side
+    /// A, `[r, d_in]`, shared by every head.
+    pub a: Tensor, // [r, d_in]
+    /// The N heads side by side, `[d_out, N r]`: columns `i r..(i + 1) r` are B_i.
+    pub b: Tensor, // [d_out, N r]: the N heads B_i side by side
+    /// The router Wg, `[N, d_in]`; `None` for LoRA.
     pub router: Option<Tensor>, // [N, d_in], None for LoRA
-    pub scale: f32,             // alpha / r, or alpha / sqrt(r) with rsLoRA
+    /// alpha / r, or alpha / sqrt(r) with rsLoRA.
+    pub scale: f32, // alpha / r, or alpha / sqrt(r) with rsLoRA
     /// Route each token to its k best heads only (softmax renormalised over them).
     pub top_k: Option<usize>,
     /// The gates of the last forward ([T, N], graph included), kept when `record_gates` is
     /// set: router statistics and the load-balancing loss read them.
     pub last_gates: Arc<Mutex<Option<Tensor>>>,
+    /// Keep each forward's gates in `last_gates` (see [`crate::adapter::record_gates`]).
     pub record_gates: bool,
     /// Dropout on the input of A while training (recording a graph), as PEFT applies it.
     pub dropout: Dropout,
@@ -35,6 +40,7 @@ pub struct Adapter {
 /// seed for each micro-batch from its step, so a resumed run draws the same masks.
 #[derive(Clone, Debug, Default)]
 pub struct Dropout {
+    /// Probability of zeroing an element, in `[0, 1)` (0: off).
     pub p: f32,
     /// Shared by every adapter of a model; set by the trainer before each forward.
     pub seed: Arc<AtomicU64>,
@@ -67,6 +73,7 @@ pub fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
 }
 
 impl Adapter {
+    /// The rank r (rows of A).
     pub fn rank(&self) -> usize {
         self.a.dim(0)
     }
@@ -117,11 +124,14 @@ impl Adapter {
 /// y = x W^T (+ the adapter), with W frozen.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// W, `[d_out, d_in]` (f32, or f16 once stored so by [`crate::Llama::store_frozen_weights_f16`]).
     pub weight: Tensor, // [d_out, d_in]
+    /// The attached adapter, if any.
     pub adapter: Option<Adapter>,
 }
 
 impl Linear {
+    /// A layer with weight `[d_out, d_in]` and no adapter.
     pub fn new(weight: Tensor) -> Self {
         Linear {
             weight,
@@ -129,10 +139,12 @@ impl Linear {
         }
     }
 
+    /// Input features (columns of W).
     pub fn d_in(&self) -> usize {
         self.weight.dim(1)
     }
 
+    /// Output features (rows of W).
     pub fn d_out(&self) -> usize {
         self.weight.dim(0)
     }

@@ -25,18 +25,28 @@ pub const TARGET_MODULES: [&str; 7] = [
     "down_proj",
 ];
 
-/// One decoder layer's weights.
+/// One decoder layer's weights. Shapes use H = `hidden_size`, I = `intermediate_size`,
+/// nh / nkv = query / key-value heads and hd = `head_dim`.
 #[derive(Debug)]
 pub struct Layer {
+    /// `input_layernorm`, the RMS norm weight before attention, `[H]`.
     pub input_norm: Tensor, // [H]
-    pub q_proj: Linear,     // [nh hd, H]
-    pub k_proj: Linear,     // [nkv hd, H]
-    pub v_proj: Linear,     // [nkv hd, H]
-    pub o_proj: Linear,     // [H, nh hd]
-    pub post_norm: Tensor,  // [H]
-    pub gate_proj: Linear,  // [I, H]
-    pub up_proj: Linear,    // [I, H]
-    pub down_proj: Linear,  // [H, I]
+    /// Query projection, `[nh hd, H]`.
+    pub q_proj: Linear, // [nh hd, H]
+    /// Key projection, `[nkv hd, H]`.
+    pub k_proj: Linear, // [nkv hd, H]
+    /// Value projection, `[nkv hd, H]`.
+    pub v_proj: Linear, // [nkv hd, H]
+    /// Attention output projection, `[H, nh hd]`.
+    pub o_proj: Linear, // [H, nh hd]
+    /// `post_attention_layernorm`, the RMS norm weight before the MLP, `[H]`.
+    pub post_norm: Tensor, // [H]
+    /// MLP gate projection, `[I, H]`.
+    pub gate_proj: Linear, // [I, H]
+    /// MLP up projection, `[I, H]`.
+    pub up_proj: Linear, // [I, H]
+    /// MLP down projection, `[H, I]`.
+    pub down_proj: Linear, // [H, I]
 }
 
 impl Layer {
@@ -54,6 +64,7 @@ impl Layer {
         })
     }
 
+    /// [`Layer::linear`], mutable (to attach or replace an adapter).
     pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
         Some(match module {
             "q_proj" => &mut self.q_proj,
@@ -85,6 +96,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// An empty cache; [`Llama::forward`] fills it.
     pub fn new() -> Self {
         Self::default()
     }
@@ -97,6 +109,7 @@ impl KvCache {
             .map_or(0, |(k, _)| k.dim(2))
     }
 
+    /// Whether no token is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -117,11 +130,14 @@ impl KvCache {
 
 /// A LLaMA-family causal language model.
 pub struct Llama {
+    /// The architecture, from `config.json`.
     pub config: LlamaConfig,
     device: Device,
     /// The embedding, split by rows where it is larger than one kernel binding.
     pub embed: Vec<Tensor>, // parts of [V, H]
+    /// The decoder layers, in order.
     pub layers: Vec<Layer>,
+    /// The final RMS norm weight, `[H]`.
     pub norm: Tensor, // [H]
     /// lm_head split by rows like `embed` (the same tensors when tied).
     pub lm_head: Vec<Tensor>, // parts of [V, H]
@@ -131,7 +147,20 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// Loads a Hugging Face model folder (`config.json` + safetensors, single or sharded).
+    /// Loads a Hugging Face model folder (`config.json` + safetensors, single or sharded;
+    /// f32, f16 or bf16 weights, uploaded as f32). The config is validated and every tensor's
+    /// name and shape checked against it; errors name the file and the tensor.
+    ///
+    /// ```no_run
+    /// use hydralora_model::{engine::Device, Llama};
+    /// # fn main() -> hydralora_model::Result<()> {
+    /// let device = Device::new()?;
+    /// let model = Llama::load(&device, "models/TinyLlama-1.1B")?;
+    /// let ids = [1, 2, 3]; // one sequence: [B = 1, T = 3]
+    /// let logits = model.logits(&ids, 1)?; // [B, T, V]
+    /// assert_eq!(logits.shape(), &[1, 3, model.config.vocab_size]);
+    /// # Ok(()) }
+    /// ```
     pub fn load(device: &Device, dir: impl AsRef<Path>) -> Result<Llama> {
         let dir = dir.as_ref();
         let config = LlamaConfig::from_dir(dir)?;
@@ -194,6 +223,7 @@ impl Llama {
         })
     }
 
+    /// The device holding the weights.
     pub fn device(&self) -> &Device {
         &self.device
     }

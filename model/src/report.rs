@@ -14,8 +14,11 @@ const MARGIN: f64 = 60.0;
 
 /// One named curve of (step, value) points.
 pub struct Series<'a> {
+    /// The legend's label.
     pub name: &'a str,
+    /// An SVG color, e.g. `#1f77b4` or `crimson`.
     pub color: &'a str,
+    /// (x, y) points, x usually the step.
     pub points: &'a [(f64, f64)],
 }
 

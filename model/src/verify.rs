@@ -16,13 +16,18 @@ pub const FIXTURES_ENV: &str = "HYDRALORA_FIXTURES";
 /// One comparison with the reference: the error measured and the tolerance it must meet.
 #[derive(Clone, Debug)]
 pub struct Check {
+    /// The fixture case's name.
     pub case: String,
+    /// What was compared, e.g. `base loss`.
     pub name: String,
+    /// The measured error (max abs error or relative L2, per check).
     pub error: f64,
+    /// The most error that passes.
     pub tolerance: f64,
 }
 
 impl Check {
+    /// Whether the error is within the tolerance (false for NaN).
     pub fn passed(&self) -> bool {
         self.error <= self.tolerance // false for NaN
     }
@@ -106,12 +111,17 @@ pub fn relative_l2_error(a: &[f32], b: &[f32]) -> f64 {
 
 /// The inputs of a case: token ids [B, T] and labels [B, T].
 pub struct CaseInputs {
+    /// Token ids, `[B, T]` row-major.
     pub ids: Vec<u32>,
+    /// Labels, `[B, T]` row-major (-100: ignored).
     pub labels: Vec<i32>,
+    /// B.
     pub batch: usize,
+    /// T.
     pub seq: usize,
 }
 
+/// A case folder's name (its last path component).
 pub fn case_name(case: &Path) -> String {
     case.file_name().map_or_else(
         || case.display().to_string(),

@@ -9,20 +9,30 @@ use crate::tensor::{DType, Tensor};
 /// Binary op codes, as in `shaders/elementwise.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinaryKind {
+    /// a + b
     Add = 0,
+    /// a - b
     Sub = 1,
+    /// a * b
     Mul = 2,
+    /// a / b
     Div = 3,
 }
 
 /// Unary op codes, as in `shaders/unary.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum UnaryKind {
+    /// -x
     Neg,
+    /// e^x
     Exp,
+    /// The natural logarithm.
     Log,
+    /// The square root.
     Sqrt,
+    /// x * sigmoid(x)
     Silu,
+    /// x * s
     Scale(f32),
 }
 
@@ -39,7 +49,14 @@ impl UnaryKind {
     }
 }
 
-/// The broadcast shape of `a` and `b` (NumPy rules), or an error naming both.
+/// The broadcast shape of `a` and `b` (NumPy rules), or an error naming both (`op` names the
+/// op in it). Ranks above 6 are refused.
+///
+/// ```
+/// use hydralora_engine::ops::elementwise::broadcast_shape;
+/// assert_eq!(broadcast_shape("add", &[2, 1, 3], &[4, 1]).unwrap(), [2, 4, 3]);
+/// assert!(broadcast_shape("add", &[2, 3], &[4]).is_err());
+/// ```
 pub fn broadcast_shape(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
     let rank = a.len().max(b.len());
     if rank > MAX_RANK {
@@ -231,27 +248,36 @@ pub(crate) fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Te
 }
 
 impl Tensor {
+    /// `self + rhs`, elementwise with NumPy broadcasting (f32, rank at most 6). Fails with
+    /// [`Error::ShapeMismatch`] when the shapes do not broadcast.
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
         binary(self, rhs, BinaryKind::Add)
     }
+    /// `self - rhs`, broadcast like [`Tensor::add`].
     pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
         binary(self, rhs, BinaryKind::Sub)
     }
+    /// `self * rhs` elementwise, broadcast like [`Tensor::add`].
     pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
         binary(self, rhs, BinaryKind::Mul)
     }
+    /// `self / rhs` elementwise, broadcast like [`Tensor::add`].
     pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
         binary(self, rhs, BinaryKind::Div)
     }
+    /// -x, elementwise.
     pub fn neg(&self) -> Result<Tensor> {
         unary(self, UnaryKind::Neg)
     }
+    /// e^x, elementwise.
     pub fn exp(&self) -> Result<Tensor> {
         unary(self, UnaryKind::Exp)
     }
+    /// The natural logarithm, elementwise.
     pub fn log(&self) -> Result<Tensor> {
         unary(self, UnaryKind::Log)
     }
+    /// The square root, elementwise.
     pub fn sqrt(&self) -> Result<Tensor> {
         unary(self, UnaryKind::Sqrt)
     }

@@ -50,7 +50,8 @@ fn expect_words(op: &'static str, x: &Tensor) -> Result<()> {
 }
 
 impl Tensor {
-    /// The same data with another shape of the same element count (no copy).
+    /// The same data with another shape of the same element count (no copy); otherwise
+    /// [`Error::ShapeMismatch`].
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if numel(shape) != self.numel() {
             return Err(Error::ShapeMismatch {
@@ -70,7 +71,7 @@ impl Tensor {
         Ok(out.with_op(|| Op::Reshape { x: self.clone() }, &[self]))
     }
 
-    /// Swaps axes `d0` and `d1` (a copy).
+    /// Swaps axes `d0` and `d1` (a copy); an axis past the rank is [`Error::InvalidArgument`].
     pub fn transpose(&self, d0: usize, d1: usize) -> Result<Tensor> {
         expect_words("transpose", self)?;
         if d0 >= self.rank() || d1 >= self.rank() {
@@ -104,7 +105,8 @@ impl Tensor {
         ))
     }
 
-    /// Elements `start..start + len` along `axis` (a copy).
+    /// Elements `start..start + len` along `axis` (a copy); a range past the end is
+    /// [`Error::InvalidArgument`].
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         expect_words("narrow", self)?;
         if axis >= self.rank() || start + len > self.dim(axis) {
@@ -137,7 +139,8 @@ impl Tensor {
         ))
     }
 
-    /// Joins tensors along `axis`; every other dim must match.
+    /// Joins tensors along `axis`; every other dim and the dtype must match
+    /// ([`Error::ShapeMismatch`]). No tensors, or no such axis, is [`Error::InvalidArgument`].
     pub fn concat(parts: &[Tensor], axis: usize) -> Result<Tensor> {
         let first = parts.first().ok_or(Error::InvalidArgument {
             op: "concat",

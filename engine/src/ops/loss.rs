@@ -9,8 +9,8 @@ use crate::tensor::{DType, Tensor};
 /// The label that contributes no loss (PyTorch's default `ignore_index`).
 pub const IGNORE_INDEX: i32 = -100;
 
-/// Mean cross-entropy of `logits` [N, V] against `labels` i32 [N] over the rows whose label
-/// is not -100. Shape [1]. (No shift: a causal-LM loss shifts labels before calling this.)
+/// Mean cross-entropy of `logits` `[N, V]` against `labels` i32 `[N]` over the rows whose
+/// label is not -100. Shape `[1]`. (No shift: a causal-LM loss shifts labels before calling this.)
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     logits.expect_dtype("cross_entropy", DType::F32, "f32 logits")?;
     labels.expect_dtype("cross_entropy", DType::I32, "i32 labels")?;

@@ -34,12 +34,14 @@ pub enum MatmulKernel {
 }
 
 impl MatmulKernel {
+    /// Every kernel, for tests and benchmarks that try each.
     pub const ALL: [MatmulKernel; 3] = [
         MatmulKernel::General,
         MatmulKernel::Tiled,
         MatmulKernel::Subgroup,
     ];
 
+    /// The kernel's short name (`general`, `tiled`, `subgroup`), as benchmarks print it.
     pub fn name(self) -> &'static str {
         match self {
             MatmulKernel::General => "general",
@@ -58,11 +60,15 @@ impl std::fmt::Display for MatmulKernel {
 /// A kernel and how many ranges K is split into (1: no split-K).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MatmulVariant {
+    /// Which kernel computes the product.
     pub kernel: MatmulKernel,
+    /// K ranges asked for; the run may use fewer (each range is rounded to the kernel's step,
+    /// and the partial sums must fit one binding). 0 or 1: no split.
     pub splits: usize,
 }
 
 impl MatmulVariant {
+    /// A kernel with `splits` K ranges.
     pub fn new(kernel: MatmulKernel, splits: usize) -> MatmulVariant {
         MatmulVariant { kernel, splits }
     }

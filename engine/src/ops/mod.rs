@@ -1,5 +1,5 @@
 //! The forward ops, grouped by family. Each launches its WGSL kernel and, when an input
-//! tracks gradients, records an [`crate::op::Op`] whose backward rule lives in
+//! tracks gradients, records an `Op` (the list is in `op.rs`) whose backward rule lives in
 //! `crate::backward`.
 
 pub mod attention;

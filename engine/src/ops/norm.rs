@@ -6,7 +6,7 @@ use crate::ops::{grid, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
-/// y = w * x / sqrt(mean(x^2) + eps) over the last axis; w: [dim].
+/// y = w * x / sqrt(mean(x^2) + eps) over the last axis; w: `[dim]`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     x.expect_dtype("rms_norm", DType::F32, "f32")?;
     w.expect_dtype("rms_norm", DType::F32, "f32")?;

@@ -70,12 +70,12 @@ impl Tensor {
         self.sum(axis)?.scale(1.0 / n as f32)
     }
 
-    /// Sum of every element, shape [1].
+    /// Sum of every element, shape `[1]`.
     pub fn sum_all(&self) -> Result<Tensor> {
         self.reshape(&[self.numel()])?.sum_keepdim(0)
     }
 
-    /// Mean of every element, shape [1].
+    /// Mean of every element, shape `[1]`.
     pub fn mean_all(&self) -> Result<Tensor> {
         self.sum_all()?.scale(1.0 / self.numel() as f32)
     }

@@ -11,7 +11,9 @@ use crate::tensor::{DType, Tensor};
 /// cos and sin of `position * inv_freq[i]`, each [positions, head_dim / 2].
 #[derive(Clone, Debug)]
 pub struct RopeTables {
+    /// `cos(position * inv_freq[i])`, `[positions, head_dim / 2]`.
     pub cos: Tensor,
+    /// `sin(position * inv_freq[i])`, `[positions, head_dim / 2]`.
     pub sin: Tensor,
 }
 
@@ -38,12 +40,19 @@ impl RopeTables {
         })
     }
 
+    /// Number of positions (table rows).
     pub fn positions(&self) -> usize {
         self.cos.dim(0)
     }
 }
 
 /// The plain RoPE inverse frequencies `1 / theta^(2i / head_dim)`, i < head_dim / 2.
+///
+/// ```
+/// let f = hydralora_engine::rope_inv_freq(4, 10_000.0);
+/// assert_eq!(f.len(), 2);
+/// assert!((f[0] - 1.0).abs() < 1e-12 && (f[1] - 0.01).abs() < 1e-12);
+/// ```
 pub fn rope_inv_freq(head_dim: usize, theta: f64) -> Vec<f64> {
     (0..head_dim / 2)
         .map(|i| 1.0 / theta.powf(2.0 * i as f64 / head_dim as f64))

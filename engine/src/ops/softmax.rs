@@ -10,7 +10,9 @@ use crate::tensor::{DType, Tensor};
 /// `r % q_len`, which sees keys `0..=r % q_len + offset` (offset = tokens already cached).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct CausalMask {
+    /// Query positions per score block (T); must be at least 1.
     pub q_len: usize,
+    /// Keys before the first query (tokens already in the KV cache).
     pub offset: usize,
 }
 

@@ -232,10 +232,12 @@ impl Loader {
         self.examples.is_empty()
     }
 
+    /// Examples per batch.
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }
 
+    /// The id that fills padded positions.
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }

@@ -41,6 +41,7 @@ pub struct Example {
 
 /// Anything with an optional category, for [`split_eval`].
 pub trait Categorized {
+    /// The item's category, `None` when it has none.
     fn category(&self) -> Option<&str>;
 }
 

@@ -44,9 +44,13 @@ pub struct ReadOptions {
 /// The shape of a data line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// `{"text": ...}`: no prompt, every token trained on.
     Text,
+    /// `{"instruction", "input"?, "output"}`.
     Alpaca,
+    /// `{"instruction", "context"?, "response"}`.
     Dolly,
+    /// `{"messages": [{"role", "content"}, ...]}`, the last from `assistant`.
     Chat,
 }
 
@@ -64,9 +68,13 @@ impl fmt::Display for Format {
 /// How many examples of each format were read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FormatCounts {
+    /// Lines read as [`Format::Text`].
     pub text: usize,
+    /// Lines read as [`Format::Alpaca`].
     pub alpaca: usize,
+    /// Lines read as [`Format::Dolly`].
     pub dolly: usize,
+    /// Lines read as [`Format::Chat`].
     pub chat: usize,
 }
 
@@ -84,6 +92,7 @@ impl FormatCounts {
 /// A malformed line that was skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkippedLine {
+    /// The file it is in.
     pub file: PathBuf,
     /// 1-based line number.
     pub line: usize,
@@ -282,6 +291,17 @@ fn parse_bytes(
 
 /// One JSONL line as an example, with its detected format; the error says what is wrong
 /// (without file or line, which the caller adds).
+///
+/// ```
+/// use hydralora_model::data::{parse_line, Format, PromptTemplate};
+/// let line = r#"{"instruction": "Add.", "input": "2 + 2", "output": "4", "category": "math"}"#;
+/// let (example, format) = parse_line(line, &PromptTemplate::alpaca()).unwrap();
+/// assert_eq!(format, Format::Alpaca);
+/// assert_eq!(example.prompt, "### Instruction:\nAdd.\n\n### Input:\n2 + 2\n\n### Response:\n");
+/// assert_eq!(example.response, "4");
+/// assert_eq!(example.category.as_deref(), Some("math"));
+/// assert!(parse_line(r#"{"output": "4"}"#, &PromptTemplate::alpaca()).is_err());
+/// ```
 pub fn parse_line(
     line: &str,
     template: &PromptTemplate,

@@ -201,6 +201,7 @@ impl PromptTemplate {
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, ...
     pub role: String,
+    /// The message's text.
     pub content: String,
 }
 

@@ -94,6 +94,19 @@ impl fmt::Display for TokenizeReport {
 ///
 /// Examples left without a trained token are dropped and counted; none left, `max_len == 0`,
 /// no examples, or an id outside the codec's vocabulary are errors.
+///
+/// ```
+/// use hydralora_model::data::{tokenize, Example, IGNORE_INDEX};
+/// use hydralora_model::CharCodec;
+/// # fn main() -> hydralora_model::Result<()> {
+/// let codec = CharCodec::new("abc".chars())?; // <pad> 0, <bos> 1, <eos> 2, a 3, b 4, c 5
+/// let example = Example { prompt: "ab".into(), response: "c".into(), category: None };
+/// let (tokens, report) = tokenize(&[example], &codec, 16)?;
+/// assert_eq!(tokens[0].ids, [1, 3, 4, 5, 2]); // <bos> a b c <eos>
+/// assert_eq!(tokens[0].labels, [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 5, 2]);
+/// assert_eq!(report.labelled_tokens, 2);
+/// # Ok(()) }
+/// ```
 pub fn tokenize<C: TextCodec + ?Sized>(
     examples: &[Example],
     codec: &C,

@@ -10,15 +10,21 @@ use crate::data::LoaderState;
 use crate::error::{ModelError, Result};
 use crate::train::trainer::TrainSettings;
 
+/// The run's position and settings ([`TrainerState`] as JSON) in a checkpoint folder.
 pub const STATE_FILE: &str = "trainer_state.json";
+/// The AdamW moments in a checkpoint folder (`<param>.exp_avg`, `<param>.exp_avg_sq`).
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 
 /// Where a run stands: enough to continue it exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainerState {
+    /// Optimizer steps the trainer has done.
     pub step: usize,
+    /// The optimizer's own step count (its bias correction).
     pub optimizer_steps: u64,
+    /// Where the data loader stands.
     pub loader: LoaderState,
+    /// The run's settings; a resumed run uses these.
     pub settings: TrainSettings,
 }
 
@@ -65,6 +71,7 @@ pub fn readable_dir(dir: &Path) -> Result<PathBuf> {
     )))
 }
 
+/// Reads `dir/trainer_state.json`; errors name the file (and the JSON position).
 pub fn read_state(dir: &Path) -> Result<TrainerState> {
     let path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io("read", &path, e))?;

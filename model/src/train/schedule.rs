@@ -7,8 +7,11 @@ use std::str::FromStr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleKind {
+    /// The peak rate until the end.
     Constant,
+    /// Linear decay from the peak to 0 at `total`.
     Linear,
+    /// Half a cosine from the peak to 0 at `total`.
     Cosine,
 }
 
@@ -29,15 +32,28 @@ impl FromStr for ScheduleKind {
 /// Peak rate, warmup steps and total steps.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LrSchedule {
+    /// The shape after warmup.
     pub kind: ScheduleKind,
+    /// The rate at the end of warmup.
     pub peak: f32,
+    /// Steps of linear warmup from 0.
     pub warmup: usize,
+    /// The step at which the decay reaches 0 (the run's length).
     pub total: usize,
 }
 
 impl LrSchedule {
     /// The learning rate of optimizer step `step` (0-based): linear warmup from 0, then
     /// constant, linear decay to 0 at `total`, or half a cosine to 0 at `total`.
+    ///
+    /// ```
+    /// use hydralora_model::train::{LrSchedule, ScheduleKind};
+    /// let s = LrSchedule { kind: ScheduleKind::Linear, peak: 1.0, warmup: 4, total: 12 };
+    /// assert_eq!(s.at(2), 0.5); // warming up
+    /// assert_eq!(s.at(4), 1.0); // the peak
+    /// assert_eq!(s.at(8), 0.5); // halfway down
+    /// assert_eq!(s.at(12), 0.0);
+    /// ```
     pub fn at(&self, step: usize) -> f32 {
         if step < self.warmup {
             return self.peak * step as f32 / self.warmup.max(1) as f32;

@@ -30,20 +30,32 @@ pub enum Trainable {
 /// The settings of a run that the step depends on.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
+    /// The peak learning rate.
     pub lr: f32,
+    /// The learning-rate shape after warmup.
     pub schedule: ScheduleKind,
+    /// Optimizer steps of linear warmup from 0 to `lr`.
     pub warmup_steps: usize,
     /// Optimizer steps of the whole run (the schedule's length).
     pub total_steps: usize,
+    /// Sequences per forward/backward.
     pub micro_batch: usize,
+    /// Micro-batches whose gradients are averaged into one optimizer step (effective batch
+    /// `micro_batch * grad_accum`).
     pub grad_accum: usize,
     /// Clip the global gradient norm to this (None: no clipping).
     pub max_grad_norm: Option<f32>,
+    /// AdamW's decoupled weight decay.
     pub weight_decay: f32,
+    /// AdamW's first-moment decay.
     pub beta1: f32,
+    /// AdamW's second-moment decay.
     pub beta2: f32,
+    /// AdamW's epsilon.
     pub eps: f32,
+    /// Seeds the data order and the dropout masks.
     pub seed: u64,
+    /// What the optimizer updates.
     pub trainable: Trainable,
 }
 
@@ -68,6 +80,7 @@ impl Default for TrainSettings {
 }
 
 impl TrainSettings {
+    /// The learning-rate schedule these settings describe.
     pub fn schedule(&self) -> LrSchedule {
         LrSchedule {
             kind: self.schedule,
@@ -87,6 +100,8 @@ impl TrainSettings {
         }
     }
 
+    /// Checks the settings; the error names the field (`lr`, `micro_batch`, `grad_accum`,
+    /// `steps`, `max_grad_norm`).
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &str, why: &str| {
             Err(ModelError::Config {
@@ -121,19 +136,25 @@ pub struct StepStats {
     pub step: usize,
     /// Mean language-model loss over the step's micro-batches (without the balance loss).
     pub loss: f32,
+    /// The learning rate this step used.
     pub lr: f32,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,
     /// Tokens with a label (the ones the loss counts).
     pub tokens: usize,
+    /// Wall-clock time of the step, in seconds: forward and backward up to the loss readback,
+    /// plus recording the optimizer update (which runs on the GPU after the step returns).
     pub seconds: f64,
 }
 
 /// Mean loss over an evaluation set, overall and per category.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalStats {
+    /// Mean loss per labelled token, over every category.
     pub loss: f32,
+    /// Labelled tokens scored (after the shift).
     pub tokens: usize,
+    /// Mean loss per labelled token of each category (`all` for examples without one).
     pub per_category: BTreeMap<String, f32>,
 }
 
@@ -143,8 +164,33 @@ fn diverged(step: usize, what: String) -> ModelError {
 }
 
 /// The state of a run: model, optimizer, data position.
+///
+/// ```no_run
+/// use hydralora_model::adapter::attach;
+/// use hydralora_model::data::{tokenize, Example};
+/// use hydralora_model::train::{TrainSettings, Trainer};
+/// use hydralora_model::{engine::Device, AdapterConfig, HfCodec, Llama, TextCodec};
+/// # fn main() -> hydralora_model::Result<()> {
+/// let device = Device::new()?;
+/// let mut model = Llama::load(&device, "models/TinyLlama-1.1B")?;
+/// let codec = HfCodec::from_dir("models/TinyLlama-1.1B", &model.config)?;
+/// attach(&mut model, &AdapterConfig::lora(8, 16.0, &["q_proj", "v_proj"]), 0)?;
+/// let examples = vec![Example {
+///     prompt: "2 + 2 =".into(),
+///     response: " 4".into(),
+///     category: None,
+/// }];
+/// let (tokens, _) = tokenize(&examples, &codec, 64)?;
+/// let settings = TrainSettings { micro_batch: 1, total_steps: 10, ..TrainSettings::default() };
+/// let mut trainer = Trainer::new(model, tokens, codec.pad_id(), settings)?;
+/// let stats = trainer.step()?;
+/// println!("step {}: loss {:.4}", stats.step, stats.loss);
+/// # Ok(()) }
+/// ```
 pub struct Trainer {
+    /// The model being trained.
     pub model: Llama,
+    /// The run's settings.
     pub settings: TrainSettings,
     params: Vec<(String, Tensor)>, // trainable tensors with stable names, in model order
     optimizer: AdamW,
@@ -156,6 +202,9 @@ pub struct Trainer {
 impl Trainer {
     /// A new run on `examples`. For `Trainable::Adapter` the model must carry an adapter.
     /// `pad_id` pads short sequences (their labels are -100, so its value never matters).
+    /// Errors: invalid settings ([`TrainSettings::validate`]), no examples, no adapter, or a
+    /// micro-batch of the longest example that would not fit the device
+    /// ([`Llama::check_batch_fits`]).
     pub fn new(
         model: Llama,
         examples: Vec<TokenizedExample>,
@@ -211,15 +260,20 @@ impl Trainer {
         self.step
     }
 
+    /// The trainable tensors, in model order (what [`Trainer::step`] updates).
     pub fn params(&self) -> Vec<Tensor> {
         self.params.iter().map(|(_, t)| t.clone()).collect()
     }
 
+    /// Where the data loader stands (epoch, position).
     pub fn loader_state(&self) -> LoaderState {
         self.loader.state()
     }
 
-    /// One optimizer step over `grad_accum` micro-batches. A step that fails changes
+    /// One optimizer step over `grad_accum` micro-batches: forward, the causal-LM loss (plus
+    /// the load-balancing loss when on), backward, gradient clipping to `max_grad_norm`, and
+    /// AdamW at the schedule's learning rate. A non-finite loss or gradient norm is an error
+    /// naming the step and where the bad values first appear. A step that fails changes
     /// nothing: the optimizer has not run, and the data loader is back where it was.
     pub fn step(&mut self) -> Result<StepStats> {
         self.step_unless(&|| false)
