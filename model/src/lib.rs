@@ -227,6 +227,37 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Training in the background of an application
+//!
+//! A desktop app cannot stop drawing for the length of a step. Hand the trainer to a
+//! [`TrainerWorker`](train::TrainerWorker): it runs on its own thread, and every call returns
+//! at once. Build the engine's device on the app's own `wgpu::Device` and `Queue` with
+//! [`Device::from_wgpu`](engine::Device::from_wgpu) to train on the GPU the app renders with
+//! (`examples/desktop.rs` does this with eframe).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use hydralora_model::train::{TrainEvent, Trainer, TrainerWorker, WorkerOptions};
+//! # fn app(trainer: Trainer) -> hydralora_model::Result<()> {
+//! let worker = TrainerWorker::spawn_with(
+//!     trainer,
+//!     WorkerOptions { router_stats: true, ..Default::default() },
+//! );
+//! worker.run(500); // train on its own; steer with pause(), resume(), cancel()
+//! // Each frame: take the events that came in, without waiting.
+//! while let Some(event) = worker.try_event() {
+//!     if let TrainEvent::Step(p) = event {
+//!         println!("step {} loss {:.3} {:.0} tokens/s", p.stats.step, p.stats.loss, p.tokens_per_second);
+//!     }
+//! }
+//! // Between two steps: save (or evaluate, or generate from `trainer.model`).
+//! let mut saved = worker.save_adapter("runs/adapter");
+//! // ... draw frames; poll `saved.try_take()`, or block:
+//! saved.wait()?;
+//! let trainer = worker.finish()?; // the trainer back, after its last whole step
+//! # let _ = (trainer, Duration::ZERO); Ok(()) }
+//! ```
+//!
 //! ## Next steps
 //!
 //! - Resume an interrupted run from its checkpoint: [`Trainer::resume`](train::Trainer::resume).
