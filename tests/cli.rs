@@ -371,7 +371,10 @@ fn a_memory_budget_too_small_is_refused_up_front_and_writes_no_checkpoint() {
     let toml = dir.join("run.toml");
     std::fs::write(&toml, "memory-budget = \"1MiB\"\n").unwrap();
     let (ok, _, err) = run(args(&["--config", toml.to_str().unwrap()]));
-    assert!(!ok && err.contains("over the memory budget of 1.00 MiB"), "{err}");
+    assert!(
+        !ok && err.contains("over the memory budget of 1.00 MiB"),
+        "{err}"
+    );
     assert!(!out.join("checkpoint").exists());
     // Junk is a clear error.
     let (ok, _, err) = run(args(&["--memory-budget", "lots"]));

@@ -191,10 +191,12 @@ impl Device {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
+        // A software (CPU) driver's heap size is nominal: it allocates from host memory.
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
         let dev = Self::build(device, queue, Some(info), memory);
         // The pool never holds more than the device has (a shared device starts unlimited:
         // its app knows what its own rendering needs).
-        dev.set_memory_budget(memory);
+        dev.set_memory_budget(memory.filter(|_| !cpu));
         dev.record_faults();
         Ok(dev)
     }
@@ -338,7 +340,8 @@ impl Device {
     /// with None. Over the budget, idle buffers are released first; a tensor that still does
     /// not fit fails with [`Error::OutOfMemory`] naming the numbers. [`Device::new`] starts
     /// with the adapter's device memory where the driver reports it
-    /// ([`DeviceInfo::memory`]), else with none; [`Device::from_wgpu`] starts with none.
+    /// ([`DeviceInfo::memory`]; not for a CPU driver, whose heap size is nominal), else with
+    /// none; [`Device::from_wgpu`] starts with none.
     pub fn set_memory_budget(&self, bytes: Option<u64>) {
         self.inner.pool.set_budget(bytes)
     }

@@ -115,10 +115,7 @@ impl BufferPool {
                     return Err(Refusal {
                         held: state.stats.in_use,
                         budget: state.budget,
-                        reason: format!(
-                            "it would take the buffer pool past its memory budget (a {} buffer)",
-                            crate::error::human_bytes(class)
-                        ),
+                        reason: "that is over the memory budget (Device::set_memory_budget)".into(),
                     });
                 }
                 let created = match self.create(class) {

@@ -144,6 +144,8 @@ pub struct StepReport {
     pub gflops: f64,
     pub peak_pool_bytes_first_step: u64,
     pub peak_pool_bytes_last_step: u64,
+    /// The up-front estimate of the peak ([`crate::memory::estimate_training`]).
+    pub estimated_peak_bytes: u64,
     pub pipelines_after_first_step: usize,
     pub submits_per_step: f64,
     pub device: String,
@@ -199,6 +201,12 @@ pub fn bench_step(
         .map(|_| rng.below(cfg.model.vocab_size as u64) as u32)
         .collect();
     let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    let run = crate::memory::RunShape {
+        micro_batch: b,
+        seq: t,
+        grad_accum: 1,
+    };
+    let estimated = crate::memory::estimate_training(&model, &params, run).total();
     let mut opt = AdamW::new(cfg.adamw);
     let mut times = Vec::new();
     let (mut peak_first, mut peak_last, mut pipelines_after_first) = (0, 0, 0);
@@ -272,6 +280,7 @@ pub fn bench_step(
         gflops: flops / median / 1e9,
         peak_pool_bytes_first_step: peak_first,
         peak_pool_bytes_last_step: peak_last,
+        estimated_peak_bytes: estimated,
         pipelines_after_first_step: pipelines_after_first,
         submits_per_step: submits as f64 / times.len() as f64,
         device: device.info().name.clone(),
