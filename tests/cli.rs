@@ -329,3 +329,57 @@ fn eval_generate_and_merge_run_on_a_trained_adapter() {
     assert!(ok, "{o}\n{e}");
     assert!(merged.join("model.safetensors").is_file() && merged.join("config.json").is_file());
 }
+
+#[test]
+fn a_memory_budget_too_small_is_refused_up_front_and_writes_no_checkpoint() {
+    let dir = model_dir("budget");
+    let data = data_file(&dir);
+    let out = dir.join("run");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "--model",
+            dir.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |a: Vec<String>| hydralora(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, err) = run(args(&["--memory-budget", "1MiB"]));
+    assert!(!ok);
+    assert!(
+        err.contains("needs an estimated")
+            && err.contains("over the memory budget of 1.00 MiB")
+            && err.contains("weights")
+            && err.contains("activations"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    for f in ["checkpoint", "adapter", "metrics.jsonl"] {
+        assert!(!out.join(f).exists(), "{f} was written by a refused run");
+    }
+    // The same from the TOML settings.
+    let toml = dir.join("run.toml");
+    std::fs::write(&toml, "memory-budget = \"1MiB\"\n").unwrap();
+    let (ok, _, err) = run(args(&["--config", toml.to_str().unwrap()]));
+    assert!(
+        !ok && err.contains("over the memory budget of 1.00 MiB"),
+        "{err}"
+    );
+    assert!(!out.join("checkpoint").exists());
+    // Junk is a clear error.
+    let (ok, _, err) = run(args(&["--memory-budget", "lots"]));
+    assert!(
+        !ok && err.contains("--memory-budget") && err.contains("`lots` is not a memory size"),
+        "{err}"
+    );
+}

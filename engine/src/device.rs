@@ -35,6 +35,9 @@ pub struct DeviceInfo {
     pub timestamp_query: bool,
     /// The device's limits ([`Device::new`] asks for the adapter's own, not wgpu's defaults).
     pub limits: wgpu::Limits,
+    /// Bytes of the adapter's largest device-local memory heap, where the driver reports it
+    /// (Vulkan); None elsewhere (wgpu has no portable query for it).
+    pub memory: Option<u64>,
 }
 
 impl DeviceInfo {
@@ -57,6 +60,14 @@ impl std::fmt::Display for DeviceInfo {
         writeln!(f, "shader-f16:           {}", yes(self.shader_f16))?;
         writeln!(f, "subgroup:             {}", yes(self.subgroup))?;
         writeln!(f, "timestamp-query:      {}", yes(self.timestamp_query))?;
+        writeln!(
+            f,
+            "device memory:        {}",
+            self.memory.map_or("not reported".into(), |m| format!(
+                "{} (largest device-local heap)",
+                crate::error::human_bytes(m)
+            ))
+        )?;
         writeln!(f, "max buffer:           {} MiB", l.max_buffer_size >> 20)?;
         writeln!(
             f,
@@ -171,9 +182,14 @@ impl Device {
 
     /// [`Device::new`] for async callers.
     pub async fn new_async() -> Result<Device> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        // Where the driver reports a memory budget (Vulkan with VK_EXT_memory_budget, DX12),
+        // a buffer that would take the process past 95% of it is refused as out of memory
+        // (which the pool reports) instead of the system swapping or losing the device.
+        desc.memory_budget_thresholds.for_resource_creation = Some(95);
+        let instance = wgpu::Instance::new(desc);
         let adapter = choose_adapter(&instance).await?;
+        let memory = device_memory(&adapter);
         let features = adapter.features()
             & (wgpu::Features::SHADER_F16
                 | wgpu::Features::SUBGROUP
@@ -192,7 +208,12 @@ impl Device {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        let dev = Self::from_wgpu_with_info(device, queue, Some(info));
+        // A software (CPU) driver's heap size is nominal: it allocates from host memory.
+        let cpu = info.device_type == wgpu::DeviceType::Cpu;
+        let dev = Self::build(device, queue, Some(info), memory);
+        // The pool never holds more than the device has (a shared device starts unlimited:
+        // its app knows what its own rendering needs).
+        dev.set_memory_budget(memory.filter(|_| !cpu));
         dev.record_faults();
         Ok(dev)
     }
@@ -210,6 +231,7 @@ impl Device {
                         shape: vec![],
                         bytes: 0,
                         held: 0,
+                        budget: None,
                         reason: e.to_string(),
                     },
                     other => Error::Device(other.to_string()),
@@ -253,6 +275,15 @@ impl Device {
         queue: wgpu::Queue,
         adapter: Option<wgpu::AdapterInfo>,
     ) -> Device {
+        Self::build(device, queue, adapter, None)
+    }
+
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: Option<wgpu::AdapterInfo>,
+        memory: Option<u64>,
+    ) -> Device {
         let features = device.features();
         let limits = device.limits();
         let info = DeviceInfo {
@@ -272,6 +303,7 @@ impl Device {
             subgroup: features.contains(wgpu::Features::SUBGROUP),
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             limits,
+            memory,
         };
         let params_align = info.limits.min_storage_buffer_offset_alignment.max(16) as u64;
         let params_arena = device.create_buffer(&wgpu::BufferDescriptor {
@@ -321,6 +353,21 @@ impl Device {
     /// Bytes held by the buffer pool: in use now, at the peak, and kept for reuse.
     pub fn pool_stats(&self) -> PoolStats {
         self.inner.pool.stats()
+    }
+
+    /// Caps the bytes the buffer pool holds (in use + cached) at `bytes`, or lifts the cap
+    /// with None. Over the budget, idle buffers are released first; a tensor that still does
+    /// not fit fails with [`Error::OutOfMemory`] naming the numbers. [`Device::new`] starts
+    /// with the adapter's device memory where the driver reports it
+    /// ([`DeviceInfo::memory`]; not for a CPU driver, whose heap size is nominal), else with
+    /// none; [`Device::from_wgpu`] starts with none.
+    pub fn set_memory_budget(&self, bytes: Option<u64>) {
+        self.inner.pool.set_budget(bytes)
+    }
+
+    /// The budget set by [`Device::set_memory_budget`] (None: no limit but the driver's).
+    pub fn memory_budget(&self) -> Option<u64> {
+        self.inner.pool.budget()
     }
 
     /// Resets the pool's peak counter to what is in use now (to measure one phase).
@@ -832,6 +879,42 @@ async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
                 Err(_) => String::new(),
             },
         })
+}
+
+/// The size of the adapter's largest device-local memory heap, read from Vulkan (the only
+/// backend whose heap sizes wgpu lets us reach, through `wgpu-hal`).
+fn device_memory(adapter: &wgpu::Adapter) -> Option<u64> {
+    #[cfg(any(
+        windows,
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd"
+    ))]
+    {
+        // SAFETY: the raw handles are only read, while `adapter` keeps them alive.
+        let hal = unsafe { adapter.as_hal::<wgpu::hal::api::Vulkan>() }?;
+        let props = unsafe {
+            hal.shared_instance()
+                .raw_instance()
+                .get_physical_device_memory_properties(hal.raw_physical_device())
+        };
+        const DEVICE_LOCAL: u32 = 0x1; // VK_MEMORY_HEAP_DEVICE_LOCAL_BIT
+        props.memory_heaps[..props.memory_heap_count as usize]
+            .iter()
+            .filter(|h| h.flags.as_raw() & DEVICE_LOCAL != 0)
+            .map(|h| h.size)
+            .max()
+    }
+    #[cfg(not(any(
+        windows,
+        target_os = "linux",
+        target_os = "android",
+        target_os = "freebsd"
+    )))]
+    {
+        let _ = adapter;
+        None
+    }
 }
 
 pub(crate) fn align_up(x: u64, a: u64) -> u64 {

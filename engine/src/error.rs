@@ -110,18 +110,24 @@ pub enum Error {
     /// reported (with an empty shape and 0 bytes) for an out-of-memory the driver raised outside
     /// an allocation.
     #[error(
-        "out of GPU memory: could not allocate {bytes} bytes for a tensor of shape {shape:?} \
-         ({held} bytes already held by hydralora's buffer pool): {reason}. Try a smaller \
-         micro-batch, shorter sequences (--max-len), fewer adapted modules, or f16 storage"
+        "out of GPU memory: could not allocate {} for a tensor of shape {shape:?} ({} already \
+         held by hydralora's buffer pool{}): {reason}. Try a smaller micro-batch, shorter \
+         sequences (--max-len), fewer adapted modules, or f16 storage of the frozen weights \
+         (--f16-weights)",
+        human_bytes(*.bytes),
+        human_bytes(*.held),
+        budget_note(.budget)
     )]
     OutOfMemory {
         /// The shape of the tensor being allocated.
         shape: Vec<usize>,
-        /// Bytes requested.
+        /// Bytes the tensor asked for.
         bytes: u64,
-        /// Bytes held by live tensors of the pool at the time.
+        /// Bytes held by live tensors when it was refused.
         held: u64,
-        /// The driver's message.
+        /// The device's memory budget, when one is set ([`crate::Device::set_memory_budget`]).
+        budget: Option<u64>,
+        /// Why: the budget, or the driver's message.
         reason: String,
     },
 
@@ -150,3 +156,25 @@ pub enum Error {
 
 /// `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A byte count for people: `512 B`, `1.50 KiB`, `6.00 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2} {}", UNITS[unit])
+}
+
+fn budget_note(budget: &Option<u64>) -> String {
+    match budget {
+        Some(b) => format!(", memory budget {}", human_bytes(*b)),
+        None => String::new(),
+    }
+}

@@ -51,7 +51,7 @@ pub(crate) mod autograd {
 pub use backward::{is_recording, no_grad, Gradients, NoGradGuard};
 pub use custom::CustomOp;
 pub use device::{Device, DeviceInfo};
-pub use error::{Error, Result};
+pub use error::{human_bytes, Error, Result};
 pub use ops::attention::causal_attention;
 pub use ops::elementwise::swiglu;
 pub use ops::embedding::{embedding, embedding_parts};
@@ -62,5 +62,5 @@ pub use ops::norm::rms_norm;
 pub use ops::rope::{rope, rope_inv_freq, RopeTables};
 pub use ops::softmax::{softmax_scaled, CausalMask};
 pub use optim::{AdamW, AdamWConfig};
-pub use pool::PoolStats;
+pub use pool::{size_class as pool_bytes, PoolStats};
 pub use tensor::{DType, Tensor, TensorId};

@@ -26,6 +26,42 @@ pub(crate) struct BufferPool {
 struct PoolState {
     free: HashMap<u64, Vec<wgpu::Buffer>>, // size class -> idle buffers of that size
     stats: PoolStats,
+    /// Most bytes (in use + cached) the pool may hold; None: as many as the driver gives.
+    budget: Option<u64>,
+}
+
+/// Why the pool could not lend a buffer: the bytes held by live tensors, the budget if one
+/// is set, and the reason (over the budget, or the driver's out-of-memory message).
+pub(crate) struct Refusal {
+    pub held: u64,
+    pub budget: Option<u64>,
+    pub reason: String,
+}
+
+impl PoolState {
+    /// Drops idle buffers, largest first, until `more` new bytes fit the budget (or none
+    /// are left); returns whether they fit.
+    fn make_room(&mut self, more: u64) -> bool {
+        let Some(budget) = self.budget else {
+            return true;
+        };
+        let fits = |s: &PoolStats| s.in_use + s.cached + more <= budget;
+        let mut classes: Vec<u64> = self.free.keys().copied().collect();
+        classes.sort_unstable_by(|a, b| b.cmp(a));
+        for class in classes {
+            let idle = self.free.get_mut(&class).expect("a listed class");
+            while !fits(&self.stats) && idle.pop().is_some() {
+                self.stats.cached -= class;
+            }
+        }
+        self.free.retain(|_, v| !v.is_empty());
+        fits(&self.stats)
+    }
+
+    fn release_idle(&mut self) {
+        self.free.clear();
+        self.stats.cached = 0;
+    }
 }
 
 /// A buffer on loan from the pool; it returns there when dropped.
@@ -62,10 +98,11 @@ impl BufferPool {
         }
     }
 
-    /// A buffer of at least `bytes` bytes (storage, copy source and destination). When the
-    /// device is out of memory, the idle buffers are released and the allocation is tried
-    /// once more before giving up with the bytes held and the driver's reason.
-    pub fn take(self: &Arc<Self>, bytes: u64) -> Result<PooledBuffer, (u64, String)> {
+    /// A buffer of at least `bytes` bytes (storage, copy source and destination). A new
+    /// buffer that would take the pool past its budget first makes room by releasing idle
+    /// buffers, and is refused if that is not enough. When the driver is out of memory, the
+    /// idle buffers are released and the allocation is tried once more before giving up.
+    pub fn take(self: &Arc<Self>, bytes: u64) -> Result<PooledBuffer, Refusal> {
         let class = size_class(bytes);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let buffer = match state.free.get_mut(&class).and_then(Vec::pop) {
@@ -74,13 +111,22 @@ impl BufferPool {
                 b
             }
             None => {
+                if !state.make_room(class) {
+                    return Err(Refusal {
+                        held: state.stats.in_use,
+                        budget: state.budget,
+                        reason: "that is over the memory budget (Device::set_memory_budget)".into(),
+                    });
+                }
                 let created = match self.create(class) {
                     Ok(b) => b,
                     Err(_) => {
-                        state.free.clear();
-                        state.stats.cached = 0;
-                        self.create(class)
-                            .map_err(|reason| (state.stats.in_use, reason))?
+                        state.release_idle();
+                        self.create(class).map_err(|reason| Refusal {
+                            held: state.stats.in_use,
+                            budget: state.budget,
+                            reason,
+                        })?
                     }
                 };
                 state.stats.allocations += 1;
@@ -117,14 +163,27 @@ impl BufferPool {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).stats
     }
 
+    /// Sets the most bytes the pool may hold (None: no limit); idle buffers over a lower
+    /// budget are released now.
+    pub fn set_budget(&self, budget: Option<u64>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.budget = budget;
+        state.make_room(0);
+    }
+
+    pub fn budget(&self) -> Option<u64> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).budget
+    }
+
     pub fn reset_peak(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.stats.peak_in_use = state.stats.in_use;
     }
 }
 
-/// Rounds up to 256 bytes, then to one of four steps per power of two (at most 25% waste).
-fn size_class(bytes: u64) -> u64 {
+/// The bytes the pool holds for a tensor of `bytes` bytes: rounded up to 256, then to one
+/// of four steps per power of two (at most 25% waste). Memory estimates count in these.
+pub fn size_class(bytes: u64) -> u64 {
     let b = bytes.max(256).div_ceil(256) * 256;
     if b <= 4096 {
         return b.next_power_of_two();

@@ -97,11 +97,12 @@ impl Tensor {
             .inner
             .pool
             .take(bytes.max(4))
-            .map_err(|(held, reason)| Error::OutOfMemory {
+            .map_err(|r| Error::OutOfMemory {
                 shape: shape.to_vec(),
                 bytes,
-                held,
-                reason,
+                held: r.held,
+                budget: r.budget,
+                reason: r.reason,
             })?;
         Ok(Self::from_parts(
             device,

@@ -169,6 +169,8 @@ pub struct StepReport {
     pub peak_pool_bytes_first_step: u64,
     /// Peak bytes held by live tensors during the last step.
     pub peak_pool_bytes_last_step: u64,
+    /// The up-front estimate of the peak ([`crate::memory::estimate_training`]).
+    pub estimated_peak_bytes: u64,
     /// Pipelines compiled in every step after the first, summed (0 when shapes repeat).
     pub pipelines_after_first_step: usize,
     /// Command batches submitted per timed step, on average.
@@ -231,6 +233,12 @@ pub fn bench_step(
         .map(|_| rng.below(cfg.model.vocab_size as u64) as u32)
         .collect();
     let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+    let run = crate::memory::RunShape {
+        micro_batch: b,
+        seq: t,
+        grad_accum: 1,
+    };
+    let estimated = crate::memory::estimate_training(&model, &params, run).total();
     let mut opt = AdamW::new(cfg.adamw);
     let mut times = Vec::new();
     let (mut peak_first, mut peak_last, mut pipelines_after_first) = (0, 0, 0);
@@ -304,6 +312,7 @@ pub fn bench_step(
         gflops: flops / median / 1e9,
         peak_pool_bytes_first_step: peak_first,
         peak_pool_bytes_last_step: peak_last,
+        estimated_peak_bytes: estimated,
         pipelines_after_first_step: pipelines_after_first,
         submits_per_step: submits as f64 / times.len() as f64,
         device: device.info().name.clone(),

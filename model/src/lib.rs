@@ -283,6 +283,7 @@ pub mod error;
 pub mod generate;
 pub mod linear;
 pub mod llama;
+pub mod memory;
 pub mod merge;
 pub mod report;
 pub mod tokenizer;

@@ -176,6 +176,7 @@ impl Llama {
         mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Llama> {
         config.validate()?;
+        crate::memory::check_weights_fit(device, &config)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,

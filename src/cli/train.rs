@@ -18,6 +18,7 @@ use hydralora::model::codec::load_codec;
 use hydralora::model::data::{
     read_jsonl, split_eval, tokenize, PromptTemplate, ReadOptions, TokenizedExample,
 };
+use hydralora::model::memory::parse_bytes;
 use hydralora::model::report::{heatmap_svg, line_chart_svg, Series};
 use hydralora::model::train::{ScheduleKind, TrainSettings, Trainer};
 use hydralora::model::{Llama, TARGET_MODULES};
@@ -73,6 +74,11 @@ pub struct TrainArgs {
     /// Dropout on the adapter's input while training (PEFT's lora_dropout) [default: 0].
     #[arg(long)]
     pub dropout: Option<f32>,
+    /// Most device memory the run may hold, e.g. 6GiB, 512MiB or bytes; a run estimated
+    /// over it is refused before its first step [default: the device's memory where the
+    /// driver reports it (Vulkan), else no limit].
+    #[arg(long, value_name = "SIZE")]
+    pub memory_budget: Option<String>,
     /// Keep the frozen layer weights in f16 (half their memory; computed in f32).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub f16_weights: Option<bool>,
@@ -161,6 +167,7 @@ impl TrainArgs {
             experts,
             targets,
             dropout,
+            memory_budget,
             f16_weights,
             rslora,
             top_k,
@@ -213,8 +220,13 @@ pub fn run(args: TrainArgs) -> CliResult {
         .map_err(|e| format!("cannot create `{}`: {e}", output.display()))?;
     let seed = a.seed.unwrap_or(0);
 
+    let budget = a.memory_budget.as_deref().map(parse_bytes).transpose();
+    let budget = budget.map_err(|e| format!("--memory-budget: {e}"))?;
     let device = Device::new()?;
     eprintln!("device: {} ({})", device.info().name, device.info().backend);
+    if budget.is_some() {
+        device.set_memory_budget(budget);
+    }
     let mut model = Llama::load(&device, &model_dir)?;
     if a.f16_weights.unwrap_or(false) {
         model.store_frozen_weights_f16()?;

@@ -13,6 +13,7 @@ use crate::adapter::{balance_loss, load_adapter, record_gates, save_adapter, tra
 use crate::data::{Batch, Loader, LoaderState, TokenizedExample};
 use crate::error::{ModelError, Result};
 use crate::llama::Llama;
+use crate::memory::{check_training_fits, RunShape};
 use crate::train::checkpoint;
 use crate::train::schedule::{LrSchedule, ScheduleKind};
 use crate::weights::{write_atomically, write_safetensors, WeightFile};
@@ -242,6 +243,16 @@ impl Trainer {
             }
             Trainable::Full => model.make_trainable()?,
         };
+        // Refused before any step when the device's memory budget cannot hold the run.
+        if let Some(budget) = model.device().memory_budget() {
+            let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+            let run = RunShape {
+                micro_batch: settings.micro_batch,
+                seq: longest,
+                grad_accum: settings.grad_accum,
+            };
+            check_training_fits(&model, &tensors, run, budget)?;
+        }
         let balance_coef = model.adapter.as_ref().map_or(0.0, |a| a.balance_coef);
         let optimizer = AdamW::new(settings.adamw());
         Ok(Trainer {

@@ -83,9 +83,10 @@ pub fn run_step(a: StepArgs) -> CliResult {
     );
     println!("achieved:           {:.2} GFLOP/s", r.gflops);
     println!(
-        "pool peak:          {:.1} MiB first step, {:.1} MiB last step",
+        "pool peak:          {:.1} MiB first step, {:.1} MiB last step (estimated up front: {:.1} MiB)",
         r.peak_pool_bytes_first_step as f64 / 1048576.0,
-        r.peak_pool_bytes_last_step as f64 / 1048576.0
+        r.peak_pool_bytes_last_step as f64 / 1048576.0,
+        r.estimated_peak_bytes as f64 / 1048576.0
     );
     println!(
         "pipelines compiled after the first step: {}; submits per step: {:.1}",

@@ -1,0 +1,368 @@
+//! The device memory a training run needs, estimated before its first step so that a run
+//! that cannot fit the device's memory budget is refused with the numbers instead of
+//! failing mid-step.
+//!
+//! Every tensor is counted in the bytes the buffer pool holds for it
+//! ([`hydralora_engine::pool_bytes`]), the same bytes the budget caps. The activation terms
+//! assume every op of the forward is recorded (full training, or an adapter on the first
+//! module of layer 0): a frozen part of the graph records less, so the estimate is an upper
+//! bound: measured 1.06 to 1.23 times the pool's peak on the tiny fixture model and 1.09 to
+//! 1.22 on `bench-s`; `tests/memory.rs` asserts both sides (peak <= estimate <= 1.5 x peak).
+
+use hydralora_engine::{human_bytes, pool_bytes, DType, Device, Tensor};
+
+use crate::config::LlamaConfig;
+use crate::error::{ModelError, Result};
+use crate::llama::{Llama, TARGET_MODULES};
+
+/// Bytes of one training step at its peak (the end of backward), by what holds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Model weights as stored (f32, or f16 for frozen layer weights), plus adapter weights.
+    pub weights: u64,
+    /// Gradients of the trainable parameters (two sets while micro-batches accumulate) and
+    /// AdamW's two moments.
+    pub optimizer: u64,
+    /// What the decoder layers' forward keeps for backward, attention scores excluded, plus
+    /// backward's working set.
+    pub activations: u64,
+    /// The attention scores and probabilities kept for backward (see [`attention_scores`]).
+    pub attention: u64,
+    /// The logits, the loss's saved rows, and the logits' gradient.
+    pub logits: u64,
+}
+
+impl MemoryEstimate {
+    /// The estimated peak: every part added up.
+    pub fn total(&self) -> u64 {
+        self.weights + self.optimizer + self.activations + self.attention + self.logits
+    }
+
+    /// `weights 1.00 GiB, gradients and AdamW moments ..., ...`: where the bytes go.
+    pub fn breakdown(&self) -> String {
+        format!(
+            "weights {}, gradients and AdamW moments {}, activations {}, attention scores {}, \
+             logits and loss {}",
+            human_bytes(self.weights),
+            human_bytes(self.optimizer),
+            human_bytes(self.activations),
+            human_bytes(self.attention),
+            human_bytes(self.logits)
+        )
+    }
+}
+
+impl std::fmt::Display for MemoryEstimate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", human_bytes(self.total()), self.breakdown())
+    }
+}
+
+/// What a run trains, as the estimate needs it.
+#[derive(Clone, Copy, Debug)]
+pub struct RunShape {
+    /// Sequences per micro-batch.
+    pub micro_batch: usize,
+    /// The longest sequence (tokens) of a micro-batch.
+    pub seq: usize,
+    /// Micro-batches per optimizer step (above 1, the summed gradients are held as well).
+    pub grad_accum: usize,
+}
+
+/// The peak bytes of a training step of `model` over `params` (the trainable tensors).
+pub fn estimate_training(model: &Llama, params: &[Tensor], run: RunShape) -> MemoryEstimate {
+    estimate_with(model, params, run, model_weights(model, params, false))
+}
+
+fn estimate_with(model: &Llama, params: &[Tensor], run: RunShape, weights: u64) -> MemoryEstimate {
+    let c = &model.config;
+    let (b, t) = (run.micro_batch, run.seq);
+    let n = b * t;
+    let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
+    let grads = if run.grad_accum > 1 { 2 } else { 1 };
+    let optimizer = params.iter().map(|p| (grads + 2) * f32s(p.numel())).sum();
+    let layers: u64 = model
+        .layers
+        .iter()
+        .map(|layer| layer_activations(c, n) + adapter_activations(layer, n))
+        .sum();
+    // Around the layers: the final norm's input, rstd and output; ids, labels, RoPE tables.
+    let ends = 2 * f32s(n * c.hidden_size) + 3 * f32s(n) + 2 * f32s(t * c.head_dim() / 2);
+    MemoryEstimate {
+        weights,
+        optimizer,
+        activations: layers + ends + backward_working_set(c, b, t),
+        attention: c.num_hidden_layers as u64 * attention_scores(c, b, t),
+        logits: logits(model, n),
+    }
+}
+
+/// What one decoder layer's forward keeps for backward for `n` tokens, attention scores
+/// excluded: per token, the layer input, the two norm outputs, o_proj's and down_proj's
+/// outputs and the residual sum ([H] each); q through projection, RoPE and the head-first
+/// transpose, the attention output and its transpose ([nh hd] each); k through projection,
+/// RoPE and transpose, v through projection and transpose ([nkv hd] each); the gate, up and
+/// SwiGLU outputs ([I] each); the two norms' rstd.
+fn layer_activations(c: &LlamaConfig, n: usize) -> u64 {
+    let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
+    6 * f32s(n * c.hidden_size)
+        + 5 * f32s(n * c.q_dim())
+        + 5 * f32s(n * c.kv_dim())
+        + 3 * f32s(n * c.intermediate_size)
+        + 2 * f32s(n)
+}
+
+/// The attention term, in one place: the scores and their softmax, [B, heads, T, T] each,
+/// both kept for backward by the matmul + masked-softmax attention. An attention that
+/// recomputes them in backward (flash attention) keeps [B, heads, T] row statistics
+/// instead, and this becomes linear in T.
+pub fn attention_scores(c: &LlamaConfig, b: usize, t: usize) -> u64 {
+    2 * pool_bytes((b * c.num_attention_heads * t * t) as u64 * 4)
+}
+
+/// What an adapted linear layer keeps beyond the frozen one, per adapted module: the frozen
+/// product, the adapter's product and its scaled copy ([d_out] each), x A^T ([r]); with
+/// dropout the mask and the dropped input ([d_in] each); for HydraLoRA the router logits and
+/// gates ([N] each, four more with top-k) and the gate expansion ([N r]).
+fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
+    let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
+    TARGET_MODULES
+        .iter()
+        .filter_map(|m| layer.linear(m))
+        .filter_map(|lin| Some((lin, lin.adapter.as_ref()?)))
+        .map(|(lin, ad)| {
+            let (d_in, d_out, r, heads) = (lin.d_in(), lin.d_out(), ad.rank(), ad.heads());
+            let mut bytes = 3 * f32s(n * d_out) + f32s(n * r);
+            if ad.dropout.p > 0.0 {
+                bytes += 2 * f32s(n * d_in);
+            }
+            if ad.router.is_some() {
+                let gates = if ad.top_k.is_some() { 6 } else { 2 };
+                bytes += gates * f32s(n * heads) + f32s(n * heads * r);
+            }
+            bytes
+        })
+        .sum()
+}
+
+/// Gradients alive at once inside one layer's backward: those of the scores and the
+/// probabilities plus one more [B, heads, T, T], and a few per-token rows of the widest
+/// activation.
+fn backward_working_set(c: &LlamaConfig, b: usize, t: usize) -> u64 {
+    let widest = c.hidden_size.max(c.intermediate_size).max(c.q_dim());
+    3 * attention_scores(c, b, t) / 2 + 6 * pool_bytes((b * t * widest) as u64 * 4)
+}
+
+/// The logits [N, V] (per lm_head part, and joined when split), the loss's saved lse and
+/// count, and the logits' gradient.
+fn logits(model: &Llama, n: usize) -> u64 {
+    let v = model.config.vocab_size;
+    let parts: u64 = model
+        .lm_head
+        .iter()
+        .map(|w| pool_bytes((n * w.dim(0)) as u64 * 4))
+        .sum();
+    let joined = if model.lm_head.len() > 1 {
+        pool_bytes((n * v) as u64 * 4)
+    } else {
+        0
+    };
+    2 * parts + joined + pool_bytes(n as u64 * 4) + 256
+}
+
+/// Bytes of the weights: the model's as stored, or (with `f16_frozen`) with every frozen
+/// f32 layer weight stored as f16; plus the trainable tensors that are not model weights.
+fn model_weights(model: &Llama, params: &[Tensor], f16_frozen: bool) -> u64 {
+    let named = model.named_weights();
+    let base: u64 = named
+        .iter()
+        .map(|(name, t)| {
+            let frozen_linear =
+                name.starts_with("model.layers.") && !name.contains("norm") && !t.requires_grad();
+            let dtype = match (f16_frozen && frozen_linear, t.dtype()) {
+                (true, _) => DType::F16,
+                (false, d) => d,
+            };
+            pool_bytes((t.numel() * dtype.size_in_bytes()) as u64)
+        })
+        .sum();
+    let extra: u64 = params
+        .iter()
+        .filter(|p| !named.iter().any(|(_, t)| t.id() == p.id()))
+        .map(|p| pool_bytes((p.numel() * p.dtype().size_in_bytes()) as u64))
+        .sum();
+    base + extra
+}
+
+/// Refuses, before any step, a run whose estimate exceeds `budget`: the error gives both
+/// numbers, the breakdown, and the largest micro-batch, the longest sequence, or the f16
+/// storage that would fit.
+pub fn check_training_fits(
+    model: &Llama,
+    params: &[Tensor],
+    run: RunShape,
+    budget: u64,
+) -> Result<MemoryEstimate> {
+    let est = estimate_training(model, params, run);
+    if est.total() <= budget {
+        return Ok(est);
+    }
+    let fits = |b: usize, t: usize| {
+        let shape = RunShape {
+            micro_batch: b,
+            seq: t,
+            ..run
+        };
+        estimate_training(model, params, shape).total() <= budget
+    };
+    let mut advice = Vec::new();
+    if let Some(b) = (1..run.micro_batch).rev().find(|&b| fits(b, run.seq)) {
+        advice.push(format!(
+            "a micro-batch of at most {b} (--micro-batch {b}, with --grad-accum to keep the \
+             effective batch)"
+        ));
+    } else if let Some(t) = longest_fitting(run.seq, |t| fits(1, t)) {
+        let batch = if run.micro_batch > 1 {
+            "a micro-batch of 1 and "
+        } else {
+            ""
+        };
+        advice.push(format!(
+            "{batch}sequences of at most {t} tokens (--max-len {t})"
+        ));
+    }
+    let f16 = model_weights(model, params, true);
+    if f16 < est.weights && estimate_with(model, params, run, f16).total() <= budget {
+        advice.push(format!(
+            "f16 storage of the frozen weights (--f16-weights: weights {})",
+            human_bytes(f16)
+        ));
+    }
+    let advice = match advice.is_empty() {
+        true => format!(
+            "Even one sequence of one token does not fit: train fewer modules or a lower \
+             rank{}, or raise the budget",
+            if f16 < est.weights {
+                ", store the frozen weights as f16 (--f16-weights)"
+            } else {
+                ""
+            }
+        ),
+        false => format!("It would fit with {}", advice.join(", or with ")),
+    };
+    Err(ModelError::Input(format!(
+        "this run needs an estimated {} of device memory, over the memory budget of {} \
+         (--memory-budget, Device::set_memory_budget). For micro-batches of {} sequences of {} \
+         tokens: {}. {advice}",
+        human_bytes(est.total()),
+        human_bytes(budget),
+        run.micro_batch,
+        run.seq,
+        est.breakdown(),
+    )))
+}
+
+/// Refuses, before anything is uploaded, a model whose weights (f32, as loaded) would take
+/// the device's pool past its memory budget.
+pub fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
+    let Some(budget) = device.memory_budget() else {
+        return Ok(());
+    };
+    let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
+    let (h, v) = (c.hidden_size, c.vocab_size);
+    let layer = f32s(c.q_dim() * h) * 2
+        + f32s(c.kv_dim() * h) * 2
+        + f32s(c.intermediate_size * h) * 3
+        + f32s(h) * 2;
+    let tables = if c.tie_word_embeddings { 1 } else { 2 };
+    let need = c.num_hidden_layers as u64 * layer + tables * f32s(v * h) + f32s(h);
+    let held = device.pool_stats().in_use;
+    if held + need <= budget {
+        return Ok(());
+    }
+    Err(ModelError::Input(format!(
+        "the model's weights need {} of device memory as loaded (f32), over the memory budget \
+         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory \
+         or raise the budget",
+        human_bytes(need),
+        human_bytes(budget),
+        match held {
+            0 => String::new(),
+            _ => format!(" with {} already held", human_bytes(held)),
+        }
+    )))
+}
+
+/// The largest t < `seq` with `fits(t)` (fits is monotone: shorter always fits better).
+fn longest_fitting(seq: usize, fits: impl Fn(usize) -> bool) -> Option<usize> {
+    if seq <= 1 || !fits(1) {
+        return None;
+    }
+    let (mut lo, mut hi) = (1, seq - 1); // fits(lo) holds
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo)
+}
+
+/// A size in bytes from `6GiB`, `512MiB`, `1.5GiB`, `100KB` (powers of 1000), `4096`
+/// (plain bytes); units are case-insensitive, `K`/`M`/`G`/`T` alone mean the binary ones.
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = (&s[..split], s[split..].trim());
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => f64::NAN,
+    };
+    let value = number.parse::<f64>().unwrap_or(f64::NAN) * scale;
+    if !value.is_finite() || value < 1.0 || value > u64::MAX as f64 {
+        return Err(format!(
+            "`{text}` is not a memory size: write e.g. 6GiB, 512MiB or a number of bytes"
+        ));
+    }
+    Ok(value as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{longest_fitting, parse_bytes};
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units_and_junk_is_refused() {
+        assert_eq!(parse_bytes("6GiB"), Ok(6 << 30));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5 gib"), Ok(3 << 29));
+        assert_eq!(parse_bytes("100KB"), Ok(100_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        for junk in ["", "lots", "6 GiBs", "-1MiB", "0", "1.2.3MiB", "MiB"] {
+            let err = parse_bytes(junk).unwrap_err();
+            assert!(err.contains("not a memory size"), "{junk}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_longest_fitting_length_is_the_boundary() {
+        for limit in [1usize, 2, 7, 63, 64] {
+            assert_eq!(longest_fitting(65, |t| t <= limit), Some(limit));
+        }
+        assert_eq!(longest_fitting(65, |_| false), None);
+        assert_eq!(longest_fitting(1, |_| true), None);
+    }
+}
