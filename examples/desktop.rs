@@ -1,7 +1,8 @@
 //! A desktop app that fine-tunes on the GPU it draws with.
 //!
 //! An `eframe`/`egui` window on the wgpu renderer hands its own `wgpu::Device` and `Queue`
-//! to the engine ([`Device::from_wgpu_with_info`]), then fine-tunes a HydraLoRA adapter on
+//! to the engine ([`Device::from_wgpu_adapter`]), with a memory budget that leaves the
+//! renderer room, then fine-tunes a HydraLoRA adapter on
 //! the demo's four tasks (reverse, sort, add, cipher) in the background of the UI loop
 //! ([`TrainerWorker`]), while the window draws the live loss curve, tokens per second and
 //! the router's gate weights, and answers prompts typed to the model being trained.
@@ -28,6 +29,7 @@ use hydralora::model::demo::{
     adapter_pair, default_cache_dir, finetune_settings, prepare_tasks, DemoEvent, DemoOptions,
     DemoTasks,
 };
+use hydralora::model::memory::parse_bytes;
 use hydralora::model::train::{Pending, TrainEvent, Trainer, TrainerWorker, WorkerOptions};
 use hydralora::model::{generate, SamplingConfig};
 
@@ -36,12 +38,15 @@ const CURVE: Color32 = Color32::from_rgb(255, 128, 0);
 
 const HELP: &str = "\
 usage: desktop [--steps N] [--base-steps N] [--cache-dir DIR] [--out DIR]
-               [--screenshot FILE.png [--screenshot-after STEPS]]
+               [--memory-budget SIZE] [--screenshot FILE.png [--screenshot-after STEPS]]
 
   --steps N             fine-tuning steps [500]
   --base-steps N        steps of the cached base model [300]
   --cache-dir DIR       where the base model is cached [~/.cache/hydralora]
   --out DIR             where `Save adapter` writes [runs/desktop]
+  --memory-budget SIZE  most GPU memory training may hold, e.g. 512MiB, so the
+                        window keeps room to render [half the device memory
+                        where the driver reports it, else none]
   --screenshot FILE     start training at once, save a PNG of the window after
                         --screenshot-after steps [10], then quit";
 
@@ -49,6 +54,7 @@ usage: desktop [--steps N] [--base-steps N] [--cache-dir DIR] [--out DIR]
 struct Options {
     demo: DemoOptions,
     out_dir: PathBuf,
+    memory_budget: Option<u64>,
     screenshot: Option<(PathBuf, usize)>,
 }
 
@@ -56,6 +62,7 @@ fn parse_args() -> Result<Options, String> {
     let mut demo = DemoOptions::quick(default_cache_dir(), PathBuf::new());
     demo.finetune_steps = 500;
     let (mut out_dir, mut shot, mut shot_after) = (PathBuf::from("runs/desktop"), None, 10);
+    let mut memory_budget = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--help" || flag == "-h" {
@@ -76,6 +83,9 @@ fn parse_args() -> Result<Options, String> {
             "--screenshot-after" => shot_after = number()?.max(1),
             "--cache-dir" => demo.cache_dir = value.into(),
             "--out" => out_dir = value.into(),
+            "--memory-budget" => {
+                memory_budget = Some(parse_bytes(&value).map_err(|e| format!("{flag}: {e}"))?)
+            }
             "--screenshot" => shot = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown option `{flag}`\n\n{HELP}")),
         }
@@ -83,6 +93,7 @@ fn parse_args() -> Result<Options, String> {
     Ok(Options {
         demo,
         out_dir,
+        memory_budget,
         screenshot: shot.map(|s| (s, shot_after)),
     })
 }
@@ -192,11 +203,13 @@ impl DesktopApp {
             .as_ref()
             .ok_or("eframe started without the wgpu renderer")?;
         // The engine runs its kernels on the window's own device and queue.
-        let device = Device::from_wgpu_with_info(
-            render.device.clone(),
-            render.queue.clone(),
-            Some(render.adapter.get_info()),
-        );
+        let device =
+            Device::from_wgpu_adapter(&render.adapter, render.device.clone(), render.queue.clone());
+        // The window renders from the same memory: training gets a budget (half the device's
+        // memory unless told; none on a CPU driver, whose heap size is nominal), and a run
+        // that would need more is refused with the numbers instead of starving the renderer.
+        let reported = device.info().memory.filter(|_| !device.is_cpu());
+        device.set_memory_budget(options.memory_budget.or(reported.map(|m| m / 2)));
         let device_name = format!(
             "{} ({}, {})",
             device.info().name,

@@ -278,6 +278,23 @@ impl Device {
         Self::build(device, queue, adapter, None)
     }
 
+    /// [`Device::from_wgpu`] for an app that has its `wgpu::Adapter` at hand too:
+    /// [`Device::info`] then names the adapter and records its device memory where the
+    /// driver reports it ([`DeviceInfo::memory`]), from which the app can choose a
+    /// [`Device::set_memory_budget`] that leaves room for its own rendering.
+    pub fn from_wgpu_adapter(
+        adapter: &wgpu::Adapter,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+    ) -> Device {
+        Self::build(
+            device,
+            queue,
+            Some(adapter.get_info()),
+            device_memory(adapter),
+        )
+    }
+
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
