@@ -1,6 +1,9 @@
 //! Causal attention with grouped-query heads (Hq a multiple of Hkv, and Hq = Hkv), with
 //! S > T (keys already cached: query t sees keys 0..=t + S - T): forward and the gradients
-//! of q, k and v against a float64 reference, and gradcheck.
+//! of q, k and v against a float64 reference, and gradcheck, on both kernels (composed and
+//! flash, pinned), and on whichever `causal_attention` picks. The flash forward walks keys
+//! in blocks of 16, so the shapes include lengths under, at, past and not a multiple of
+//! one block.
 //!
 //! Tolerance, with |q|, |k|, |v| <= 1 and head dim D: each score is a D-term dot product
 //! (error <= gamma_D D), scaled by 1/sqrt(D); the softmax adds exp's (3 + 2|z|) ulp and a
@@ -14,15 +17,31 @@ mod common;
 
 use common::reference::{self, AttnShape};
 use common::*;
-use hydralora::engine::causal_attention;
+use hydralora::engine::{causal_attention, causal_attention_with, AttentionKernel, Tensor};
 use proptest::prelude::*;
 
+const KERNELS: [AttentionKernel; 2] = [AttentionKernel::Composed, AttentionKernel::Flash];
+
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, kernel: Option<AttentionKernel>) -> Tensor {
+    match kernel {
+        Some(kernel) => causal_attention_with(q, k, v, kernel).unwrap(),
+        None => causal_attention(q, k, v).unwrap(),
+    }
+}
+
 fn check(sh: AttnShape, seed: u64) {
+    check_on(sh, seed, None);
+    for kernel in KERNELS {
+        check_on(sh, seed, Some(kernel));
+    }
+}
+
+fn check_on(sh: AttnShape, seed: u64, kernel: Option<AttentionKernel>) {
     let q = values(sh.b * sh.hq * sh.t * sh.d, -1.0, 1.0, seed);
     let k = values(sh.b * sh.hkv * sh.s * sh.d, -1.0, 1.0, seed + 1);
     let v = values(sh.b * sh.hkv * sh.s * sh.d, -1.0, 1.0, seed + 2);
     let dout = values(q.len(), -1.0, 1.0, seed + 3);
-    let what = format!("{sh:?}");
+    let what = format!("{sh:?} on {kernel:?}");
     let q_shape = [sh.b, sh.hq, sh.t, sh.d];
     let kv_shape = [sh.b, sh.hkv, sh.s, sh.d];
     let (pq, pk, pv) = (
@@ -30,7 +49,7 @@ fn check(sh: AttnShape, seed: u64) {
         param(&k, &kv_shape),
         param(&v, &kv_shape),
     );
-    let out = causal_attention(&pq, &pk, &pv).unwrap();
+    let out = attend(&pq, &pk, &pv, kernel);
     assert_eq!(out.shape(), &q_shape);
     let atol = 8.0 * (sh.d * sh.d + sh.s + 20) as f64 * U;
     assert_close(
@@ -154,6 +173,30 @@ fn grouped_query_and_cache_offsets() {
             s: 130,
             d: 8,
         }, // score rows past 128 columns
+        AttnShape {
+            b: 1,
+            hq: 2,
+            hkv: 2,
+            t: 16,
+            s: 16,
+            d: 4,
+        }, // exactly one flash key block
+        AttnShape {
+            b: 2,
+            hq: 6,
+            hkv: 2,
+            t: 37,
+            s: 53,
+            d: 12,
+        }, // GQA, 3+ key blocks, the last one partial
+        AttnShape {
+            b: 1,
+            hq: 2,
+            hkv: 1,
+            t: 20,
+            s: 20,
+            d: 128,
+        }, // the largest head dim the flash kernels take
     ];
     for (i, sh) in cases.into_iter().enumerate() {
         check(sh, 10 * i as u64);
@@ -165,7 +208,7 @@ fn gradcheck_attention() {
     // Smooth in q, k, v (|x| <= 1): with eps 1e-3 truncation error is ~1e-6; f32 rounding
     // of L (|L| < 10) ~1e-3. Default 1e-2 tolerances.
     let opts = gc_opts(1e-3, 1e-2, 1e-2, 16);
-    for sh in [
+    let shapes = [
         AttnShape {
             b: 1,
             hq: 4,
@@ -182,7 +225,16 @@ fn gradcheck_attention() {
             s: 3,
             d: 3,
         },
-    ] {
+        AttnShape {
+            b: 1,
+            hq: 4,
+            hkv: 2,
+            t: 21,
+            s: 26,
+            d: 4,
+        }, // GQA, two flash key blocks, the second partial
+    ];
+    for sh in shapes {
         let q = tensor(
             &values(sh.b * sh.hq * sh.t * sh.d, -1.0, 1.0, 1),
             &[sh.b, sh.hq, sh.t, sh.d],
@@ -195,11 +247,25 @@ fn gradcheck_attention() {
             &values(sh.b * sh.hkv * sh.s * sh.d, -1.0, 1.0, 3),
             &[sh.b, sh.hkv, sh.s, sh.d],
         );
-        assert_gradcheck(
-            &format!("{sh:?}"),
-            |xs| causal_attention(&xs[0], &xs[1], &xs[2]),
-            &[q, k, v],
-            &opts,
-        );
+        for kernel in KERNELS {
+            assert_gradcheck(
+                &format!("{sh:?} on {kernel:?}"),
+                |xs| causal_attention_with(&xs[0], &xs[1], &xs[2], kernel),
+                &[q.clone(), k.clone(), v.clone()],
+                &opts,
+            );
+        }
     }
+}
+
+#[test]
+fn flash_refuses_head_dims_past_its_registers() {
+    let x = values(129, -1.0, 1.0, 1);
+    let q = tensor(&x, &[1, 1, 1, 129]);
+    let err = causal_attention_with(&q, &q, &q, AttentionKernel::Flash).unwrap_err();
+    assert!(err.to_string().contains("head dims up to 128"), "{err}");
+    // The default takes the composed path there: one key, so the output is v itself.
+    let out = causal_attention(&q, &q, &q).unwrap();
+    let want: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    assert_close("one key", &read(&out), &want, 4.0 * U, 0.0);
 }

@@ -32,6 +32,8 @@ shader!(MATMUL_TILED, "matmul_tiled");
 shader!(MATMUL_SPLITK, "matmul_splitk");
 shader!(SOFTMAX, "softmax");
 shader!(SOFTMAX_BACKWARD, "softmax_backward");
+shader!(FLASH_ATTENTION, "flash_attention");
+shader!(FLASH_ATTENTION_BACKWARD, "flash_attention_backward");
 shader!(RMS_NORM, "rms_norm");
 shader!(RMS_NORM_BACKWARD, "rms_norm_backward");
 shader!(ROPE, "rope");
@@ -62,6 +64,8 @@ pub const ALL: &[&Shader] = &[
     &MATMUL_SPLITK,
     &SOFTMAX,
     &SOFTMAX_BACKWARD,
+    &FLASH_ATTENTION,
+    &FLASH_ATTENTION_BACKWARD,
     &RMS_NORM,
     &RMS_NORM_BACKWARD,
     &ROPE,
