@@ -47,6 +47,13 @@ shader!(GATE, "gate");
 shader!(GATE_BACKWARD, "gate_backward");
 shader!(TOP_K, "top_k");
 shader!(ADAMW, "adamw");
+// Subgroup twins of the row reductions (devices with SUBGROUP; see Device::subgroup_reductions).
+shader!(SOFTMAX_SUBGROUP, "softmax_subgroup");
+shader!(SOFTMAX_BACKWARD_SUBGROUP, "softmax_backward_subgroup");
+shader!(RMS_NORM_SUBGROUP, "rms_norm_subgroup");
+shader!(RMS_NORM_BACKWARD_SUBGROUP, "rms_norm_backward_subgroup");
+shader!(CROSS_ENTROPY_SUBGROUP, "cross_entropy_subgroup");
+shader!(REDUCE_SUBGROUP, "reduce_subgroup");
 
 /// All kernels, for validation and for warming the pipeline cache.
 pub const ALL: &[&Shader] = &[
@@ -79,4 +86,10 @@ pub const ALL: &[&Shader] = &[
     &GATE_BACKWARD,
     &TOP_K,
     &ADAMW,
+    &SOFTMAX_SUBGROUP,
+    &SOFTMAX_BACKWARD_SUBGROUP,
+    &RMS_NORM_SUBGROUP,
+    &RMS_NORM_BACKWARD_SUBGROUP,
+    &CROSS_ENTROPY_SUBGROUP,
+    &REDUCE_SUBGROUP,
 ];

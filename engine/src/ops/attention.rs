@@ -87,10 +87,29 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
 /// q: [B, Hq, T, D]; k, v: [B, Hkv, S, D] with Hq a multiple of Hkv and S >= T (the last T
 /// keys are the queries' own positions; the first S - T are cached). Query t sees keys
 /// 0..=t + S - T. Scores are scaled by 1/sqrt(D). Result: [B, Hq, T, D].
+/// `HYDRALORA_ATTENTION=flash|composed` pins the kernel (for benchmarks).
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let dims = dims(q, k, v)?;
-    let kernel = attention_kernel(q.device(), &dims);
-    run(q, k, v, &dims, kernel)
+    match forced_kernel()? {
+        Some(kernel) => causal_attention_with(q, k, v, kernel),
+        None => {
+            let dims = dims(q, k, v)?;
+            run(q, k, v, &dims, attention_kernel(q.device(), &dims))
+        }
+    }
+}
+
+/// The kernel `HYDRALORA_ATTENTION` pins, if set.
+fn forced_kernel() -> Result<Option<AttentionKernel>> {
+    match std::env::var("HYDRALORA_ATTENTION").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok("flash") => Ok(Some(AttentionKernel::Flash)),
+        Ok("composed") => Ok(Some(AttentionKernel::Composed)),
+        Ok(other) => Err(Error::InvalidArgument {
+            op: "attention",
+            shape: vec![],
+            why: format!("HYDRALORA_ATTENTION is `{other}`; it takes `flash` or `composed`"),
+        }),
+    }
 }
 
 /// [`causal_attention`] on a pinned kernel. Fails with [`Error::Unsupported`] when the
