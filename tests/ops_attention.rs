@@ -3,7 +3,7 @@
 //! of q, k and v against a float64 reference, and gradcheck, on both kernels (composed and
 //! flash, pinned), and on whichever `causal_attention` picks. The flash forward walks keys
 //! in blocks of 16, so the shapes include lengths under, at, past and not a multiple of
-//! one block.
+//! one block (the subgroup flash kernels take blocks of 8 rows).
 //!
 //! Tolerance, with |q|, |k|, |v| <= 1 and head dim D: each score is a D-term dot product
 //! (error <= gamma_D D), scaled by 1/sqrt(D); the softmax adds exp's (3 + 2|z|) ulp and a
@@ -20,7 +20,14 @@ use common::*;
 use hydralora::engine::{causal_attention, causal_attention_with, AttentionKernel, Tensor};
 use proptest::prelude::*;
 
-const KERNELS: [AttentionKernel; 2] = [AttentionKernel::Composed, AttentionKernel::Flash];
+/// The kernels that can run head dim `d` on the test device (the subgroup flash kernels
+/// need subgroups of 8 and d % 4 == 0; lavapipe has those, see `the_cpu_device_runs_...`).
+fn kernels(d: usize) -> Vec<AttentionKernel> {
+    AttentionKernel::ALL
+        .into_iter()
+        .filter(|k| k.unsupported(&device(), d).is_none())
+        .collect()
+}
 
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, kernel: Option<AttentionKernel>) -> Tensor {
     match kernel {
@@ -31,7 +38,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, kernel: Option<AttentionKernel>) -
 
 fn check(sh: AttnShape, seed: u64) {
     check_on(sh, seed, None);
-    for kernel in KERNELS {
+    for kernel in kernels(sh.d) {
         check_on(sh, seed, Some(kernel));
     }
 }
@@ -247,7 +254,7 @@ fn gradcheck_attention() {
             &values(sh.b * sh.hkv * sh.s * sh.d, -1.0, 1.0, 3),
             &[sh.b, sh.hkv, sh.s, sh.d],
         );
-        for kernel in KERNELS {
+        for kernel in kernels(sh.d) {
             assert_gradcheck(
                 &format!("{sh:?} on {kernel:?}"),
                 |xs| causal_attention_with(&xs[0], &xs[1], &xs[2], kernel),
@@ -255,6 +262,22 @@ fn gradcheck_attention() {
                 &opts,
             );
         }
+    }
+}
+
+#[test]
+fn the_cpu_device_runs_the_subgroup_flash_kernels() {
+    // Otherwise the tests above would leave them out without a word.
+    let dev = device();
+    if dev.is_cpu() && dev.info().subgroup {
+        assert_eq!(
+            AttentionKernel::FlashSubgroup.unsupported(&dev, 32),
+            None,
+            "lavapipe has subgroups of 8"
+        );
+        assert!(AttentionKernel::FlashSubgroup
+            .unsupported(&dev, 6)
+            .is_some());
     }
 }
 

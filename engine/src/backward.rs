@@ -213,8 +213,15 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<
         Op::Unary { x, kind } => vec![Some(unary_backward(x, out, g, *kind)?)],
         Op::Sum { x, .. } => vec![Some(Tensor::zeros(x.device(), x.shape())?.add(g)?)],
         Op::Softmax { scale, .. } => vec![Some(softmax::softmax_backward(out, g, *scale)?)],
-        Op::FlashAttention { q, k, v, lse, dims } => {
-            let (dq, dk, dv) = attention::flash_backward(q, k, v, out, lse, g, dims)?;
+        Op::FlashAttention {
+            q,
+            k,
+            v,
+            lse,
+            dims,
+            kernel,
+        } => {
+            let (dq, dk, dv) = attention::flash_backward(q, k, v, out, lse, g, dims, *kernel)?;
             vec![Some(dq), Some(dk), Some(dv)]
         }
         Op::RmsNorm { x, w, rstd } => {

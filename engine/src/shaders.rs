@@ -34,6 +34,11 @@ shader!(SOFTMAX, "softmax");
 shader!(SOFTMAX_BACKWARD, "softmax_backward");
 shader!(FLASH_ATTENTION, "flash_attention");
 shader!(FLASH_ATTENTION_BACKWARD, "flash_attention_backward");
+shader!(FLASH_ATTENTION_SUBGROUP, "flash_attention_subgroup");
+shader!(
+    FLASH_ATTENTION_BACKWARD_SUBGROUP,
+    "flash_attention_backward_subgroup"
+);
 shader!(RMS_NORM, "rms_norm");
 shader!(RMS_NORM_BACKWARD, "rms_norm_backward");
 shader!(ROPE, "rope");
@@ -73,6 +78,8 @@ pub const ALL: &[&Shader] = &[
     &SOFTMAX_BACKWARD,
     &FLASH_ATTENTION,
     &FLASH_ATTENTION_BACKWARD,
+    &FLASH_ATTENTION_SUBGROUP,
+    &FLASH_ATTENTION_BACKWARD_SUBGROUP,
     &RMS_NORM,
     &RMS_NORM_BACKWARD,
     &ROPE,

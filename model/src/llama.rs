@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use hydralora_engine::{
-    causal_attention, embedding_parts, no_grad, rope, swiglu, Device, RopeTables, Tensor,
-    IGNORE_INDEX,
+    attention_kernel, causal_attention, embedding_parts, no_grad, rope, swiglu, AttentionKernel,
+    AttnDims, Device, RopeTables, Tensor, IGNORE_INDEX,
 };
 
 use crate::config::LlamaConfig;
@@ -493,26 +493,37 @@ impl Llama {
     }
 
     /// Refuses, before any work, a batch whose largest tensors would not fit one kernel
-    /// binding: the logits [B T, V], the attention scores [B, heads, T, T] and the MLP
+    /// binding: the logits [B T, V], the attention scores [B, heads, T, T] (only where the
+    /// composed attention runs; the flash kernels never store them) and the MLP
     /// activations [B T, I]. The error gives both numbers and what to lower.
     pub fn check_batch_fits(&self, batch: usize, seq: usize) -> Result<()> {
         let c = &self.config;
         let limit = self.device.info().max_binding_bytes();
         let tokens = (batch * seq) as u64;
         // (what, bytes, how the size grows with T: 1 linear, 2 quadratic)
-        let largest = [
+        let mut largest = vec![
             ("logits [B*T, vocab]", tokens * c.vocab_size as u64 * 4, 1.0),
-            (
-                "attention scores [B, heads, T, T]",
-                (batch * c.num_attention_heads * seq * seq) as u64 * 4,
-                2.0,
-            ),
             (
                 "MLP activations [B*T, intermediate]",
                 tokens * c.intermediate_size as u64 * 4,
                 1.0,
             ),
         ];
+        let attn = AttnDims {
+            b: batch,
+            hq: c.num_attention_heads,
+            hkv: c.num_key_value_heads,
+            t: seq,
+            s: seq,
+            d: c.head_dim(),
+        };
+        if attention_kernel(&self.device, &attn) == AttentionKernel::Composed {
+            largest.push((
+                "attention scores [B, heads, T, T]",
+                attn.scores_bytes(),
+                2.0,
+            ));
+        }
         for (what, bytes, power) in largest {
             if bytes > limit {
                 let scale = limit as f64 / bytes as f64;

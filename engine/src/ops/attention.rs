@@ -6,6 +6,8 @@
 //!   blocks) that saves only the output and a log-sum-exp per query row, and two backward
 //!   passes that recompute the probabilities (`flash_attention_backward.wgsl`): memory
 //!   linear in the sequence length.
+//! - `FlashSubgroup`: the same kernels laid out for CPU drivers (`*_subgroup.wgsl`: 8-lane
+//!   subgroups sharing each loaded key or query row by broadcast).
 //!
 //! [`causal_attention`] picks one per device and size (see [`attention_kernel`]);
 //! [`causal_attention_with`] pins one (tests, benchmarks).
@@ -13,9 +15,9 @@
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::ops::grid;
-use crate::ops::matmul::matmul_t;
+use crate::ops::matmul::{matmul_t, subgroups_of_8};
 use crate::ops::softmax::{softmax_scaled, CausalMask};
+use crate::ops::{grid, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -29,6 +31,35 @@ pub enum AttentionKernel {
     Composed,
     /// The fused flash kernels: O(T + S) memory per head. Head dims up to 128.
     Flash,
+    /// The flash kernels with 8-lane subgroups sharing each loaded row (CPU drivers):
+    /// needs subgroups of exactly 8 and a head dim that is a multiple of 4.
+    FlashSubgroup,
+}
+
+impl AttentionKernel {
+    pub const ALL: [AttentionKernel; 3] = [
+        AttentionKernel::Composed,
+        AttentionKernel::Flash,
+        AttentionKernel::FlashSubgroup,
+    ];
+
+    /// Why this kernel cannot run head dim `d` on `device` (`None`: it can).
+    pub fn unsupported(self, device: &Device, d: usize) -> Option<String> {
+        match self {
+            AttentionKernel::Composed => None,
+            _ if d > FLASH_MAX_HEAD_DIM => Some(format!(
+                "the flash kernels take head dims up to {FLASH_MAX_HEAD_DIM}, not {d}"
+            )),
+            AttentionKernel::Flash => None,
+            AttentionKernel::FlashSubgroup if !subgroups_of_8(device) => {
+                Some("the device has no subgroups of exactly 8 lanes".into())
+            }
+            AttentionKernel::FlashSubgroup if d % 4 != 0 => Some(format!(
+                "the subgroup flash kernels need a head dim that is a multiple of 4, not {d}"
+            )),
+            AttentionKernel::FlashSubgroup => None,
+        }
+    }
 }
 
 /// The shape of one attention call.
@@ -87,33 +118,41 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
 /// q: [B, Hq, T, D]; k, v: [B, Hkv, S, D] with Hq a multiple of Hkv and S >= T (the last T
 /// keys are the queries' own positions; the first S - T are cached). Query t sees keys
 /// 0..=t + S - T. Scores are scaled by 1/sqrt(D). Result: [B, Hq, T, D].
-/// `HYDRALORA_ATTENTION=flash|composed` pins the kernel (for benchmarks).
+/// `HYDRALORA_ATTENTION` pins the kernel for benchmarks: `composed`, `flash` (the flash
+/// kernels this device would run), `flash-rows` or `flash-subgroup`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    match forced_kernel()? {
+    let dims = dims(q, k, v)?;
+    let auto = attention_kernel(q.device(), &dims);
+    match forced_kernel(q.device(), &dims)? {
         Some(kernel) => causal_attention_with(q, k, v, kernel),
-        None => {
-            let dims = dims(q, k, v)?;
-            run(q, k, v, &dims, attention_kernel(q.device(), &dims))
-        }
+        None => run(q, k, v, &dims, auto),
     }
 }
 
 /// The kernel `HYDRALORA_ATTENTION` pins, if set.
-fn forced_kernel() -> Result<Option<AttentionKernel>> {
-    match std::env::var("HYDRALORA_ATTENTION").as_deref() {
-        Err(_) | Ok("") => Ok(None),
-        Ok("flash") => Ok(Some(AttentionKernel::Flash)),
-        Ok("composed") => Ok(Some(AttentionKernel::Composed)),
-        Ok(other) => Err(Error::InvalidArgument {
-            op: "attention",
-            shape: vec![],
-            why: format!("HYDRALORA_ATTENTION is `{other}`; it takes `flash` or `composed`"),
-        }),
-    }
+fn forced_kernel(device: &Device, dims: &AttnDims) -> Result<Option<AttentionKernel>> {
+    let sg = AttentionKernel::FlashSubgroup;
+    Ok(match std::env::var("HYDRALORA_ATTENTION").as_deref() {
+        Err(_) | Ok("") => None,
+        Ok("composed") => Some(AttentionKernel::Composed),
+        Ok("flash") if device.is_cpu() && sg.unsupported(device, dims.d).is_none() => Some(sg),
+        Ok("flash") | Ok("flash-rows") => Some(AttentionKernel::Flash),
+        Ok("flash-subgroup") => Some(sg),
+        Ok(other) => {
+            return Err(Error::InvalidArgument {
+                op: "attention",
+                shape: vec![],
+                why: format!(
+                    "HYDRALORA_ATTENTION is `{other}`; it takes composed, flash, flash-rows \
+                     or flash-subgroup"
+                ),
+            })
+        }
+    })
 }
 
-/// [`causal_attention`] on a pinned kernel. Fails with [`Error::Unsupported`] when the
-/// flash kernels cannot take the head dim.
+/// [`causal_attention`] on a pinned kernel. Fails with [`Error::Unsupported`] when that
+/// kernel cannot run this head dim on this device.
 pub fn causal_attention_with(
     q: &Tensor,
     k: &Tensor,
@@ -121,11 +160,8 @@ pub fn causal_attention_with(
     kernel: AttentionKernel,
 ) -> Result<Tensor> {
     let dims = dims(q, k, v)?;
-    if kernel == AttentionKernel::Flash && dims.d > FLASH_MAX_HEAD_DIM {
-        return Err(Error::Unsupported(format!(
-            "attention: the flash kernels take head dims up to {FLASH_MAX_HEAD_DIM}, not {}",
-            dims.d
-        )));
+    if let Some(why) = kernel.unsupported(q.device(), dims.d) {
+        return Err(Error::Unsupported(format!("attention: {why}")));
     }
     run(q, k, v, &dims, kernel)
 }
@@ -138,14 +174,16 @@ pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<T
 /// Scores above this many bytes always take the flash kernels (their memory is linear).
 pub const COMPOSED_MAX_SCORES_BYTES: u64 = 16 << 20;
 
-/// The kernel [`causal_attention`] runs for a shape on a device: flash where it fits the
-/// head dim, except on a CPU device (lavapipe) for scores up to
-/// [`COMPOSED_MAX_SCORES_BYTES`], where the composed path rides the fast subgroup matmul.
+/// The kernel [`causal_attention`] runs for a shape on a device: the composed path while
+/// its scores are at most [`COMPOSED_MAX_SCORES_BYTES`] (on lavapipe it rides the fast
+/// subgroup matmul and beats the flash kernels) or the head dim is over 128, else the flash
+/// kernels (their subgroup layout on a CPU device that runs it), whose memory is linear.
 pub fn attention_kernel(device: &Device, dims: &AttnDims) -> AttentionKernel {
-    if dims.d > FLASH_MAX_HEAD_DIM
-        || (device.is_cpu() && dims.scores_bytes() <= COMPOSED_MAX_SCORES_BYTES)
-    {
+    let sg = AttentionKernel::FlashSubgroup;
+    if dims.d > FLASH_MAX_HEAD_DIM || dims.scores_bytes() <= COMPOSED_MAX_SCORES_BYTES {
         AttentionKernel::Composed
+    } else if device.is_cpu() && sg.unsupported(device, dims.d).is_none() {
+        sg
     } else {
         AttentionKernel::Flash
     }
@@ -160,7 +198,7 @@ fn run(
 ) -> Result<Tensor> {
     match kernel {
         AttentionKernel::Composed => composed(q, k, v, dims),
-        AttentionKernel::Flash => flash(q, k, v, dims),
+        AttentionKernel::Flash | AttentionKernel::FlashSubgroup => flash(q, k, v, dims, kernel),
     }
 }
 
@@ -204,7 +242,39 @@ fn flash_params(dims: &AttnDims) -> [u32; 7] {
     ]
 }
 
-fn flash(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttnDims) -> Result<Tensor> {
+/// Which shader, and how many workgroups for `rows` rows of one side (the per-row kernels
+/// take 64 rows per workgroup, the subgroup ones 8 rows of one head; `per_head` rows each).
+fn flash_launch(
+    dev: &Device,
+    kernel: AttentionKernel,
+    heads: usize,
+    per_head: usize,
+    forward: bool,
+) -> (&'static shaders::Shader, [u32; 3]) {
+    match (kernel, forward) {
+        (AttentionKernel::FlashSubgroup, true) => (
+            &shaders::FLASH_ATTENTION_SUBGROUP,
+            rows_grid(dev, heads * per_head.div_ceil(8)),
+        ),
+        (AttentionKernel::FlashSubgroup, false) => (
+            &shaders::FLASH_ATTENTION_BACKWARD_SUBGROUP,
+            rows_grid(dev, heads * per_head.div_ceil(8)),
+        ),
+        (_, true) => (&shaders::FLASH_ATTENTION, grid(dev, heads * per_head, 64)),
+        (_, false) => (
+            &shaders::FLASH_ATTENTION_BACKWARD,
+            grid(dev, heads * per_head, 64),
+        ),
+    }
+}
+
+fn flash(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    dims: &AttnDims,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
     for x in [q, k, v] {
         x.expect_bindable("attention")?;
     }
@@ -214,13 +284,14 @@ fn flash(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttnDims) -> Result<Tensor> 
     let lse = Tensor::empty(dev, &[dims.b, dims.hq, dims.t], DType::F32)?; // [B, Hq, T]
     if rows > 0 && dims.d > 0 {
         // (An empty output, T = 0 or D = 0, has nothing to compute.)
+        let (shader, groups) = flash_launch(dev, kernel, dims.b * dims.hq, dims.t, true);
         dev.dispatch(
-            &shaders::FLASH_ATTENTION,
+            shader,
             "flash_forward",
             &flash_params(dims),
             &[q.binding(), k.binding(), v.binding()],
             &[out.binding(), lse.binding()],
-            grid(dev, rows, 64),
+            groups,
         );
     }
     Ok(out.with_op(
@@ -230,6 +301,7 @@ fn flash(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttnDims) -> Result<Tensor> 
             v: v.clone(),
             lse,
             dims: *dims,
+            kernel,
         },
         &[q, k, v],
     ))
@@ -244,6 +316,7 @@ pub(crate) fn flash_backward(
     lse: &Tensor,
     dout: &Tensor,
     dims: &AttnDims,
+    kernel: AttentionKernel,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dev = q.device();
     let params = flash_params(dims);
@@ -259,8 +332,9 @@ pub(crate) fn flash_backward(
             Tensor::zeros(dev, v.shape())?,
         ));
     }
+    let (shader, groups) = flash_launch(dev, kernel, dims.b * dims.hq, dims.t, false);
     dev.dispatch(
-        &shaders::FLASH_ATTENTION_BACKWARD,
+        shader,
         "flash_backward_dq",
         &params,
         &[
@@ -272,10 +346,11 @@ pub(crate) fn flash_backward(
             out.binding(),
         ],
         &[dq.binding(), delta.binding()],
-        grid(dev, rows, 64),
+        groups,
     );
+    let (shader, groups) = flash_launch(dev, kernel, dims.b * dims.hkv, dims.s, false);
     dev.dispatch(
-        &shaders::FLASH_ATTENTION_BACKWARD,
+        shader,
         "flash_backward_dkv",
         &params,
         &[
@@ -287,7 +362,7 @@ pub(crate) fn flash_backward(
             delta.binding(),
         ],
         &[dk.binding(), dv.binding()],
-        grid(dev, dims.b * dims.hkv * dims.s, 64),
+        groups,
     );
     Ok((dq, dk, dv))
 }
