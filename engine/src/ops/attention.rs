@@ -171,19 +171,27 @@ pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<T
     causal_attention_with(q, k, v, AttentionKernel::Composed)
 }
 
-/// Scores above this many bytes always take the flash kernels (their memory is linear).
+/// Scores above this many bytes take the flash kernels (their memory is linear).
 pub const COMPOSED_MAX_SCORES_BYTES: u64 = 16 << 20;
 
-/// The kernel [`causal_attention`] runs for a shape on a device: the composed path while
-/// its scores are at most [`COMPOSED_MAX_SCORES_BYTES`] (on lavapipe it rides the fast
-/// subgroup matmul and beats the flash kernels) or the head dim is over 128, else the flash
-/// kernels (their subgroup layout on a CPU device that runs it), whose memory is linear.
+/// The kernel [`causal_attention`] runs for a shape on a device, by measurement
+/// (BENCHMARKS.md):
+///
+/// - head dims over 128: composed (the flash kernels' registers stop there);
+/// - a CPU device that runs the subgroup flash kernels (lavapipe): `FlashSubgroup` at every
+///   length; at bench-s (T = 128) it does the composed path's work in the same CPU time,
+///   at T = 512 and 1024 less, and its memory is linear in T;
+/// - elsewhere: composed while its scores are at most [`COMPOSED_MAX_SCORES_BYTES`] (on a
+///   GPU the tiled matmul is fast, and the per-row flash kernels' speed there is
+///   unmeasured), `Flash` above that, so that memory stays linear for long sequences.
 pub fn attention_kernel(device: &Device, dims: &AttnDims) -> AttentionKernel {
     let sg = AttentionKernel::FlashSubgroup;
-    if dims.d > FLASH_MAX_HEAD_DIM || dims.scores_bytes() <= COMPOSED_MAX_SCORES_BYTES {
+    if dims.d > FLASH_MAX_HEAD_DIM {
         AttentionKernel::Composed
     } else if device.is_cpu() && sg.unsupported(device, dims.d).is_none() {
         sg
+    } else if dims.scores_bytes() <= COMPOSED_MAX_SCORES_BYTES {
+        AttentionKernel::Composed
     } else {
         AttentionKernel::Flash
     }
