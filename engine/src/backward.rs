@@ -213,15 +213,8 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<
         Op::Unary { x, kind } => vec![Some(unary_backward(x, out, g, *kind)?)],
         Op::Sum { x, .. } => vec![Some(Tensor::zeros(x.device(), x.shape())?.add(g)?)],
         Op::Softmax { scale, .. } => vec![Some(softmax::softmax_backward(out, g, *scale)?)],
-        Op::FlashAttention {
-            q,
-            k,
-            v,
-            lse,
-            dims,
-            kernel,
-        } => {
-            let (dq, dk, dv) = attention::flash_backward(q, k, v, out, lse, g, dims, *kernel)?;
+        Op::FlashAttention { q, k, v, lse, plan } => {
+            let (dq, dk, dv) = attention::flash_backward(q, k, v, out, lse, g, plan)?;
             vec![Some(dq), Some(dk), Some(dv)]
         }
         Op::RmsNorm { x, w, rstd } => {

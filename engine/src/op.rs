@@ -2,7 +2,7 @@
 //! A tensor computed from tensors that track gradients holds one of these; the rules that
 //! turn an output gradient into input gradients are all in `backward.rs`.
 
-use crate::ops::attention::{AttentionKernel, AttnDims};
+use crate::ops::attention::FlashPlan;
 use crate::ops::elementwise::{BinaryKind, UnaryKind};
 use crate::ops::rope::RopeTables;
 use crate::tensor::Tensor;
@@ -47,8 +47,7 @@ pub(crate) enum Op {
         k: Tensor,
         v: Tensor,
         lse: Tensor,
-        dims: AttnDims,
-        kernel: AttentionKernel,
+        plan: FlashPlan,
     },
     /// w * x * rstd, rstd = 1/sqrt(mean(x^2) + eps) per row (saved).
     RmsNorm {

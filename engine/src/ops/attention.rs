@@ -80,6 +80,13 @@ impl AttnDims {
     }
 }
 
+/// How a flash forward ran, kept for its backward: the shape and the kernel layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FlashPlan {
+    pub dims: AttnDims,
+    pub kernel: AttentionKernel,
+}
+
 /// Checks q: [B, Hq, T, D]; k, v: [B, Hkv, S, D] with Hq a multiple of Hkv and S >= T.
 fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
     q.expect_same_device("attention", k)?;
@@ -308,8 +315,10 @@ fn flash(
             k: k.clone(),
             v: v.clone(),
             lse,
-            dims: *dims,
-            kernel,
+            plan: FlashPlan {
+                dims: *dims,
+                kernel,
+            },
         },
         &[q, k, v],
     ))
@@ -323,9 +332,9 @@ pub(crate) fn flash_backward(
     out: &Tensor,
     lse: &Tensor,
     dout: &Tensor,
-    dims: &AttnDims,
-    kernel: AttentionKernel,
+    plan: &FlashPlan,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let (dims, kernel) = (&plan.dims, plan.kernel);
     let dev = q.device();
     let params = flash_params(dims);
     let dq = Tensor::empty(dev, q.shape(), DType::F32)?; // [B, Hq, T, D]
