@@ -178,8 +178,9 @@ pub fn causal_attention_composed(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<T
     causal_attention_with(q, k, v, AttentionKernel::Composed)
 }
 
-/// Scores above this many bytes take the flash kernels (their memory is linear).
-pub const COMPOSED_MAX_SCORES_BYTES: u64 = 16 << 20;
+/// On devices without the subgroup flash kernels, scores above this many bytes (or over one
+/// binding) take the flash kernels, whose memory is linear.
+pub const COMPOSED_MAX_SCORES_BYTES: u64 = 128 << 20;
 
 /// The kernel [`causal_attention`] runs for a shape on a device, by measurement
 /// (BENCHMARKS.md):
@@ -187,17 +188,19 @@ pub const COMPOSED_MAX_SCORES_BYTES: u64 = 16 << 20;
 /// - head dims over 128: composed (the flash kernels' registers stop there);
 /// - a CPU device that runs the subgroup flash kernels (lavapipe): `FlashSubgroup` at every
 ///   length; at bench-s (T = 128) it does the composed path's work in the same CPU time,
-///   at T = 512 and 1024 less, and its memory is linear in T;
-/// - elsewhere: composed while its scores are at most [`COMPOSED_MAX_SCORES_BYTES`] (on a
-///   GPU the tiled matmul is fast, and the per-row flash kernels' speed there is
-///   unmeasured), `Flash` above that, so that memory stays linear for long sequences.
+///   at T = 512 and 1024 in less, and its memory is linear in T;
+/// - elsewhere (GPUs): composed while its scores are at most [`COMPOSED_MAX_SCORES_BYTES`]
+///   and fit one binding (the tiled matmul is the measured fast path; bench-m's 128 MiB per
+///   layer stays there), `Flash` beyond, so that long sequences stay linear in memory. The
+///   per-row flash kernels' GPU speed is unmeasured.
 pub fn attention_kernel(device: &Device, dims: &AttnDims) -> AttentionKernel {
     let sg = AttentionKernel::FlashSubgroup;
+    let composed_max = COMPOSED_MAX_SCORES_BYTES.min(device.info().max_binding_bytes());
     if dims.d > FLASH_MAX_HEAD_DIM {
         AttentionKernel::Composed
     } else if device.is_cpu() && sg.unsupported(device, dims.d).is_none() {
         sg
-    } else if dims.scores_bytes() <= COMPOSED_MAX_SCORES_BYTES {
+    } else if dims.scores_bytes() <= composed_max {
         AttentionKernel::Composed
     } else {
         AttentionKernel::Flash
