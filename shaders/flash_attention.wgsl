@@ -19,6 +19,14 @@ struct FlashParams {
     s: u32,      // keys per head (>= t)
     d: u32,      // head dim (<= MAXD)
     scale: f32,
+    // Strides in f32 of q, o, dO (and dq) between batches, heads and positions, then of k,
+    // v (dk, dv): heads first [B, H, T, D] or tokens first [B, T, H, D].
+    q_sb: u32,
+    q_sh: u32,
+    q_st: u32,
+    kv_sb: u32,
+    kv_sh: u32,
+    kv_st: u32,
 }
 
 const MAXD: u32 = 128u;
@@ -31,13 +39,9 @@ fn row_of(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 64u;
 }
 
-// Offset of kv row j of the kv head that query row `row` ([B, Hq, T]) reads.
-fn kv_base(row: u32) -> u32 {
-    let bh = row / p.t;              // b * hq + h
-    let group = p.hq / p.hkv;
-    let bkv = (bh / p.hq) * p.hkv + (bh % p.hq) / group;
-    return bkv * p.s * p.d;
-}
+// Offsets (f32) of query row (b, h, t) and of key row (b, kv head hk, j).
+fn q_at(b: u32, h: u32, t: u32) -> u32 { return b * p.q_sb + h * p.q_sh + t * p.q_st; }
+fn kv_at(b: u32, hk: u32, j: u32) -> u32 { return b * p.kv_sb + hk * p.kv_sh + j * p.kv_st; }
 
 // Keys query row `row` sees: 0..visible.
 fn visible(row: u32) -> u32 {
@@ -56,8 +60,10 @@ fn flash_forward(@builtin(global_invocation_id) gid: vec3<u32>,
     let row = row_of(gid, groups);
     if row >= p.b * p.hq * p.t { return; }
     let d = p.d;
-    let qa = row * d;
-    let kb = kv_base(row);
+    let bh = row / p.t;
+    let b = bh / p.hq;
+    let hk = (bh % p.hq) / (p.hq / p.hkv);
+    let qa = q_at(b, bh % p.hq, row % p.t);
     let n = visible(row);
     var qr: array<f32, MAXD>;  // this row's query, pre-scaled
     var acc: array<f32, MAXD>; // sum_j exp(s_j - m) v_j
@@ -72,7 +78,7 @@ fn flash_forward(@builtin(global_invocation_id) gid: vec3<u32>,
         let cnt = min(BK, n - j0);
         var bm = m;
         for (var jj = 0u; jj < cnt; jj++) {
-            let ka = kb + (j0 + jj) * d;
+            let ka = kv_at(b, hk, j0 + jj);
             var s = 0.0;
             for (var c = 0u; c < d; c++) { s = fma(qr[c], k[ka + c], s); }
             sc[jj] = s;
@@ -85,7 +91,7 @@ fn flash_forward(@builtin(global_invocation_id) gid: vec3<u32>,
         for (var jj = 0u; jj < cnt; jj++) {
             let pj = exp(sc[jj] - bm);
             l += pj;
-            let va = kb + (j0 + jj) * d;
+            let va = kv_at(b, hk, j0 + jj);
             for (var c = 0u; c < d; c++) { acc[c] = fma(pj, v[va + c], acc[c]); }
         }
         m = bm;

@@ -17,6 +17,14 @@ struct FlashParams {
     s: u32,      // keys per head (>= t)
     d: u32,      // head dim (<= MAXD)
     scale: f32,
+    // Strides in f32 of q, o, dO (and dq) between batches, heads and positions, then of k,
+    // v (dk, dv): heads first [B, H, T, D] or tokens first [B, T, H, D].
+    q_sb: u32,
+    q_sh: u32,
+    q_st: u32,
+    kv_sb: u32,
+    kv_sh: u32,
+    kv_st: u32,
 }
 
 const MAXD: u32 = 128u;
@@ -33,6 +41,9 @@ const MAXD: u32 = 128u;
 @group(0) @binding(7) var<storage, read_write> out_a: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out_b: array<f32>;
 
+fn q_at(b: u32, h: u32, t: u32) -> u32 { return b * p.q_sb + h * p.q_sh + t * p.q_st; }
+fn kv_at(b: u32, hk: u32, j: u32) -> u32 { return b * p.kv_sb + hk * p.kv_sh + j * p.kv_st; }
+
 fn index_of(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
     return gid.x + gid.y * groups.x * 64u;
 }
@@ -43,10 +54,10 @@ fn flash_backward_dq(@builtin(global_invocation_id) gid: vec3<u32>,
     let row = index_of(gid, groups); // b * Hq T + h T + t
     if row >= p.b * p.hq * p.t { return; }
     let d = p.d;
-    let qa = row * d;
     let bh = row / p.t;
-    let bkv = (bh / p.hq) * p.hkv + (bh % p.hq) / (p.hq / p.hkv);
-    let kb = bkv * p.s * d;
+    let b = bh / p.hq;
+    let hk = (bh % p.hq) / (p.hq / p.hkv);
+    let qa = q_at(b, bh % p.hq, row % p.t);
     let n = min(row % p.t + (p.s - p.t) + 1u, p.s); // keys 0..n are visible
     var qr: array<f32, MAXD>;  // scale q_i
     var gr: array<f32, MAXD>;  // dO_i
@@ -60,7 +71,7 @@ fn flash_backward_dq(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     let l = lse[row];
     for (var j = 0u; j < n; j++) {
-        let ka = kb + j * d;
+        let ka = kv_at(b, hk, j);
         var s = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < d; c++) {
@@ -80,12 +91,12 @@ fn flash_backward_dkv(@builtin(global_invocation_id) gid: vec3<u32>,
     let krow = index_of(gid, groups); // b * Hkv S + hk S + j
     if krow >= p.b * p.hkv * p.s { return; }
     let d = p.d;
-    let ka = krow * d;
     let j = krow % p.s;
     let bkv = krow / p.s;
     let group = p.hq / p.hkv;
     let b = bkv / p.hkv;
     let h0 = (bkv % p.hkv) * group; // first query head of the group
+    let ka = kv_at(b, bkv % p.hkv, j);
     let offset = p.s - p.t;
     let t0 = max(j, offset) - offset; // the first query that sees key j
     var kr: array<f32, MAXD>; // scale k_j
@@ -101,7 +112,7 @@ fn flash_backward_dkv(@builtin(global_invocation_id) gid: vec3<u32>,
     for (var h = h0; h < h0 + group; h++) {
         for (var t = t0; t < p.t; t++) {
             let row = (b * p.hq + h) * p.t + t;
-            let qa = row * d;
+            let qa = q_at(b, h, t);
             var s = 0.0;
             var dp = 0.0;
             for (var c = 0u; c < d; c++) {

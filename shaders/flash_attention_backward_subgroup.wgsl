@@ -17,6 +17,12 @@ struct FlashParams {
     s: u32,
     d: u32,
     scale: f32,
+    q_sb: u32, // strides in f32 (see flash_attention.wgsl), multiples of 4 here
+    q_sh: u32,
+    q_st: u32,
+    kv_sb: u32,
+    kv_sh: u32,
+    kv_st: u32,
 }
 
 const MAXV: u32 = 32u; // head dims up to 128, in vec4s
@@ -32,6 +38,10 @@ const MAXV: u32 = 32u; // head dims up to 128, in vec4s
 // dq pass: dq [B, Hq, T, D] and delta [B, Hq, T]; dkv pass: dk and dv [B, Hkv, S, D].
 @group(0) @binding(7) var<storage, read_write> out_a: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> out_b: array<f32>;
+// Offsets in vec4s of query row (b, h, t) and key row (b, kv head hk, j).
+fn q_at(b: u32, h: u32, t: u32) -> u32 { return (b * p.q_sb + h * p.q_sh + t * p.q_st) / 4u; }
+fn kv_at(b: u32, hk: u32, j: u32) -> u32 { return (b * p.kv_sb + hk * p.kv_sh + j * p.kv_st) / 4u; }
+
 alias Lanes = array<vec4<f32>, 8>;
 
 // Eight values, one per key (or query) of a block: lanes 0..3 in lo, 4..7 in hi.
@@ -94,8 +104,9 @@ fn flash_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     let offset = p.s - p.t;
     let dv = p.d / 4u;
     let row = bh * p.t + t;
-    let bkv = (bh / p.hq) * p.hkv + (bh % p.hq) / (p.hq / p.hkv);
-    let kb = bkv * p.s * dv;
+    let b = bh / p.hq;
+    let hk = (bh % p.hq) / (p.hq / p.hkv);
+    let qa = q_at(b, bh % p.hq, t);
     let n = min(t + offset + 1u, p.s);
     let n_all = min(min(t0 + 7u, p.t - 1u) + offset + 1u, p.s);
     var qr: array<vec4<f32>, MAXV>; // scale q_i
@@ -103,14 +114,14 @@ fn flash_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     var acc: array<vec4<f32>, MAXV>;
     var delta = 0.0;
     for (var c = 0u; c < dv; c++) {
-        qr[c] = p.scale * q[row * dv + c];
-        gr[c] = dout[row * dv + c];
+        qr[c] = p.scale * q[qa + c];
+        gr[c] = dout[qa + c];
         acc[c] = vec4(0.0);
-        delta += dot(gr[c], aux4(row * dv + c));
+        delta += dot(gr[c], aux4(qa + c));
     }
     let l = lse[row];
     for (var j0 = 0u; j0 < n_all; j0 += 8u) {
-        let mine = kb + min(j0 + lane, p.s - 1u) * dv;
+        let mine = kv_at(b, hk, min(j0 + lane, p.s - 1u));
         var s = Eight(vec4(0.0), vec4(0.0));
         var dp = Eight(vec4(0.0), vec4(0.0));
         for (var c = 0u; c < dv; c++) {
@@ -125,7 +136,7 @@ fn flash_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         for (var c = 0u; c < dv; c++) { acc[c] += combine(ds, bcast8(k[mine + c])); }
     }
     if t0 + lane < p.t {
-        for (var c = 0u; c < dv; c++) { out_a[row * dv + c] = p.scale * acc[c]; }
+        for (var c = 0u; c < dv; c++) { out_a[qa + c] = p.scale * acc[c]; }
         out_b[row] = delta;
     }
 }
@@ -140,9 +151,9 @@ fn flash_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let j0 = (w % tiles) * 8u;
     let j = min(j0 + lane, p.s - 1u); // lanes past S compute key S - 1 and do not write
     let dv = p.d / 4u;
-    let krow = bkv * p.s + j;
     let group = p.hq / p.hkv;
     let b = bkv / p.hkv;
+    let ka = kv_at(b, bkv % p.hkv, j);
     let h0 = (bkv % p.hkv) * group;
     let offset = p.s - p.t;
     let first = max(j0, offset) - offset; // the first query that sees any of these keys
@@ -151,19 +162,21 @@ fn flash_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     var dk: array<vec4<f32>, MAXV>;
     var dvv: array<vec4<f32>, MAXV>;
     for (var c = 0u; c < dv; c++) {
-        kr[c] = p.scale * k[krow * dv + c];
-        vr[c] = v[krow * dv + c];
+        kr[c] = p.scale * k[ka + c];
+        vr[c] = v[ka + c];
         dk[c] = vec4(0.0);
         dvv[c] = vec4(0.0);
     }
     for (var h = h0; h < h0 + group; h++) {
         for (var t0 = first; t0 < p.t; t0 += 8u) {
-            let mine = (b * p.hq + h) * p.t + min(t0 + lane, p.t - 1u); // query row loaded
+            let tl = min(t0 + lane, p.t - 1u);
+            let mine = (b * p.hq + h) * p.t + tl; // the query row this lane loads
+            let qm = q_at(b, h, tl);
             var s = Eight(vec4(0.0), vec4(0.0));
             var dp = Eight(vec4(0.0), vec4(0.0));
             for (var c = 0u; c < dv; c++) {
-                s = dots(s, kr[c], bcast8(q[mine * dv + c]));
-                dp = dots(dp, vr[c], bcast8(dout[mine * dv + c]));
+                s = dots(s, kr[c], bcast8(q[qm + c]));
+                dp = dots(dp, vr[c], bcast8(dout[qm + c]));
             }
             let l = bcast8s(lse[mine]);
             let delta = bcast8s(aux[mine]);
@@ -177,18 +190,18 @@ fn flash_backward_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
             );
             let ds = Eight(pr.lo * (dp.lo - delta.lo), pr.hi * (dp.hi - delta.hi));
             for (var c = 0u; c < dv; c++) {
-                dvv[c] += combine(pr, bcast8(dout[mine * dv + c]));
-                dk[c] += combine(ds, bcast8(q[mine * dv + c]));
+                dvv[c] += combine(pr, bcast8(dout[qm + c]));
+                dk[c] += combine(ds, bcast8(q[qm + c]));
             }
         }
     }
     if j0 + lane < p.s {
         for (var c = 0u; c < dv; c++) {
-            out_a[krow * dv + c] = p.scale * dk[c];
-            out_b[4u * (krow * dv + c)] = dvv[c].x;
-            out_b[4u * (krow * dv + c) + 1u] = dvv[c].y;
-            out_b[4u * (krow * dv + c) + 2u] = dvv[c].z;
-            out_b[4u * (krow * dv + c) + 3u] = dvv[c].w;
+            out_a[ka + c] = p.scale * dk[c];
+            out_b[4u * (ka + c)] = dvv[c].x;
+            out_b[4u * (ka + c) + 1u] = dvv[c].y;
+            out_b[4u * (ka + c) + 2u] = dvv[c].z;
+            out_b[4u * (ka + c) + 3u] = dvv[c].w;
         }
     }
 }

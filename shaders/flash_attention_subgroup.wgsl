@@ -14,6 +14,12 @@ struct FlashParams {
     s: u32,
     d: u32,
     scale: f32,
+    q_sb: u32, // strides in f32 (see flash_attention.wgsl), multiples of 4 here
+    q_sh: u32,
+    q_st: u32,
+    kv_sb: u32,
+    kv_sh: u32,
+    kv_st: u32,
 }
 
 const MAXV: u32 = 32u; // head dims up to 128, in vec4s
@@ -24,6 +30,10 @@ const MAXV: u32 = 32u; // head dims up to 128, in vec4s
 @group(0) @binding(3) var<storage, read> v: array<vec4<f32>>;   // [B, Hkv, S, D]
 @group(0) @binding(4) var<storage, read_write> o: array<vec4<f32>>; // [B, Hq, T, D]
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;     // [B, Hq, T]
+
+// Offsets in vec4s of query row (b, h, t) and key row (b, kv head hk, j).
+fn q_at(b: u32, h: u32, t: u32) -> u32 { return (b * p.q_sb + h * p.q_sh + t * p.q_st) / 4u; }
+fn kv_at(b: u32, hk: u32, j: u32) -> u32 { return (b * p.kv_sb + hk * p.kv_sh + j * p.kv_st) / 4u; }
 
 alias Lanes = array<vec4<f32>, 8>;
 
@@ -74,20 +84,21 @@ fn flash_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let offset = p.s - p.t;
     let dv = p.d / 4u;
     let row = bh * p.t + t;
-    let bkv = (bh / p.hq) * p.hkv + (bh % p.hq) / (p.hq / p.hkv);
-    let kb = bkv * p.s * dv;
+    let b = bh / p.hq;
+    let hk = (bh % p.hq) / (p.hq / p.hkv);
+    let qa = q_at(b, bh % p.hq, t);
     let n = min(t + offset + 1u, p.s);                        // keys this lane sees
     let n_all = min(min(t0 + 7u, p.t - 1u) + offset + 1u, p.s); // keys any lane sees
     var qr: array<vec4<f32>, MAXV>;  // scale q
     var acc: array<vec4<f32>, MAXV>; // sum_j exp(s_j - m) v_j
     for (var c = 0u; c < dv; c++) {
-        qr[c] = p.scale * q[row * dv + c];
+        qr[c] = p.scale * q[qa + c];
         acc[c] = vec4(0.0);
     }
     var m = -3.4e38;
     var l = 0.0;
     for (var j0 = 0u; j0 < n_all; j0 += 8u) {
-        let mine = kb + min(j0 + lane, p.s - 1u) * dv; // the key row this lane loads
+        let mine = kv_at(b, hk, min(j0 + lane, p.s - 1u)); // the key row this lane loads
         var s = Eight(vec4(0.0), vec4(0.0));
         for (var c = 0u; c < dv; c++) { s = dots(s, qr[c], bcast8(k[mine + c])); }
         // Keys past this lane's last are masked out (probability 0).
@@ -106,7 +117,7 @@ fn flash_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     if t0 + lane < p.t {
         let inv = 1.0 / l;
-        for (var c = 0u; c < dv; c++) { o[row * dv + c] = acc[c] * inv; }
+        for (var c = 0u; c < dv; c++) { o[qa + c] = acc[c] * inv; }
         lse[row] = m + log(l);
     }
 }

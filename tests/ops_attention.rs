@@ -1,7 +1,8 @@
 //! Causal attention with grouped-query heads (Hq a multiple of Hkv, and Hq = Hkv), with
 //! S > T (keys already cached: query t sees keys 0..=t + S - T): forward and the gradients
-//! of q, k and v against a float64 reference, and gradcheck, on both kernels (composed and
-//! flash, pinned), and on whichever `causal_attention` picks. The flash forward walks keys
+//! of q, k and v against a float64 reference, and gradcheck, on every kernel (composed,
+//! flash, subgroup flash; pinned) and on whichever `causal_attention` picks, in both layouts
+//! (heads first, and tokens first as `causal_attention_tokens_first` takes them). The flash forward walks keys
 //! in blocks of 16, so the shapes include lengths under, at, past and not a multiple of
 //! one block (the subgroup flash kernels take blocks of 8 rows).
 //!
@@ -17,7 +18,10 @@ mod common;
 
 use common::reference::{self, AttnShape};
 use common::*;
-use hydralora::engine::{causal_attention, causal_attention_with, AttentionKernel, Tensor};
+use hydralora::engine::{
+    causal_attention, causal_attention_tokens_first, causal_attention_tokens_first_with,
+    causal_attention_with, AttentionKernel, Tensor,
+};
 use proptest::prelude::*;
 
 /// The kernels that can run head dim `d` on the test device (the subgroup flash kernels
@@ -29,68 +33,96 @@ fn kernels(d: usize) -> Vec<AttentionKernel> {
         .collect()
 }
 
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor, kernel: Option<AttentionKernel>) -> Tensor {
-    match kernel {
-        Some(kernel) => causal_attention_with(q, k, v, kernel).unwrap(),
-        None => causal_attention(q, k, v).unwrap(),
+/// How the test lays out q, k, v: heads first ([B, H, T, D], `causal_attention`) or tokens
+/// first ([B, T, H, D], `causal_attention_tokens_first`); the references are heads first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    HeadsFirst,
+    TokensFirst,
+}
+
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kernel: Option<AttentionKernel>,
+    layout: Layout,
+) -> Tensor {
+    match (kernel, layout) {
+        (Some(kernel), Layout::HeadsFirst) => causal_attention_with(q, k, v, kernel),
+        (None, Layout::HeadsFirst) => causal_attention(q, k, v),
+        (Some(kernel), Layout::TokensFirst) => causal_attention_tokens_first_with(q, k, v, kernel),
+        (None, Layout::TokensFirst) => causal_attention_tokens_first(q, k, v),
     }
+    .unwrap()
 }
 
 fn check(sh: AttnShape, seed: u64) {
-    check_on(sh, seed, None);
-    for kernel in kernels(sh.d) {
-        check_on(sh, seed, Some(kernel));
+    for layout in [Layout::HeadsFirst, Layout::TokensFirst] {
+        check_on(sh, seed, None, layout);
+        for kernel in kernels(sh.d) {
+            check_on(sh, seed, Some(kernel), layout);
+        }
     }
 }
 
-fn check_on(sh: AttnShape, seed: u64, kernel: Option<AttentionKernel>) {
+/// Host data of a heads-first [B, H, L, D] tensor in `layout` (and its shape).
+fn laid_out(x: &[f32], shape: [usize; 4], layout: Layout) -> (Vec<f32>, Vec<usize>) {
+    match layout {
+        Layout::HeadsFirst => (x.to_vec(), shape.to_vec()),
+        Layout::TokensFirst => reference::transpose(x, &shape, 1, 2),
+    }
+}
+
+/// A tensor in `layout` read back heads first.
+fn read_heads_first(t: &Tensor, layout: Layout) -> Vec<f32> {
+    match layout {
+        Layout::HeadsFirst => read(t),
+        Layout::TokensFirst => reference::transpose(&read(t), t.shape(), 1, 2).0,
+    }
+}
+
+fn check_on(sh: AttnShape, seed: u64, kernel: Option<AttentionKernel>, layout: Layout) {
     let q = values(sh.b * sh.hq * sh.t * sh.d, -1.0, 1.0, seed);
     let k = values(sh.b * sh.hkv * sh.s * sh.d, -1.0, 1.0, seed + 1);
     let v = values(sh.b * sh.hkv * sh.s * sh.d, -1.0, 1.0, seed + 2);
     let dout = values(q.len(), -1.0, 1.0, seed + 3);
-    let what = format!("{sh:?} on {kernel:?}");
+    let what = format!("{sh:?} on {kernel:?}, {layout:?}");
     let q_shape = [sh.b, sh.hq, sh.t, sh.d];
     let kv_shape = [sh.b, sh.hkv, sh.s, sh.d];
+    let upload = |x: &[f32], shape| {
+        let (data, shape) = laid_out(x, shape, layout);
+        param(&data, &shape)
+    };
     let (pq, pk, pv) = (
-        param(&q, &q_shape),
-        param(&k, &kv_shape),
-        param(&v, &kv_shape),
+        upload(&q, q_shape),
+        upload(&k, kv_shape),
+        upload(&v, kv_shape),
     );
-    let out = attend(&pq, &pk, &pv, kernel);
-    assert_eq!(out.shape(), &q_shape);
+    let out = attend(&pq, &pk, &pv, kernel, layout);
+    assert_eq!(out.shape(), pq.shape());
     let atol = 8.0 * (sh.d * sh.d + sh.s + 20) as f64 * U;
     assert_close(
         &format!("{what} forward"),
-        &read(&out),
+        &read_heads_first(&out, layout),
         &reference::attention(&q, &k, &v, sh),
         atol,
         0.0,
     );
 
-    let grads = out.backward_with(tensor(&dout, &q_shape)).unwrap();
+    let (dout_data, dout_shape) = laid_out(&dout, q_shape, layout);
+    let grads = out.backward_with(tensor(&dout_data, &dout_shape)).unwrap();
     let (dq, dk, dv) = reference::attention_backward(&q, &k, &v, &reference::f64s(&dout), sh);
     let atol = 16.0 * (sh.d * sh.d + sh.s + sh.hq / sh.hkv * sh.t + 20) as f64 * U;
-    assert_close(
-        &format!("{what} dq"),
-        &read(grads.get(&pq).unwrap()),
-        &dq,
-        atol,
-        0.0,
-    );
-    assert_close(
-        &format!("{what} dk"),
-        &read(grads.get(&pk).unwrap()),
-        &dk,
-        atol,
-        0.0,
-    );
-    assert_close(
-        &format!("{what} dv"),
-        &read(grads.get(&pv).unwrap()),
-        &dv,
-        atol,
-        0.0,
-    );
+    for (name, x, want) in [("dq", &pq, &dq), ("dk", &pk, &dk), ("dv", &pv, &dv)] {
+        assert_close(
+            &format!("{what} {name}"),
+            &read_heads_first(grads.get(x).unwrap(), layout),
+            want,
+            atol,
+            0.0,
+        );
+    }
 }
 
 fn shape() -> impl Strategy<Value = AttnShape> {
@@ -259,6 +291,17 @@ fn gradcheck_attention() {
                 &format!("{sh:?} on {kernel:?}"),
                 |xs| causal_attention_with(&xs[0], &xs[1], &xs[2], kernel),
                 &[q.clone(), k.clone(), v.clone()],
+                &opts,
+            );
+            // Tokens first: the same tensors' data read as [B, T, H, D] (any data will do).
+            let tf = |x: &Tensor| {
+                x.reshape(&[x.dim(0), x.dim(2), x.dim(1), x.dim(3)])
+                    .unwrap()
+            };
+            assert_gradcheck(
+                &format!("{sh:?} on {kernel:?}, tokens first"),
+                |xs| causal_attention_tokens_first_with(&xs[0], &xs[1], &xs[2], kernel),
+                &[tf(&q), tf(&k), tf(&v)],
                 &opts,
             );
         }

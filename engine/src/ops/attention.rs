@@ -80,15 +80,25 @@ impl AttnDims {
     }
 }
 
-/// How a flash forward ran, kept for its backward: the shape and the kernel layout.
+/// How q, k, v and the output are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// [B, H, T, D] (what [`causal_attention`] takes).
+    HeadsFirst,
+    /// [B, T, H, D], as the projections produce them ([`causal_attention_tokens_first`]).
+    TokensFirst,
+}
+
+/// How a flash forward ran, kept for its backward: the shape, kernel and layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FlashPlan {
     pub dims: AttnDims,
     pub kernel: AttentionKernel,
+    pub layout: Layout,
 }
 
 /// Checks q: [B, Hq, T, D]; k, v: [B, Hkv, S, D] with Hq a multiple of Hkv and S >= T.
-fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor, layout: Layout) -> Result<AttnDims> {
     q.expect_same_device("attention", k)?;
     q.expect_same_device("attention", v)?;
     for x in [q, k, v] {
@@ -100,13 +110,23 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
         rhs: k.shape().to_vec(),
         why: why.into(),
     };
-    if q.rank() != 4 || k.rank() != 4 || v.shape() != k.shape() {
-        return Err(bad(
+    let (heads, seq, want) = match layout {
+        Layout::HeadsFirst => (
+            1,
+            2,
             "q must be [B, Hq, T, D], k and v the same [B, Hkv, S, D]",
-        ));
+        ),
+        Layout::TokensFirst => (
+            2,
+            1,
+            "q must be [B, T, Hq, D], k and v the same [B, S, Hkv, D]",
+        ),
+    };
+    if q.rank() != 4 || k.rank() != 4 || v.shape() != k.shape() {
+        return Err(bad(want));
     }
-    let [b, hq, t, d] = [q.dim(0), q.dim(1), q.dim(2), q.dim(3)];
-    let [bk, hkv, s, dk] = [k.dim(0), k.dim(1), k.dim(2), k.dim(3)];
+    let [b, hq, t, d] = [q.dim(0), q.dim(heads), q.dim(seq), q.dim(3)];
+    let [bk, hkv, s, dk] = [k.dim(0), k.dim(heads), k.dim(seq), k.dim(3)];
     if b != bk || d != dk || hkv == 0 || hq % hkv != 0 || s < t {
         return Err(bad(
             "batch and head dims must agree, Hq % Hkv == 0 and S >= T",
@@ -128,11 +148,40 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnDims> {
 /// `HYDRALORA_ATTENTION` pins the kernel for benchmarks: `composed`, `flash` (the flash
 /// kernels this device would run), `flash-rows` or `flash-subgroup`.
 pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    let dims = dims(q, k, v)?;
-    let auto = attention_kernel(q.device(), &dims);
-    match forced_kernel(q.device(), &dims)? {
-        Some(kernel) => causal_attention_with(q, k, v, kernel),
-        None => run(q, k, v, &dims, auto),
+    attend(q, k, v, Layout::HeadsFirst, None)
+}
+
+/// [`causal_attention`] on tokens-first tensors, as the projections produce them:
+/// q: [B, T, Hq, D]; k, v: [B, S, Hkv, D]. Result: [B, T, Hq, D]. The flash kernels read
+/// this layout directly, so no heads-first transposes are needed around them.
+pub fn causal_attention_tokens_first(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    attend(q, k, v, Layout::TokensFirst, None)
+}
+
+/// Checks, then runs the pinned kernel, the one `HYDRALORA_ATTENTION` names, or the
+/// device's choice.
+fn attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    layout: Layout,
+    pinned: Option<AttentionKernel>,
+) -> Result<Tensor> {
+    let dims = dims(q, k, v, layout)?;
+    let kernel = match pinned {
+        Some(kernel) => kernel,
+        None => {
+            forced_kernel(q.device(), &dims)?.unwrap_or_else(|| attention_kernel(q.device(), &dims))
+        }
+    };
+    if let Some(why) = kernel.unsupported(q.device(), dims.d) {
+        return Err(Error::Unsupported(format!("attention: {why}")));
+    }
+    match kernel {
+        AttentionKernel::Composed => composed(q, k, v, &dims, layout),
+        AttentionKernel::Flash | AttentionKernel::FlashSubgroup => {
+            flash(q, k, v, dims, kernel, layout)
+        }
     }
 }
 
@@ -166,11 +215,17 @@ pub fn causal_attention_with(
     v: &Tensor,
     kernel: AttentionKernel,
 ) -> Result<Tensor> {
-    let dims = dims(q, k, v)?;
-    if let Some(why) = kernel.unsupported(q.device(), dims.d) {
-        return Err(Error::Unsupported(format!("attention: {why}")));
-    }
-    run(q, k, v, &dims, kernel)
+    attend(q, k, v, Layout::HeadsFirst, Some(kernel))
+}
+
+/// [`causal_attention_tokens_first`] on a pinned kernel (tests).
+pub fn causal_attention_tokens_first_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    kernel: AttentionKernel,
+) -> Result<Tensor> {
+    attend(q, k, v, Layout::TokensFirst, Some(kernel))
 }
 
 /// The composed path, kept as an independent check of the fused one.
@@ -207,20 +262,18 @@ pub fn attention_kernel(device: &Device, dims: &AttnDims) -> AttentionKernel {
     }
 }
 
-fn run(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    dims: &AttnDims,
-    kernel: AttentionKernel,
-) -> Result<Tensor> {
-    match kernel {
-        AttentionKernel::Composed => composed(q, k, v, dims),
-        AttentionKernel::Flash | AttentionKernel::FlashSubgroup => flash(q, k, v, dims, kernel),
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttnDims, layout: Layout) -> Result<Tensor> {
+    if layout == Layout::TokensFirst {
+        let heads_first = |x: &Tensor| x.transpose(1, 2);
+        let out = composed(
+            &heads_first(q)?,
+            &heads_first(k)?,
+            &heads_first(v)?,
+            dims,
+            Layout::HeadsFirst,
+        )?;
+        return out.transpose(1, 2);
     }
-}
-
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttnDims) -> Result<Tensor> {
     let AttnDims {
         b,
         hq,
@@ -248,15 +301,38 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttnDims) -> Result<Tenso
 }
 
 /// The params block of both flash shaders.
-fn flash_params(dims: &AttnDims) -> [u32; 7] {
+fn flash_params(plan: &FlashPlan) -> [u32; 13] {
+    let AttnDims {
+        b,
+        hq,
+        hkv,
+        t,
+        s,
+        d,
+    } = plan.dims;
+    // Strides (batch, head, position) of a [B, H, L, D] or [B, L, H, D] tensor.
+    let strides = |h: usize, l: usize| match plan.layout {
+        Layout::HeadsFirst => [h * l * d, l * d, d],
+        Layout::TokensFirst => [l * h * d, d, h * d],
+    };
+    let [q_sb, q_sh, q_st] = strides(hq, t);
+    let [kv_sb, kv_sh, kv_st] = strides(hkv, s);
+    let u = |x: usize| x as u32;
+    let scale = (1.0 / (d as f32).sqrt()).to_bits();
     [
-        dims.b as u32,
-        dims.hq as u32,
-        dims.hkv as u32,
-        dims.t as u32,
-        dims.s as u32,
-        dims.d as u32,
-        (1.0 / (dims.d as f32).sqrt()).to_bits(),
+        u(b),
+        u(hq),
+        u(hkv),
+        u(t),
+        u(s),
+        u(d),
+        scale,
+        u(q_sb),
+        u(q_sh),
+        u(q_st),
+        u(kv_sb),
+        u(kv_sh),
+        u(kv_st),
     ]
 }
 
@@ -290,9 +366,16 @@ fn flash(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    dims: &AttnDims,
+    dims: AttnDims,
     kernel: AttentionKernel,
+    layout: Layout,
 ) -> Result<Tensor> {
+    let plan = FlashPlan {
+        dims,
+        kernel,
+        layout,
+    };
+    let dims = &plan.dims;
     for x in [q, k, v] {
         x.expect_bindable("attention")?;
     }
@@ -306,7 +389,7 @@ fn flash(
         dev.dispatch(
             shader,
             "flash_forward",
-            &flash_params(dims),
+            &flash_params(&plan),
             &[q.binding(), k.binding(), v.binding()],
             &[out.binding(), lse.binding()],
             groups,
@@ -318,10 +401,7 @@ fn flash(
             k: k.clone(),
             v: v.clone(),
             lse,
-            plan: FlashPlan {
-                dims: *dims,
-                kernel,
-            },
+            plan,
         },
         &[q, k, v],
     ))
@@ -339,7 +419,7 @@ pub(crate) fn flash_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let (dims, kernel) = (&plan.dims, plan.kernel);
     let dev = q.device();
-    let params = flash_params(dims);
+    let params = flash_params(plan);
     let dq = Tensor::empty(dev, q.shape(), DType::F32)?; // [B, Hq, T, D]
     let delta = Tensor::empty(dev, lse.shape(), DType::F32)?; // [B, Hq, T] rowsum(dO * O)
     let dk = Tensor::empty(dev, k.shape(), DType::F32)?; // [B, Hkv, S, D]
