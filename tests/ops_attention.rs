@@ -19,8 +19,8 @@ mod common;
 use common::reference::{self, AttnShape};
 use common::*;
 use hydralora::engine::{
-    causal_attention, causal_attention_tokens_first, causal_attention_tokens_first_with,
-    causal_attention_with, AttentionKernel, Tensor,
+    attention_kernel, causal_attention, causal_attention_tokens_first,
+    causal_attention_tokens_first_with, causal_attention_with, AttentionKernel, AttnDims, Tensor,
 };
 use proptest::prelude::*;
 
@@ -321,6 +321,38 @@ fn the_cpu_device_runs_the_subgroup_flash_kernels() {
         assert!(AttentionKernel::FlashSubgroup
             .unsupported(&dev, 6)
             .is_some());
+    }
+}
+
+#[test]
+fn the_default_kernel_follows_the_device_and_the_size() {
+    let dev = device();
+    let dims = |t, d| AttnDims {
+        b: 4,
+        hq: 8,
+        hkv: 4,
+        t,
+        s: t,
+        d,
+    };
+    assert_eq!(
+        attention_kernel(&dev, &dims(128, 129)),
+        AttentionKernel::Composed
+    );
+    let sg = AttentionKernel::FlashSubgroup;
+    if dev.is_cpu() && sg.unsupported(&dev, 32).is_none() {
+        assert_eq!(attention_kernel(&dev, &dims(128, 32)), sg);
+        assert_eq!(attention_kernel(&dev, &dims(4096, 32)), sg);
+    } else {
+        // 2 MiB of scores: composed; 2 GiB: the flash kernels, linear in memory.
+        assert_eq!(
+            attention_kernel(&dev, &dims(128, 32)),
+            AttentionKernel::Composed
+        );
+        assert_eq!(
+            attention_kernel(&dev, &dims(4096, 32)),
+            AttentionKernel::Flash
+        );
     }
 }
 
