@@ -9,8 +9,10 @@
 //! - `FlashSubgroup`: the same kernels laid out for CPU drivers (`*_subgroup.wgsl`: 8-lane
 //!   subgroups sharing each loaded key or query row by broadcast).
 //!
-//! [`causal_attention`] picks one per device and size (see [`attention_kernel`]);
-//! [`causal_attention_with`] pins one (tests, benchmarks).
+//! [`causal_attention`] takes heads-first tensors, [`causal_attention_tokens_first`] the
+//! [B, T, H, D] layout the projections produce (the flash kernels read both through
+//! strides). Each picks a kernel per device and size ([`attention_kernel`]); the `_with`
+//! forms pin one (tests, benchmarks).
 
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -242,8 +244,9 @@ pub const COMPOSED_MAX_SCORES_BYTES: u64 = 128 << 20;
 ///
 /// - head dims over 128: composed (the flash kernels' registers stop there);
 /// - a CPU device that runs the subgroup flash kernels (lavapipe): `FlashSubgroup` at every
-///   length; at bench-s (T = 128) it does the composed path's work in the same CPU time,
-///   at T = 512 and 1024 in less, and its memory is linear in T;
+///   length; at bench-s (T = 128) it does the composed path's work in the same CPU time
+///   (less once it skips the transposes, tokens first), at T = 256 to 1024 in less, and
+///   its memory is linear in T;
 /// - elsewhere (GPUs): composed while its scores are at most [`COMPOSED_MAX_SCORES_BYTES`]
 ///   and fit one binding (the tiled matmul is the measured fast path; bench-m's 128 MiB per
 ///   layer stays there), `Flash` beyond, so that long sequences stay linear in memory. The
