@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::elementwise::{swiglu_backward, unary_backward, BinaryKind};
 use crate::ops::{
-    embedding, gate, loss, matmul::matmul_t, norm, reduce::sum_to_shape, rope, softmax,
+    attention, embedding, gate, loss, matmul::matmul_t, norm, reduce::sum_to_shape, rope, softmax,
 };
 use crate::tensor::{Tensor, TensorId};
 
@@ -261,6 +261,10 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<
         Op::Unary { x, kind } => vec![Some(unary_backward(x, out, g, *kind)?)],
         Op::Sum { x, .. } => vec![Some(Tensor::zeros(x.device(), x.shape())?.add(g)?)],
         Op::Softmax { scale, .. } => vec![Some(softmax::softmax_backward(out, g, *scale)?)],
+        Op::FlashAttention { q, k, v, lse, plan } => {
+            let (dq, dk, dv) = attention::flash_backward(q, k, v, out, lse, g, plan)?;
+            vec![Some(dq), Some(dk), Some(dv)]
+        }
         Op::RmsNorm { x, w, rstd } => {
             let (dx, dw) = norm::rms_norm_backward(x, w, rstd, g)?;
             vec![Some(dx), Some(dw)]

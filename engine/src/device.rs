@@ -4,7 +4,7 @@
 //! thing that forces a submit. Pipelines are compiled once per (shader, entry point).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
@@ -111,6 +111,8 @@ pub(crate) struct DeviceInner {
     /// The first error the driver reported outside an error scope, or a device loss (only
     /// recorded for devices the engine created; a shared device keeps its app's handlers).
     fault: Arc<Mutex<Option<Error>>>,
+    /// Row reductions (softmax, rms_norm, cross-entropy, sum) use the subgroup kernels.
+    subgroup_rows: AtomicBool,
 }
 
 /// Compiled pipelines, keyed by (shader, entry point), and layouts keyed by binding count.
@@ -323,6 +325,7 @@ impl Device {
             memory,
         };
         let params_align = info.limits.min_storage_buffer_offset_alignment.max(16) as u64;
+        let info_subgroup = info.subgroup;
         let params_arena = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params arena"),
             size: PARAMS_ARENA_BYTES,
@@ -342,6 +345,7 @@ impl Device {
                 params_arena,
                 params_align,
                 fault: Arc::new(Mutex::new(None)),
+                subgroup_rows: AtomicBool::new(info_subgroup),
             }),
         }
     }
@@ -712,6 +716,25 @@ impl Device {
         }
         drop(view);
         readback.unmap();
+    }
+
+    /// Whether the row reductions (softmax, rms_norm, cross-entropy, sum) run their subgroup
+    /// kernels (`*_subgroup.wgsl`): on by default where the device has `SUBGROUP`.
+    pub fn subgroup_reductions(&self) -> bool {
+        self.inner.subgroup_rows.load(Ordering::Relaxed)
+    }
+
+    /// Turns the subgroup row reductions on or off (off: the workgroup-tree kernels, the
+    /// fallback every device runs). Tests use this to check both paths on one device.
+    /// Fails with [`Error::Unsupported`] when turning them on without `SUBGROUP`.
+    pub fn set_subgroup_reductions(&self, on: bool) -> Result<()> {
+        if on && !self.inner.info.subgroup {
+            return Err(Error::Unsupported(
+                "subgroup reductions: this device has no SUBGROUP feature".into(),
+            ));
+        }
+        self.inner.subgroup_rows.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Turns per-kernel GPU timing on (every dispatch timed: slower) or off. Needs

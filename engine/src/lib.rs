@@ -52,7 +52,10 @@ pub use backward::{is_recording, no_grad, Gradients, NoGradGuard};
 pub use custom::CustomOp;
 pub use device::{Device, DeviceInfo};
 pub use error::{human_bytes, Error, Result};
-pub use ops::attention::causal_attention;
+pub use ops::attention::{
+    attention_kernel, causal_attention, causal_attention_composed, causal_attention_tokens_first,
+    causal_attention_tokens_first_with, causal_attention_with, AttentionKernel, AttnDims,
+};
 pub use ops::elementwise::swiglu;
 pub use ops::embedding::{embedding, embedding_parts};
 pub use ops::gate::{gate_expand, top_k_mask};

@@ -2,6 +2,7 @@
 //! A tensor computed from tensors that track gradients holds one of these; the rules that
 //! turn an output gradient into input gradients are all in `backward.rs`.
 
+use crate::ops::attention::FlashPlan;
 use crate::ops::elementwise::{BinaryKind, UnaryKind};
 use crate::ops::rope::RopeTables;
 use crate::tensor::Tensor;
@@ -38,6 +39,15 @@ pub(crate) enum Op {
     Softmax {
         x: Tensor,
         scale: f32,
+    },
+    /// Fused causal attention (the flash kernels); the log-sum-exp of each query row's
+    /// scores is saved, [B, Hq, T], and the probabilities are recomputed from it.
+    FlashAttention {
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        lse: Tensor,
+        plan: FlashPlan,
     },
     /// w * x * rstd, rstd = 1/sqrt(mean(x^2) + eps) per row (saved).
     RmsNorm {
@@ -106,6 +116,7 @@ impl Op {
             | Op::Narrow { x, .. } => vec![x],
             Op::RmsNorm { x, w, .. } => vec![x, w],
             Op::Swiglu { g, u } => vec![g, u],
+            Op::FlashAttention { q, k, v, .. } => vec![q, k, v],
             Op::Embedding { table, .. } => vec![table],
             Op::CrossEntropy { logits, .. } => vec![logits],
             Op::GateExpand { g, h } => vec![g, h],

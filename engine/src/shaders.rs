@@ -36,6 +36,13 @@ shader!(MATMUL_TILED, "matmul_tiled");
 shader!(MATMUL_SPLITK, "matmul_splitk");
 shader!(SOFTMAX, "softmax");
 shader!(SOFTMAX_BACKWARD, "softmax_backward");
+shader!(FLASH_ATTENTION, "flash_attention");
+shader!(FLASH_ATTENTION_BACKWARD, "flash_attention_backward");
+shader!(FLASH_ATTENTION_SUBGROUP, "flash_attention_subgroup");
+shader!(
+    FLASH_ATTENTION_BACKWARD_SUBGROUP,
+    "flash_attention_backward_subgroup"
+);
 shader!(RMS_NORM, "rms_norm");
 shader!(RMS_NORM_BACKWARD, "rms_norm_backward");
 shader!(ROPE, "rope");
@@ -49,6 +56,13 @@ shader!(GATE, "gate");
 shader!(GATE_BACKWARD, "gate_backward");
 shader!(TOP_K, "top_k");
 shader!(ADAMW, "adamw");
+// Subgroup twins of the row reductions (devices with SUBGROUP; see Device::subgroup_reductions).
+shader!(SOFTMAX_SUBGROUP, "softmax_subgroup");
+shader!(SOFTMAX_BACKWARD_SUBGROUP, "softmax_backward_subgroup");
+shader!(RMS_NORM_SUBGROUP, "rms_norm_subgroup");
+shader!(RMS_NORM_BACKWARD_SUBGROUP, "rms_norm_backward_subgroup");
+shader!(CROSS_ENTROPY_SUBGROUP, "cross_entropy_subgroup");
+shader!(REDUCE_SUBGROUP, "reduce_subgroup");
 
 /// All kernels, for validation and for warming the pipeline cache.
 pub const ALL: &[&Shader] = &[
@@ -66,6 +80,10 @@ pub const ALL: &[&Shader] = &[
     &MATMUL_SPLITK,
     &SOFTMAX,
     &SOFTMAX_BACKWARD,
+    &FLASH_ATTENTION,
+    &FLASH_ATTENTION_BACKWARD,
+    &FLASH_ATTENTION_SUBGROUP,
+    &FLASH_ATTENTION_BACKWARD_SUBGROUP,
     &RMS_NORM,
     &RMS_NORM_BACKWARD,
     &ROPE,
@@ -79,4 +97,10 @@ pub const ALL: &[&Shader] = &[
     &GATE_BACKWARD,
     &TOP_K,
     &ADAMW,
+    &SOFTMAX_SUBGROUP,
+    &SOFTMAX_BACKWARD_SUBGROUP,
+    &RMS_NORM_SUBGROUP,
+    &RMS_NORM_BACKWARD_SUBGROUP,
+    &CROSS_ENTROPY_SUBGROUP,
+    &REDUCE_SUBGROUP,
 ];

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use hydralora_engine::{
-    causal_attention, embedding_parts, no_grad, rope, swiglu, Device, RopeTables, Tensor,
-    IGNORE_INDEX,
+    attention_kernel, causal_attention, causal_attention_tokens_first, embedding_parts, no_grad,
+    rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables, Tensor, IGNORE_INDEX,
 };
 
 use crate::config::LlamaConfig;
@@ -342,30 +342,28 @@ impl Llama {
     ) -> Result<Tensor> {
         let c = &self.config;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-        // Project, rotate in [B, T, heads, hd] (table row = token), then heads first.
+        // Project and rotate in [B, T, heads, hd] (table row = token).
         let q = rope(
             &layer.q_proj.forward(h)?.reshape(&[b, t, nh, hd])?,
             tables,
             nh,
-        )?
-        .transpose(1, 2)?; // [B, nh, T, hd]
+        )?; // [B, T, nh, hd]
         let k = rope(
             &layer.k_proj.forward(h)?.reshape(&[b, t, nkv, hd])?,
             tables,
             nkv,
-        )?
-        .transpose(1, 2)?; // [B, nkv, T, hd]
-        let v = layer
-            .v_proj
-            .forward(h)?
-            .reshape(&[b, t, nkv, hd])?
-            .transpose(1, 2)?; // [B, nkv, T, hd]
-        let (k, v) = match cache {
-            Some((cache, l)) => cache.extend(l, k, v)?, // [B, nkv, S, hd]
-            None => (k, v),
-        };
-        let out = causal_attention(&q, &k, &v)?; // [B, nh, T, hd]
-        let out = out.transpose(1, 2)?.reshape(&[b * t, nh * hd])?;
+        )?; // [B, T, nkv, hd]
+        let v = layer.v_proj.forward(h)?.reshape(&[b, t, nkv, hd])?; // [B, T, nkv, hd]
+        let out = match cache {
+            // The cache keeps heads first [B, nkv, S, hd], extended along S.
+            Some((cache, l)) => {
+                let (k, v) = cache.extend(l, k.transpose(1, 2)?, v.transpose(1, 2)?)?;
+                causal_attention(&q.transpose(1, 2)?, &k, &v)?.transpose(1, 2)?
+            }
+            // Tokens first: the flash kernels read this layout, no transposes.
+            None => causal_attention_tokens_first(&q, &k, &v)?,
+        }; // [B, T, nh, hd]
+        let out = out.reshape(&[b * t, nh * hd])?;
         Ok(layer.o_proj.forward(&out)?)
     }
 
@@ -524,26 +522,37 @@ impl Llama {
     }
 
     /// Refuses, before any work, a batch whose largest tensors would not fit one kernel
-    /// binding: the logits [B T, V], the attention scores [B, heads, T, T] and the MLP
+    /// binding: the logits [B T, V], the attention scores [B, heads, T, T] (only where the
+    /// composed attention runs; the flash kernels never store them) and the MLP
     /// activations [B T, I]. The error gives both numbers and what to lower.
     pub fn check_batch_fits(&self, batch: usize, seq: usize) -> Result<()> {
         let c = &self.config;
         let limit = self.device.info().max_binding_bytes();
         let tokens = (batch * seq) as u64;
         // (what, bytes, how the size grows with T: 1 linear, 2 quadratic)
-        let largest = [
+        let mut largest = vec![
             ("logits [B*T, vocab]", tokens * c.vocab_size as u64 * 4, 1.0),
-            (
-                "attention scores [B, heads, T, T]",
-                (batch * c.num_attention_heads * seq * seq) as u64 * 4,
-                2.0,
-            ),
             (
                 "MLP activations [B*T, intermediate]",
                 tokens * c.intermediate_size as u64 * 4,
                 1.0,
             ),
         ];
+        let attn = AttnDims {
+            b: batch,
+            hq: c.num_attention_heads,
+            hkv: c.num_key_value_heads,
+            t: seq,
+            s: seq,
+            d: c.head_dim(),
+        };
+        if attention_kernel(&self.device, &attn) == AttentionKernel::Composed {
+            largest.push((
+                "attention scores [B, heads, T, T]",
+                attn.scores_bytes(),
+                2.0,
+            ));
+        }
         for (what, bytes, power) in largest {
             if bytes > limit {
                 let scale = limit as f64 / bytes as f64;

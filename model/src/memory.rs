@@ -9,7 +9,9 @@
 //! bound: measured 1.06 to 1.23 times the pool's peak on the tiny fixture model and 1.09 to
 //! 1.22 on `bench-s`; `tests/memory.rs` asserts both sides (peak <= estimate <= 1.5 x peak).
 
-use hydralora_engine::{human_bytes, pool_bytes, DType, Device, Tensor};
+use hydralora_engine::{
+    attention_kernel, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Device, Tensor,
+};
 
 use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
@@ -41,7 +43,7 @@ impl MemoryEstimate {
     /// `weights 1.00 GiB, gradients and AdamW moments ..., ...`: where the bytes go.
     pub fn breakdown(&self) -> String {
         format!(
-            "weights {}, gradients and AdamW moments {}, activations {}, attention scores {}, \
+            "weights {}, gradients and AdamW moments {}, activations {}, attention {}, \
              logits and loss {}",
             human_bytes(self.weights),
             human_bytes(self.optimizer),
@@ -91,8 +93,8 @@ fn estimate_with(model: &Llama, params: &[Tensor], run: RunShape, weights: u64) 
     MemoryEstimate {
         weights,
         optimizer,
-        activations: layers + ends + backward_working_set(c, b, t),
-        attention: c.num_hidden_layers as u64 * attention_scores(c, b, t),
+        activations: layers + ends + backward_working_set(model, b, t),
+        attention: c.num_hidden_layers as u64 * attention_scores(model, b, t),
         logits: logits(model, n),
     }
 }
@@ -112,12 +114,25 @@ fn layer_activations(c: &LlamaConfig, n: usize) -> u64 {
         + 2 * f32s(n)
 }
 
-/// The attention term, in one place: the scores and their softmax, [B, heads, T, T] each,
-/// both kept for backward by the matmul + masked-softmax attention. An attention that
-/// recomputes them in backward (flash attention) keeps [B, heads, T] row statistics
-/// instead, and this becomes linear in T.
-pub fn attention_scores(c: &LlamaConfig, b: usize, t: usize) -> u64 {
-    2 * pool_bytes((b * c.num_attention_heads * t * t) as u64 * 4)
+/// The attention term, in one place, for the kernel the model's attention runs on this
+/// device ([`attention_kernel`]): the composed path (matmul + masked softmax) keeps the
+/// scores and their softmax, [B, heads, T, T] each; the flash kernels recompute them in
+/// backward and keep only one log-sum-exp per row, [B, heads, T] (the output is counted
+/// with the layer's activations).
+pub fn attention_scores(model: &Llama, b: usize, t: usize) -> u64 {
+    let c = &model.config;
+    let dims = AttnDims {
+        b,
+        hq: c.num_attention_heads,
+        hkv: c.num_key_value_heads,
+        t,
+        s: t,
+        d: c.head_dim(),
+    };
+    match attention_kernel(model.device(), &dims) {
+        AttentionKernel::Composed => 2 * pool_bytes(dims.scores_bytes()),
+        _ => pool_bytes((b * c.num_attention_heads * t) as u64 * 4),
+    }
 }
 
 /// What an adapted linear layer keeps beyond the frozen one, per adapted module: the frozen
@@ -145,12 +160,13 @@ fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
         .sum()
 }
 
-/// Gradients alive at once inside one layer's backward: those of the scores and the
-/// probabilities plus one more [B, heads, T, T], and a few per-token rows of the widest
-/// activation.
-fn backward_working_set(c: &LlamaConfig, b: usize, t: usize) -> u64 {
+/// Gradients alive at once inside one layer's backward: those of the attention term (for
+/// the composed path: the scores and the probabilities plus one more [B, heads, T, T]), and
+/// a few per-token rows of the widest activation.
+fn backward_working_set(model: &Llama, b: usize, t: usize) -> u64 {
+    let c = &model.config;
     let widest = c.hidden_size.max(c.intermediate_size).max(c.q_dim());
-    3 * attention_scores(c, b, t) / 2 + 6 * pool_bytes((b * t * widest) as u64 * 4)
+    3 * attention_scores(model, b, t) / 2 + 6 * pool_bytes((b * t * widest) as u64 * 4)
 }
 
 /// The logits [N, V] (per lm_head part, and joined when split), the loss's saved lse and

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::ops::{grid, rows_grid};
+use crate::ops::{grid, row_shader, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -30,7 +30,11 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let lse = Tensor::empty(dev, &[rows], DType::F32)?; // [N] log-sum-exp, for backward
     let counted = Tensor::empty(dev, &[rows], DType::F32)?; // [N] 1 where the label counts
     dev.dispatch(
-        &shaders::CROSS_ENTROPY,
+        row_shader(
+            dev,
+            &shaders::CROSS_ENTROPY,
+            &shaders::CROSS_ENTROPY_SUBGROUP,
+        ),
         "cross_entropy",
         &[rows as u32, vocab as u32],
         &[logits.binding(), labels.binding()],

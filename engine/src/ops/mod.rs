@@ -15,6 +15,7 @@ pub mod rope;
 pub mod softmax;
 
 use crate::device::Device;
+use crate::shaders::Shader;
 
 /// Largest rank the strided kernels (broadcast, copy) take.
 pub(crate) const MAX_RANK: usize = 6;
@@ -32,6 +33,21 @@ pub(crate) fn rows_grid(device: &Device, n: usize) -> [u32; 3] {
         [n as u32, 1, 1]
     } else {
         [max as u32, n.div_ceil(max) as u32, 1]
+    }
+}
+
+/// A row reduction's kernel file: its subgroup twin where the device runs those
+/// ([`Device::subgroup_reductions`]), else the workgroup-tree original (same entry points,
+/// params and bindings).
+pub(crate) fn row_shader(
+    device: &Device,
+    tree: &'static Shader,
+    subgroup: &'static Shader,
+) -> &'static Shader {
+    if device.subgroup_reductions() {
+        subgroup
+    } else {
+        tree
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::ops::{grid, rows_grid};
+use crate::ops::{grid, row_shader, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -25,7 +25,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     let y = Tensor::empty(x.device(), x.shape(), DType::F32)?;
     let rstd = Tensor::empty(x.device(), &[rows], DType::F32)?; // [rows] 1/rms, kept for backward
     x.device().dispatch(
-        &shaders::RMS_NORM,
+        row_shader(x.device(), &shaders::RMS_NORM, &shaders::RMS_NORM_SUBGROUP),
         "rms_norm",
         &[rows as u32, dim as u32, eps.to_bits()],
         &[x.binding(), w.binding()],
@@ -56,7 +56,11 @@ pub(crate) fn rms_norm_backward(
     let reads = || [x.binding(), w.binding(), rstd.binding(), dy.binding()];
     let dx = Tensor::empty(dev, x.shape(), DType::F32)?;
     dev.dispatch(
-        &shaders::RMS_NORM_BACKWARD,
+        row_shader(
+            dev,
+            &shaders::RMS_NORM_BACKWARD,
+            &shaders::RMS_NORM_BACKWARD_SUBGROUP,
+        ),
         "rms_norm_input_grad",
         &params,
         &reads(),

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::ops::rows_grid;
+use crate::ops::{row_shader, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -24,7 +24,7 @@ pub fn sum_keepdim(x: &Tensor, axis: usize) -> Result<Tensor> {
     shape[axis] = 1;
     let out = Tensor::empty(x.device(), &shape, DType::F32)?;
     x.device().dispatch(
-        &shaders::REDUCE,
+        row_shader(x.device(), &shaders::REDUCE, &shaders::REDUCE_SUBGROUP),
         "sum_axis",
         &[outer as u32, len as u32, inner as u32],
         &[x.binding()],

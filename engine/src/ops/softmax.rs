@@ -2,8 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
-use crate::ops::{grid, rows_grid};
-use crate::shaders;
+use crate::ops::{grid, row_shader, rows_grid};
+use crate::shaders::{self, Shader};
 use crate::tensor::{DType, Tensor};
 
 /// The causal mask of attention scores: row r of a score tensor is query position
@@ -42,9 +42,15 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
         None => (0, 1, 0),
     };
     let y = Tensor::empty(x.device(), x.shape(), DType::F32)?;
-    let (entry, groups) = row_kernel(x.device(), "softmax", "softmax_rows", rows, cols);
+    let (shader, entry, groups) = row_kernel(
+        x.device(),
+        [&shaders::SOFTMAX, &shaders::SOFTMAX_SUBGROUP],
+        ["softmax", "softmax_rows"],
+        rows,
+        cols,
+    );
     x.device().dispatch(
-        &shaders::SOFTMAX,
+        shader,
         entry,
         &[
             rows as u32,
@@ -71,15 +77,18 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
 pub(crate) fn softmax_backward(y: &Tensor, dy: &Tensor, scale: f32) -> Result<Tensor> {
     let (rows, cols) = rows_cols("softmax_backward", y)?;
     let dx = Tensor::empty(y.device(), y.shape(), DType::F32)?;
-    let (entry, groups) = row_kernel(
+    let (shader, entry, groups) = row_kernel(
         y.device(),
-        "softmax_backward",
-        "softmax_backward_rows",
+        [
+            &shaders::SOFTMAX_BACKWARD,
+            &shaders::SOFTMAX_BACKWARD_SUBGROUP,
+        ],
+        ["softmax_backward", "softmax_backward_rows"],
         rows,
         cols,
     );
     y.device().dispatch(
-        &shaders::SOFTMAX_BACKWARD,
+        shader,
         entry,
         &[rows as u32, cols as u32, scale.to_bits()],
         &[y.binding(), dy.binding()],
@@ -90,18 +99,21 @@ pub(crate) fn softmax_backward(y: &Tensor, dy: &Tensor, scale: f32) -> Result<Te
 }
 
 /// Which kernel takes the rows: one invocation per row on a CPU device for rows up to a few
-/// thousand (barriers cost most there), else one workgroup per row with a tree reduction.
+/// thousand (barriers cost most there; `shaders[0]`'s `entries[1]`), else one workgroup per
+/// row (`entries[0]`), reduced with subgroup operations where the device runs those
+/// (`shaders[1]`) or as a tree (`shaders[0]`).
 fn row_kernel(
     device: &crate::Device,
-    workgroup: &'static str,
-    per_row: &'static str,
+    shaders: [&'static Shader; 2],
+    entries: [&'static str; 2],
     rows: usize,
     cols: usize,
-) -> (&'static str, [u32; 3]) {
+) -> (&'static Shader, &'static str, [u32; 3]) {
     if device.is_cpu() && cols <= 4096 {
-        (per_row, grid(device, rows, 64))
+        (shaders[0], entries[1], grid(device, rows, 64))
     } else {
-        (workgroup, rows_grid(device, rows))
+        let shader = row_shader(device, shaders[0], shaders[1]);
+        (shader, entries[0], rows_grid(device, rows))
     }
 }
 
