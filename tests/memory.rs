@@ -326,7 +326,7 @@ fn a_run_over_the_budget_is_refused_before_any_step_and_the_advice_fits() {
         format!("needs an estimated {}", human_bytes(need)),
         format!("memory budget of {}", human_bytes(budget)),
         "weights".to_string(),
-        "attention scores".to_string(),
+        "attention".to_string(),
         "micro-batch of at most 4".to_string(),
     ] {
         assert!(err.contains(&part), "`{part}` missing from: {err}");
