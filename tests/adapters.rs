@@ -132,7 +132,9 @@ fn hydra_adapters_refuse_to_merge_and_say_why() {
 
 #[test]
 fn the_frozen_base_gets_no_gradient_and_no_gradient_memory() {
-    let mut model = tiny();
+    // A device of its own: the pool's peak must not see the other tests' tensors.
+    let own = hydralora::engine::Device::new().expect("GPU tests need an adapter");
+    let mut model = Llama::load(&own, TINY).unwrap();
     let cfg = AdapterConfig::hydra(4, 8.0, 3, &["q_proj", "gate_proj", "up_proj", "down_proj"]);
     attach(&mut model, &cfg, 2).unwrap();
     randomise_b(&model, 30);
