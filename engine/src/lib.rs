@@ -53,8 +53,9 @@ pub use custom::CustomOp;
 pub use device::{Device, DeviceInfo};
 pub use error::{human_bytes, Error, Result};
 pub use ops::attention::{
-    attention_kernel, causal_attention, causal_attention_composed, causal_attention_tokens_first,
-    causal_attention_tokens_first_with, causal_attention_with, AttentionKernel, AttnDims,
+    attention_kernel, attention_kernel_in_use, causal_attention, causal_attention_composed,
+    causal_attention_tokens_first, causal_attention_tokens_first_with, causal_attention_with,
+    AttentionKernel, AttnDims,
 };
 pub use ops::elementwise::swiglu;
 pub use ops::embedding::{embedding, embedding_parts};

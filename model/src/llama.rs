@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use hydralora_engine::{
-    attention_kernel, causal_attention, causal_attention_tokens_first, embedding_parts, no_grad,
-    rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables, Tensor, IGNORE_INDEX,
+    attention_kernel_in_use, causal_attention, causal_attention_tokens_first, embedding_parts,
+    no_grad, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables, Tensor, IGNORE_INDEX,
 };
 
 use crate::config::LlamaConfig;
@@ -546,7 +546,7 @@ impl Llama {
             s: seq,
             d: c.head_dim(),
         };
-        if attention_kernel(&self.device, &attn) == AttentionKernel::Composed {
+        if attention_kernel_in_use(&self.device, &attn) == AttentionKernel::Composed {
             largest.push((
                 "attention scores [B, heads, T, T]",
                 attn.scores_bytes(),

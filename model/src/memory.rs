@@ -10,7 +10,8 @@
 //! 1.22 on `bench-s`; `tests/memory.rs` asserts both sides (peak <= estimate <= 1.5 x peak).
 
 use hydralora_engine::{
-    attention_kernel, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Device, Tensor,
+    attention_kernel_in_use, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Device,
+    Tensor,
 };
 
 use crate::config::LlamaConfig;
@@ -115,8 +116,8 @@ fn layer_activations(c: &LlamaConfig, n: usize) -> u64 {
 }
 
 /// The attention term, in one place, for the kernel the model's attention runs on this
-/// device ([`attention_kernel`]): the composed path (matmul + masked softmax) keeps the
-/// scores and their softmax, [B, heads, T, T] each; the flash kernels recompute them in
+/// device ([`attention_kernel_in_use`], which honours `HYDRALORA_ATTENTION`): the composed
+/// path (matmul + masked softmax) keeps the scores and their softmax, [B, heads, T, T] each; the flash kernels recompute them in
 /// backward and keep only one log-sum-exp per row, [B, heads, T] (the output is counted
 /// with the layer's activations).
 pub fn attention_scores(model: &Llama, b: usize, t: usize) -> u64 {
@@ -129,7 +130,7 @@ pub fn attention_scores(model: &Llama, b: usize, t: usize) -> u64 {
         s: t,
         d: c.head_dim(),
     };
-    match attention_kernel(model.device(), &dims) {
+    match attention_kernel_in_use(model.device(), &dims) {
         AttentionKernel::Composed => 2 * pool_bytes(dims.scores_bytes()),
         _ => pool_bytes((b * c.num_attention_heads * t) as u64 * 4),
     }

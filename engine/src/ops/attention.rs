@@ -194,6 +194,16 @@ fn attend(
     }
 }
 
+/// The kernel [`causal_attention`] will run for a shape: the one `HYDRALORA_ATTENTION` pins
+/// when it is set to a valid name, else [`attention_kernel`]'s choice. Memory estimates and
+/// size checks ask this, so a pinned kernel's memory is the one counted.
+pub fn attention_kernel_in_use(device: &Device, dims: &AttnDims) -> AttentionKernel {
+    match forced_kernel(device, dims) {
+        Ok(Some(kernel)) => kernel,
+        _ => attention_kernel(device, dims),
+    }
+}
+
 /// The kernel `HYDRALORA_ATTENTION` pins, if set.
 fn forced_kernel(device: &Device, dims: &AttnDims) -> Result<Option<AttentionKernel>> {
     let sg = AttentionKernel::FlashSubgroup;
