@@ -5,6 +5,8 @@
 #   3. hydralora bench matmul              (square sizes and LoRA's skinny shapes)
 #   4. hydralora bench step on bench-m     (LoRA all targets; HydraLoRA N=4 on the MLP)
 #   5. hydralora bench step on bench-s     (the CPU-sized config, for comparison)
+#   6. bench-m LoRA with each attention kernel pinned (HYDRALORA_ATTENTION=composed,
+#      flash-rows): the per-row flash kernels' GPU speed against the composed path
 # and prints one table at the end. Usage:
 #   scripts/gpu-bench.sh [OUT_DIR]
 # Environment: HYDRALORA_BIN (default target/release/hydralora, built if missing),
@@ -37,6 +39,12 @@ for cfg in bench-m bench-s; do
     done
 done
 
+for attention in composed flash-rows; do
+    HYDRALORA_ATTENTION=$attention "$bin" bench step --config "$bench_dir/bench-m.json" --method lora --steps 3 --json \
+        | sed "s/^{/{\"config\":\"bench-m attn=$attention\",/" >> "$out/step.jsonl" \
+        || echo "attention $attention FAILED"
+done
+
 python3 - "$out" <<'PY'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
@@ -46,8 +54,8 @@ for line in (out / "matmul.jsonl").read_text().splitlines():
     shape = r.get("shape") or f"{r.get('m')}x{r.get('n')}x{r.get('k')}"
     print(f"  {str(shape):<40} {r.get('gflops', 0):>10.1f}")
 print("\ntraining step (forward, backward, AdamW)")
-print(f"  {'config':<9} {'method':<6} {'s/step':>8} {'tokens/s':>10} {'GFLOP/s':>9} {'peak MiB':>9}")
+print(f"  {'config':<26} {'method':<6} {'s/step':>8} {'tokens/s':>10} {'GFLOP/s':>9} {'peak MiB':>9}")
 for line in (out / "step.jsonl").read_text().splitlines():
     r = json.loads(line)
-    print(f"  {r['config']:<9} {r['method']:<6} {r['median_s']:>8.3f} {r['tokens_per_s']:>10.0f} {r['gflops']:>9.1f} {r['peak_pool_bytes_last_step']/2**20:>9.0f}")
+    print(f"  {r['config']:<26} {r['method']:<6} {r['median_s']:>8.3f} {r['tokens_per_s']:>10.0f} {r['gflops']:>9.1f} {r['peak_pool_bytes_last_step']/2**20:>9.0f}")
 PY
