@@ -7,30 +7,16 @@
 //! what to install otherwise. The example binary comes from the same `cargo test` build
 //! (`cargo test` builds the examples).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The curve's colour in the example (`CURVE`).
 const CURVE: [u8; 3] = [255, 128, 0];
 const TIMEOUT: Duration = Duration::from_secs(600);
-
-fn example_binary(name: &str) -> PathBuf {
-    // target/<profile>/deps/desktop-<hash> -> target/<profile>/examples/<name>
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = profile_dir
-        .join("examples")
-        .join(name)
-        .with_extension(std::env::consts::EXE_EXTENSION);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the examples first (`cargo test --workspace` does, or `cargo build --examples`)",
-        path.display()
-    );
-    path
-}
 
 /// A virtual X display for the test's lifetime.
 struct Xvfb(Child);
@@ -95,7 +81,7 @@ fn read_png(path: &Path) -> (usize, usize, Vec<u8>) {
 
 #[test]
 fn the_desktop_example_trains_in_the_background_and_draws_a_live_loss_curve() {
-    let exe = example_binary("desktop");
+    let exe = common::example_binary("desktop");
     let Some((display, _xvfb)) = display() else {
         let hint =
             "no DISPLAY and no Xvfb to make one: install xvfb (Debian: apt-get install xvfb)";

@@ -4,31 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use hydralora::model::adapter::load_adapter;
 use hydralora::model::Llama;
 
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(name)
-        .with_extension(std::env::consts::EXE_EXTENSION);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the examples first (`cargo test --workspace` does, or `cargo build --examples`)",
-        path.display()
-    );
-    path
-}
-
 fn run(name: &str, args: &[&Path]) -> String {
-    let out = Command::new(example_binary(name))
+    let out = Command::new(common::example_binary(name))
         .args(args)
         .output()
         .unwrap();

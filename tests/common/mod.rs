@@ -231,3 +231,20 @@ pub fn char_model_dir(dir: &std::path::Path) {
         .save(dir.join(CHAR_CODEC_FILE))
         .unwrap();
 }
+
+/// The path of example `name`'s binary from the same `cargo test` build (which builds the
+/// examples): target/<profile>/deps/<test> -> target/<profile>/examples/<name>.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    let path = profile_dir
+        .join("examples")
+        .join(name)
+        .with_extension(std::env::consts::EXE_EXTENSION);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the examples first (`cargo test --workspace` does, or `cargo build --examples`)",
+        path.display()
+    );
+    path
+}
