@@ -208,8 +208,8 @@ impl DesktopApp {
         // The window renders from the same memory: training gets a budget (half the device's
         // memory unless told; none on a CPU driver, whose heap size is nominal), and a run
         // that would need more is refused with the numbers instead of starving the renderer.
-        let reported = device.info().memory.filter(|_| !device.is_cpu());
-        device.set_memory_budget(options.memory_budget.or(reported.map(|m| m / 2)));
+        let half = device.default_memory_budget().map(|m| m / 2);
+        device.set_memory_budget(options.memory_budget.or(half));
         let device_name = format!(
             "{} ({}, {})",
             device.info().name,

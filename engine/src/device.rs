@@ -210,12 +210,10 @@ impl Device {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        // A software (CPU) driver's heap size is nominal: it allocates from host memory.
-        let cpu = info.device_type == wgpu::DeviceType::Cpu;
         let dev = Self::build(device, queue, Some(info), memory);
         // The pool never holds more than the device has (a shared device starts unlimited:
         // its app knows what its own rendering needs).
-        dev.set_memory_budget(memory.filter(|_| !cpu));
+        dev.set_memory_budget(dev.default_memory_budget());
         dev.record_faults();
         Ok(dev)
     }
@@ -384,6 +382,13 @@ impl Device {
     /// none; [`Device::from_wgpu`] starts with none.
     pub fn set_memory_budget(&self, bytes: Option<u64>) {
         self.inner.pool.set_budget(bytes)
+    }
+
+    /// The budget [`Device::new`] starts with: the device memory the driver reports
+    /// ([`DeviceInfo::memory`]), except on a CPU driver, whose heap size is nominal (it
+    /// allocates from host memory). None where nothing is reported.
+    pub fn default_memory_budget(&self) -> Option<u64> {
+        self.inner.info.memory.filter(|_| !self.is_cpu())
     }
 
     /// The budget set by [`Device::set_memory_budget`] (None: no limit but the driver's).

@@ -285,14 +285,10 @@ pub fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
     let Some(budget) = device.memory_budget() else {
         return Ok(());
     };
-    let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
-    let (h, v) = (c.hidden_size, c.vocab_size);
-    let layer = f32s(c.q_dim() * h) * 2
-        + f32s(c.kv_dim() * h) * 2
-        + f32s(c.intermediate_size * h) * 3
-        + f32s(h) * 2;
-    let tables = if c.tie_word_embeddings { 1 } else { 2 };
-    let need = c.num_hidden_layers as u64 * layer + tables * f32s(v * h) + f32s(h);
+    let need: u64 = crate::weights::llama_tensor_shapes(c)
+        .iter()
+        .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
+        .sum();
     let held = device.pool_stats().in_use;
     if held + need <= budget {
         return Ok(());

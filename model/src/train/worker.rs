@@ -186,7 +186,6 @@ impl TrainerWorker {
             events: outbox,
             shared: shared.clone(),
             options,
-            steps_done: trainer.steps_done(),
             remaining: 0,
             paused: false,
         };
@@ -310,8 +309,6 @@ struct Serve {
     events: Sender<TrainEvent>,
     shared: Arc<Shared>,
     options: WorkerOptions,
-    /// Optimizer steps done (the trainer's count, mirrored for the status).
-    steps_done: usize,
     /// Steps left in the current run.
     remaining: usize,
     paused: bool,
@@ -340,7 +337,7 @@ impl Serve {
                 Some(message) => self.handle(message, &mut trainer),
                 None => self.run_one(&mut trainer),
             }
-            self.publish();
+            self.publish(&trainer);
         }
     }
 
@@ -351,22 +348,22 @@ impl Serve {
                 self.remaining = steps;
                 self.paused = false;
                 if steps == 0 {
-                    self.emit(TrainEvent::Finished { step });
+                    self.emit(trainer, TrainEvent::Finished { step });
                 }
             }
             Message::Pause => {
                 self.paused = true;
-                self.emit(TrainEvent::Paused { step });
+                self.emit(trainer, TrainEvent::Paused { step });
             }
             Message::Resume => {
                 self.paused = false;
-                self.emit(TrainEvent::Resumed { step });
+                self.emit(trainer, TrainEvent::Resumed { step });
             }
             Message::Cancel => {
                 self.shared.cancel.store(false, Ordering::SeqCst);
                 self.remaining = 0;
                 self.paused = false;
-                self.emit(TrainEvent::Cancelled { step });
+                self.emit(trainer, TrainEvent::Cancelled { step });
             }
             Message::Step(reply) => reply.send(self.step(trainer)),
             Message::Call(f) => f(trainer),
@@ -380,45 +377,53 @@ impl Serve {
             Ok(_) => {
                 self.remaining -= 1;
                 if self.remaining == 0 {
-                    self.emit(TrainEvent::Finished {
-                        step: trainer.steps_done(),
-                    });
+                    self.emit(
+                        trainer,
+                        TrainEvent::Finished {
+                            step: trainer.steps_done(),
+                        },
+                    );
                 }
             }
             Err(ModelError::Cancelled { .. }) => {}
             Err(error) => {
                 self.remaining = 0;
-                self.emit(TrainEvent::Failed {
-                    step: trainer.steps_done(),
-                    error,
-                });
+                self.emit(
+                    trainer,
+                    TrainEvent::Failed {
+                        step: trainer.steps_done(),
+                        error,
+                    },
+                );
             }
         }
     }
 
     /// A cancellable step, reported as a [`TrainEvent::Step`] when it succeeds.
-    fn step(&mut self, trainer: &mut Trainer) -> Result<StepStats> {
+    fn step(&self, trainer: &mut Trainer) -> Result<StepStats> {
         let cancel = &self.shared.cancel;
         let stats = trainer.step_unless(&|| cancel.load(Ordering::SeqCst))?;
-        self.steps_done = stats.step;
         let router = if self.options.router_stats {
             router_stats(&trainer.model)?
         } else {
             Vec::new()
         };
-        self.emit(TrainEvent::Step(Progress {
-            tokens_per_second: stats.tokens as f64 / stats.seconds.max(1e-9),
-            total_steps: trainer.settings.total_steps,
-            router,
-            stats: stats.clone(),
-        }));
+        self.emit(
+            trainer,
+            TrainEvent::Step(Progress {
+                tokens_per_second: stats.tokens as f64 / stats.seconds.max(1e-9),
+                total_steps: trainer.settings.total_steps,
+                router,
+                stats: stats.clone(),
+            }),
+        );
         Ok(stats)
     }
 
     /// Sends `event` after the status is up to date, so a listener that reads the status
     /// on an event sees the state the event reports.
-    fn emit(&self, event: TrainEvent) {
-        self.publish();
+    fn emit(&self, trainer: &Trainer, event: TrainEvent) {
+        self.publish(trainer);
         // Nobody listening is fine: the events are a report, not a protocol.
         let _ = self.events.send(event);
         if let Some(wake) = &self.options.wake {
@@ -426,9 +431,9 @@ impl Serve {
         }
     }
 
-    fn publish(&self) {
+    fn publish(&self, trainer: &Trainer) {
         *lock(&self.shared.status) = WorkerStatus {
-            steps_done: self.steps_done,
+            steps_done: trainer.steps_done(),
             run_remaining: self.remaining,
             paused: self.paused,
         };
