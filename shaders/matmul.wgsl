@@ -21,6 +21,7 @@ struct MatmulParams {
     splits: u32,  // k splits per batch (1: none)
     k_chunk: u32, // k per split
     group: u32,   // unused here (tile order of the subgroup kernel)
+    accumulate: u32, // 1: c += the product (c holds a sum so far, e.g. a gradient); 0: c = it
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -60,7 +61,12 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
         if r < p.m {
             for (var j = 0u; j < 4u; j++) {
                 if col0 + j < p.n {
-                    c[c_base + r * p.c_row + (col0 + j) * p.c_col] = acc[i][j];
+                    let at = c_base + r * p.c_row + (col0 + j) * p.c_col;
+                    if p.accumulate != 0u {
+                        c[at] += acc[i][j];
+                    } else {
+                        c[at] = acc[i][j];
+                    }
                 }
             }
         }

@@ -5,6 +5,7 @@ struct SplitKParams {
     numel: u32,  // elements of the output: batch * m * n
     slice: u32,  // m * n
     splits: u32,
+    accumulate: u32, // 1: out += the sum (out holds a sum so far); 0: out = it
 }
 
 @group(0) @binding(0) var<storage, read> p: SplitKParams;
@@ -18,7 +19,7 @@ fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let batch = i / p.slice;
     let within = i % p.slice;
     var src = batch * p.splits * p.slice + within;
-    var acc = 0.0;
+    var acc = select(0.0, out[i], p.accumulate != 0u);
     for (var s = 0u; s < p.splits; s++) {
         acc += part[src];
         src += p.slice;

@@ -36,6 +36,7 @@ struct MatmulParams {
     splits: u32,  // k splits per batch (1: none)
     k_chunk: u32, // k per split, a multiple of 4
     group: u32,   // tile order: row blocks per group (see `tile`)
+    accumulate: u32, // 1: c += the product (c holds a sum so far, e.g. a gradient); 0: c = it
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -220,6 +221,15 @@ fn a_m_row(base: u32, cv: u32, k: u32) -> vec4<f32> {
     return select(vec4<f32>(), v, k < p.k);
 }
 
+// Stores one vec4 of C, added to what C holds when accumulating (no read otherwise).
+fn put(i: u32, v: vec4<f32>) {
+    if p.accumulate != 0u {
+        c[i] += v;
+    } else {
+        c[i] = v;
+    }
+}
+
 // C is written with vec4 stores. As used (c_col == 1): a row's 8 columns are two vec4s.
 // Transposed (the kernel computes C^T, c_row == 1): 4 consecutive rows of the kernel are 4
 // consecutive words of one row of C, so each of the lane's 8 columns takes one vec4 per
@@ -231,10 +241,10 @@ fn store_row(t: Tile, i: u32, r: Row) {
     }
     let base = (t.c_off + row * p.c_row + t.col0) / 4u;
     if t.col0 < p.n {
-        c[base] = r[0];
+        put(base, r[0]);
     }
     if t.col0 + 4u < p.n {
-        c[base + 1u] = r[1];
+        put(base + 1u, r[1]);
     }
 }
 
@@ -247,14 +257,14 @@ fn store_rows4_transposed(t: Tile, i: u32, r0: Row, r1: Row, r2: Row, r3: Row) {
     let cv = p.c_col / 4u;
     let col = t.col0;
     let n = p.n;
-    if col < n { c[base + col * cv] = vec4(r0[0].x, r1[0].x, r2[0].x, r3[0].x); }
-    if col + 1u < n { c[base + (col + 1u) * cv] = vec4(r0[0].y, r1[0].y, r2[0].y, r3[0].y); }
-    if col + 2u < n { c[base + (col + 2u) * cv] = vec4(r0[0].z, r1[0].z, r2[0].z, r3[0].z); }
-    if col + 3u < n { c[base + (col + 3u) * cv] = vec4(r0[0].w, r1[0].w, r2[0].w, r3[0].w); }
-    if col + 4u < n { c[base + (col + 4u) * cv] = vec4(r0[1].x, r1[1].x, r2[1].x, r3[1].x); }
-    if col + 5u < n { c[base + (col + 5u) * cv] = vec4(r0[1].y, r1[1].y, r2[1].y, r3[1].y); }
-    if col + 6u < n { c[base + (col + 6u) * cv] = vec4(r0[1].z, r1[1].z, r2[1].z, r3[1].z); }
-    if col + 7u < n { c[base + (col + 7u) * cv] = vec4(r0[1].w, r1[1].w, r2[1].w, r3[1].w); }
+    if col < n { put(base + col * cv, vec4(r0[0].x, r1[0].x, r2[0].x, r3[0].x)); }
+    if col + 1u < n { put(base + (col + 1u) * cv, vec4(r0[0].y, r1[0].y, r2[0].y, r3[0].y)); }
+    if col + 2u < n { put(base + (col + 2u) * cv, vec4(r0[0].z, r1[0].z, r2[0].z, r3[0].z)); }
+    if col + 3u < n { put(base + (col + 3u) * cv, vec4(r0[0].w, r1[0].w, r2[0].w, r3[0].w)); }
+    if col + 4u < n { put(base + (col + 4u) * cv, vec4(r0[1].x, r1[1].x, r2[1].x, r3[1].x)); }
+    if col + 5u < n { put(base + (col + 5u) * cv, vec4(r0[1].y, r1[1].y, r2[1].y, r3[1].y)); }
+    if col + 6u < n { put(base + (col + 6u) * cv, vec4(r0[1].z, r1[1].z, r2[1].z, r3[1].z)); }
+    if col + 7u < n { put(base + (col + 7u) * cv, vec4(r0[1].w, r1[1].w, r2[1].w, r3[1].w)); }
 }
 
 fn store_block(t: Tile, q: u32, acc: array<Row, 8>) {

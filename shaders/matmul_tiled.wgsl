@@ -27,6 +27,7 @@ struct MatmulParams {
     splits: u32,
     k_chunk: u32,
     group: u32, // unused here
+    accumulate: u32, // 1: c += the product (c holds a sum so far, e.g. a gradient); 0: c = it
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -106,7 +107,12 @@ fn matmul_tiled(
             for (var j = 0u; j < 4u; j++) {
                 let col = col0 + 4u * lid.x + j;
                 if col < p.n {
-                    c[c_base + row * p.c_row + col * p.c_col] = acc[i][j];
+                    let at = c_base + row * p.c_row + col * p.c_col;
+                    if p.accumulate != 0u {
+                        c[at] += acc[i][j];
+                    } else {
+                        c[at] = acc[i][j];
+                    }
                 }
             }
         }

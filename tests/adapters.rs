@@ -272,18 +272,20 @@ fn adapter_files_that_do_not_fit_the_model_name_the_tensor_and_both_shapes() {
     assert!(e.contains("lora_B3") && e.contains("[160, 2]"), "{e}");
 }
 
-/// The adapted linear y = x W^T + scale z B^T as a function of (x, A, B, router).
+/// The adapted linear y = x W^T + scale z B^T as a function of (x, [A; router], B).
 fn adapted_layer(
     w: &Tensor,
     scale: f32,
     top_k: Option<usize>,
     hydra: bool,
+    rank: usize,
 ) -> impl Fn(&[Tensor]) -> hydralora::engine::Result<Tensor> + '_ {
     move |xs: &[Tensor]| {
         let adapter = Adapter {
-            a: xs[1].clone(),
+            down: xs[1].clone(),
             b: xs[2].clone(),
-            router: hydra.then(|| xs[3].clone()),
+            rank,
+            routed: hydra,
             scale,
             top_k,
             last_gates: Default::default(),
@@ -326,15 +328,18 @@ proptest! {
         let heads = if hydra { n } else { 1 };
         let mk = |shape: &[usize], s: u64| Tensor::from_slice(&dev, &common::values(shape.iter().product(), -1.0, 1.0, seed * 31 + s), shape).unwrap();
         let x = mk(&[t, d_in], 1);
-        let router = mk(&[heads, d_in], 4);
+        // The down-projection: A's r rows, then (HydraLoRA) the router's.
+        let router_rows = if hydra { heads } else { 0 };
+        let down = mk(&[r + router_rows, d_in], 2);
         if let Some(k) = top_k {
-            let margin = top_k_margin(&x.to_vec_f32().unwrap(), &router.to_vec_f32().unwrap(), t, d_in, heads, k);
+            let router = down.to_vec_f32().unwrap()[r * d_in..].to_vec();
+            let margin = top_k_margin(&x.to_vec_f32().unwrap(), &router, t, d_in, heads, k);
             prop_assume!(margin > 0.05);
         }
         let w = mk(&[d_out, d_in], 0);
-        let inputs = [x, mk(&[r, d_in], 2), mk(&[d_out, heads * r], 3), router];
-        let f = adapted_layer(&w, 0.7, top_k, hydra);
-        let report = gradcheck(f, &inputs[..if hydra { 4 } else { 3 }], &GradcheckOptions { max_checks_per_input: 12, seed, ..Default::default() }).unwrap();
+        let inputs = [x, down, mk(&[d_out, heads * r], 3)];
+        let f = adapted_layer(&w, 0.7, top_k, hydra, r);
+        let report = gradcheck(f, &inputs, &GradcheckOptions { max_checks_per_input: 12, seed, ..Default::default() }).unwrap();
         prop_assert!(report.passed(), "{}", report);
         // The frozen weight is not an input: no gradient of it is ever computed.
         prop_assert!(!w.tracks_grad());

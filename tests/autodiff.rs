@@ -50,6 +50,54 @@ fn a_shared_intermediate_accumulates_before_its_own_rule_runs() {
 }
 
 #[test]
+fn gradients_of_an_input_shared_by_several_products_add_up() {
+    // x [5, 8] is the left operand of x W1^T and x W2, the right one of W3 x, and feeds an
+    // elementwise term, so matmul parts arrive both first and after other parts (backward
+    // sums matmul parts into the gradient so far, in place):
+    // L = sum(c1 * (x W1^T)) + sum(c2 * (x W2)) + sum(c3 * x) + sum(c4 * (W3 x)),
+    // dL/dx = c1 W1 + c2 W2^T + c3 + W3^T c4.
+    let (t, d, n, m) = (5, 8, 6, 4);
+    let xv = values(t * d, -1.0, 1.0, 1);
+    let (w1, w2, w3) = (
+        values(n * d, -1.0, 1.0, 2),
+        values(d * n, -1.0, 1.0, 3),
+        values(m * t, -1.0, 1.0, 4),
+    );
+    let (c1, c2, c3, c4) = (
+        values(t * n, -1.0, 1.0, 5),
+        values(t * n, -1.0, 1.0, 6),
+        values(t * d, -1.0, 1.0, 7),
+        values(m * d, -1.0, 1.0, 8),
+    );
+    let x = param(&xv, &[t, d]);
+    let term = |y: Tensor, c: &[f32]| y.mul(&tensor(c, y.shape())).unwrap().sum_all().unwrap();
+    let l = term(x.matmul_nt(&tensor(&w1, &[n, d])).unwrap(), &c1)
+        .add(&term(x.clone(), &c3))
+        .unwrap()
+        .add(&term(x.matmul(&tensor(&w2, &[d, n])).unwrap(), &c2))
+        .unwrap()
+        .add(&term(tensor(&w3, &[m, t]).matmul(&x).unwrap(), &c4))
+        .unwrap();
+    let g = read(l.backward().unwrap().get(&x).unwrap());
+    let mut want = vec![0.0f64; t * d];
+    for i in 0..t {
+        for j in 0..d {
+            let mut s = c3[i * d + j] as f64;
+            for k in 0..n {
+                s += c1[i * n + k] as f64 * w1[k * d + j] as f64;
+                s += c2[i * n + k] as f64 * w2[j * n + k] as f64;
+            }
+            for k in 0..m {
+                s += w3[k * t + i] as f64 * c4[k * d + j] as f64;
+            }
+            want[i * d + j] = s;
+        }
+    }
+    // About 20 f32 roundings of terms below 1 each.
+    assert_close("shared input", &g, &want, 1e-5, 1e-5);
+}
+
+#[test]
 fn frozen_tensors_get_no_gradient_and_build_no_graph() {
     let w = tensor(&[1.0, 2.0, 3.0, 4.0], &[2, 2]); // not into_param: frozen
     assert!(!w.requires_grad() && !w.tracks_grad());

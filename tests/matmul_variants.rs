@@ -3,7 +3,9 @@
 //! transpose combinations, batched operands, a rank-2 operand shared across the batch on
 //! either side, odd sizes (1, 3, 5, 33, 65, 127), one product above 500 in every dim, and
 //! the skinny LoRA shapes. Plus: the automatic choice (`matmul_t`) on the same cases, the
-//! subgroup kernel's refusals, and split-K determinism.
+//! subgroup kernel's refusals, and split-K determinism. And summing a product into an
+//! existing tensor (`matmul_accumulate`, how backward adds up input gradients) on every
+//! kernel and split: in place when nothing else holds the sum, a copy otherwise.
 //!
 //! Tolerance: a K-term f32 dot product, whatever the order of its additions (split-K
 //! included) and with or without fused multiply-add, is within gamma_{K+1} sum_k |a_k b_k|
@@ -18,8 +20,10 @@
 mod common;
 
 use common::*;
+use hydralora::engine::no_grad;
 use hydralora::engine::ops::matmul::{
-    matmul_variant, matmul_with, subgroups_of_8, MatmulKernel, MatmulVariant,
+    matmul_accumulate, matmul_accumulate_with, matmul_variant, matmul_with, subgroups_of_8,
+    MatmulKernel, MatmulVariant,
 };
 use hydralora::engine::{matmul_t, Error, Tensor};
 
@@ -426,4 +430,79 @@ fn empty_inner_dim_gives_zeros_on_every_kernel() {
             assert!(read(&c).iter().all(|&x| x == 0.0), "{v}");
         }
     }
+}
+
+/// `acc + op(a) op(b)` against `acc + reference` (one more f32 rounding: the bound grows by
+/// u |acc + reference|): in place (the same tensor back) on every kernel, split or not.
+#[test]
+fn accumulate_into_a_sum_every_kernel_and_split() {
+    let mut seed = 900;
+    for kernel in KERNELS {
+        for (ta, tb) in FLAGS {
+            for splits in [1, 3] {
+                for case in [
+                    Case::new(36, 40, 68, ta, tb),
+                    Case::new(5, 129, 3, ta, tb),
+                    Case::new(8, 260, 36, ta, tb).batched(Batching::Both(2)),
+                ] {
+                    let variant = MatmulVariant::new(kernel, splits);
+                    let x = inputs(&case, seed);
+                    let shape = expected_shape(&case);
+                    let prior = values(shape.iter().product(), -1.0, 1.0, seed + 7);
+                    let sum = tensor(&prior, &shape);
+                    let id = sum.id();
+                    let what = format!("accumulate {variant} {case:?}");
+                    let result =
+                        no_grad(|| matmul_accumulate_with(sum, &x.a, &x.b, ta, tb, variant));
+                    let runs = kernel != MatmulKernel::Subgroup
+                        || (subgroup_here() && case.subgroup_aligned());
+                    if !runs {
+                        assert!(matches!(result, Err(Error::Unsupported(_))), "{what}");
+                        continue;
+                    }
+                    let c = result.unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert_eq!(c.id(), id, "{what}: not summed in place");
+                    let want: Vec<f64> = x
+                        .reference
+                        .iter()
+                        .zip(&prior)
+                        .map(|(r, &p)| r + p as f64)
+                        .collect();
+                    let bound: Vec<f64> = x
+                        .bound
+                        .iter()
+                        .zip(&want)
+                        .map(|(b, w)| b + 2.0 * U * w.abs())
+                        .collect();
+                    assert_within(&what, &read(&c), &want, &bound);
+                    seed += 2;
+                }
+            }
+        }
+    }
+}
+
+/// A sum someone else still holds is left as it was: the result is a new tensor.
+#[test]
+fn accumulate_never_writes_a_shared_sum() {
+    let case = Case::new(36, 40, 68, false, true);
+    let x = inputs(&case, 990);
+    let prior = values(36 * 68, -1.0, 1.0, 991);
+    let sum = tensor(&prior, &[36, 68]);
+    let kept = sum.clone();
+    let c = no_grad(|| matmul_accumulate(sum, &x.a, &x.b, false, true)).unwrap();
+    assert_ne!(c.id(), kept.id());
+    assert_bits_eq("the shared sum", &read(&kept), &prior);
+    let want: Vec<f64> = x
+        .reference
+        .iter()
+        .zip(&prior)
+        .map(|(r, &p)| r + p as f64)
+        .collect();
+    let bound: Vec<f64> = x.bound.iter().map(|b| b + 4.0 * U * 40.0).collect();
+    assert_within("shared sum", &read(&c), &want, &bound);
+    // A sum of the wrong shape is refused, naming both shapes.
+    let wrong = tensor(&prior, &[68, 36]);
+    let r = no_grad(|| matmul_accumulate(wrong, &x.a, &x.b, false, true));
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
 }

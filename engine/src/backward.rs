@@ -8,7 +8,11 @@ use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::elementwise::{swiglu_backward, unary_backward, BinaryKind};
 use crate::ops::{
-    attention, embedding, gate, loss, matmul::matmul_t, norm, reduce::sum_to_shape, rope, softmax,
+    attention, embedding, gate, loss,
+    matmul::{matmul_accumulate, matmul_t},
+    norm,
+    reduce::sum_to_shape,
+    rope, softmax,
 };
 use crate::tensor::{Tensor, TensorId};
 
@@ -156,17 +160,33 @@ impl Tensor {
                 continue;
             };
             // Only the inputs in the graph get a gradient: a frozen weight's is never computed.
-            let needs: Vec<bool> = op.inputs().iter().map(|t| t.tracks_grad()).collect();
-            let grads = rule(op, node, &g, &needs)?;
-            for (input, gi) in op.inputs().into_iter().zip(grads) {
-                let Some(gi) = gi else { continue };
+            let inputs = op.inputs();
+            let needs: Vec<bool> = inputs.iter().map(|t| t.tracks_grad()).collect();
+            // The gradient each input has so far: a rule may sum its part straight into it.
+            let mut sums: Vec<Option<Tensor>> = inputs
+                .iter()
+                .map(|t| {
+                    if t.tracks_grad() {
+                        pending.remove(&t.id())
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            let grads = rule(op, node, &g, &needs, &mut sums)?;
+            for ((input, gi), prev) in inputs.into_iter().zip(grads).zip(sums) {
                 if !input.tracks_grad() {
                     continue; // frozen: its gradient is never kept
                 }
-                let sum = match pending.remove(&input.id()) {
-                    Some(prev) => prev.add(&gi)?,
-                    None => gi,
+                let mut sum = match (prev, gi) {
+                    (Some(prev), Some(gi)) => prev.add(&gi)?,
+                    (Some(one), None) | (None, Some(one)) => one,
+                    (None, None) => continue,
                 };
+                // An input used twice by this op (x * x) collects both parts.
+                if let Some(other) = pending.remove(&input.id()) {
+                    sum = other.add(&sum)?;
+                }
                 pending.insert(input.id(), sum);
             }
         }
@@ -203,34 +223,37 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 /// The backward rule of each op: gradients of its inputs (in `Op::inputs` order) from the
 /// gradient `g` of its output `out`. `None` where an input gets no gradient.
 /// `needs[i]` says whether input i is in the graph; rules with costly gradients (matmul,
-/// the binary ops) skip the ones nobody needs.
-fn rule(op: &Op, out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+/// the binary ops) skip the ones nobody needs. `sums[i]` is the gradient input i has
+/// collected so far: a rule that takes it returns the total (matmul sums its product into
+/// it in place); one left there is added to the rule's part by the caller.
+fn rule(
+    op: &Op,
+    out: &Tensor,
+    g: &Tensor,
+    needs: &[bool],
+    sums: &mut [Option<Tensor>],
+) -> Result<Vec<Option<Tensor>>> {
     let need = |i: usize| needs.get(i).copied().unwrap_or(true);
     Ok(match op {
         Op::Matmul { a, b, ta, tb } => {
             // C = op(A) op(B):  dop(A) = dC op(B)^T,  dop(B) = op(A)^T dC.
-            let da = || {
-                if *ta {
-                    matmul_t(b, g, *tb, true)
-                } else {
-                    matmul_t(g, b, false, !*tb)
-                }
+            let (x, y, tx, ty) = if *ta {
+                (b, g, *tb, true)
+            } else {
+                (g, b, false, !*tb)
             };
-            let db = || {
-                if *tb {
-                    matmul_t(g, a, true, *ta)
-                } else {
-                    matmul_t(a, g, !*ta, false)
-                }
+            let da = need(0)
+                .then(|| product_grad(a, x, y, tx, ty, sums[0].take()))
+                .transpose()?;
+            let (x, y, tx, ty) = if *tb {
+                (g, a, true, *ta)
+            } else {
+                (a, g, !*ta, false)
             };
-            vec![
-                need(0)
-                    .then(|| sum_to_shape(&da()?, a.shape()))
-                    .transpose()?,
-                need(1)
-                    .then(|| sum_to_shape(&db()?, b.shape()))
-                    .transpose()?,
-            ]
+            let db = need(1)
+                .then(|| product_grad(b, x, y, tx, ty, sums[1].take()))
+                .transpose()?;
+            vec![da, db]
         }
         Op::Binary { a, b, kind } => {
             let da = || match kind {
@@ -287,6 +310,16 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<
             let (dg, dh) = gate::gate_expand_backward(gate_w, h, g)?;
             vec![Some(dg), Some(dh)]
         }
+        Op::RoutedExpand {
+            logits_src,
+            h_src,
+            rank,
+        } => {
+            // One source (no dropout): one gradient, both parts in their own columns.
+            let (d_logits_src, d_h_src) =
+                gate::routed_expand_backward(logits_src, h_src, *rank, g)?;
+            vec![Some(d_logits_src), d_h_src]
+        }
         Op::Reshape { x } => vec![Some(g.reshape(x.shape())?)],
         Op::Transpose { d0, d1, .. } => vec![Some(g.transpose(*d0, *d1)?)],
         Op::Narrow { x, axis, start } => vec![Some(
@@ -306,4 +339,23 @@ fn rule(op: &Op, out: &Tensor, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<
             op.backward(&refs, out, g)?
         }
     })
+}
+
+/// The gradient of matmul operand `x` from the product `op(p) op(q)`, summed to x's shape
+/// (over broadcast batches), and into `sum` (x's gradient so far) in place when there is one.
+fn product_grad(
+    x: &Tensor,
+    p: &Tensor,
+    q: &Tensor,
+    tp: bool,
+    tq: bool,
+    sum: Option<Tensor>,
+) -> Result<Tensor> {
+    match sum {
+        Some(sum) if sum.shape() == x.shape() && p.rank().max(q.rank()) == x.rank() => {
+            matmul_accumulate(sum, p, q, tp, tq)
+        }
+        Some(sum) => sum.add(&sum_to_shape(&matmul_t(p, q, tp, tq)?, x.shape())?),
+        None => sum_to_shape(&matmul_t(p, q, tp, tq)?, x.shape()),
+    }
 }

@@ -78,6 +78,12 @@ pub(crate) enum Op {
         g: Tensor,
         h: Tensor,
     },
+    /// z[t, i r + j] = softmax(logits_src[t, r..])[i] h_src[t, j], r = `rank`.
+    RoutedExpand {
+        logits_src: Tensor,
+        h_src: Tensor,
+        rank: usize,
+    },
     Reshape {
         x: Tensor,
     },
@@ -120,6 +126,9 @@ impl Op {
             Op::Embedding { table, .. } => vec![table],
             Op::CrossEntropy { logits, .. } => vec![logits],
             Op::GateExpand { g, h } => vec![g, h],
+            Op::RoutedExpand {
+                logits_src, h_src, ..
+            } => vec![logits_src, h_src],
             Op::Concat { parts, .. } => parts.iter().collect(),
             Op::Custom { inputs, .. } => inputs.iter().collect(),
         }

@@ -313,6 +313,14 @@ impl Tensor {
         }
     }
 
+    /// Whether this handle is the only one to its buffer and it is in no graph, so a kernel
+    /// may write into it in place (a gradient being summed) without anyone seeing it change.
+    pub(crate) fn is_exclusive(&self) -> bool {
+        Arc::strong_count(&self.0) == 1
+            && Arc::strong_count(&self.0.storage) == 1
+            && self.0.op.is_none()
+    }
+
     pub(crate) fn op(&self) -> Option<&Op> {
         self.0.op.as_ref()
     }

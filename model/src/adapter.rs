@@ -320,48 +320,33 @@ pub fn attach(model: &mut Llama, cfg: &AdapterConfig, seed: u64) -> Result<()> {
                     .map(|_| bound * (2.0 * rng.next_f32() - 1.0))
                     .collect()
             };
-            let a = Tensor::from_slice(&device, &uniform(cfg.r * d_in), &[cfg.r, d_in])?;
-            let router = match cfg.method {
-                Method::Hydra => Some(
-                    Tensor::from_slice(
-                        &device,
-                        &uniform(cfg.experts * d_in),
-                        &[cfg.experts, d_in],
-                    )?
-                    .into_param(),
-                ),
-                Method::Lora => None,
+            // A's rows, then the router's (drawn in that order, so LoRA and HydraLoRA
+            // start from the same A for a given seed).
+            let router_rows = match cfg.method {
+                Method::Hydra => cfg.experts,
+                Method::Lora => 0,
             };
+            let rows = cfg.r + router_rows;
+            let down = Tensor::from_slice(&device, &uniform(rows * d_in), &[rows, d_in])?;
             let b = Tensor::zeros(&device, &[d_out, cfg.experts * cfg.r])?;
             let dropout = Dropout {
                 p: cfg.dropout,
                 seed: dropout_seed.clone(),
                 salt: (l * TARGET_MODULES.len() + m) as u64,
             };
-            linear.adapter = Some(new_adapter(
-                cfg,
-                a.into_param(),
-                b.into_param(),
-                router,
-                dropout,
-            ));
+            linear.adapter = Some(new_adapter(cfg, down.into_param(), b.into_param(), dropout));
         }
     }
     model.adapter = Some(cfg.clone());
     Ok(())
 }
 
-fn new_adapter(
-    cfg: &AdapterConfig,
-    a: Tensor,
-    b: Tensor,
-    router: Option<Tensor>,
-    dropout: Dropout,
-) -> Adapter {
+fn new_adapter(cfg: &AdapterConfig, down: Tensor, b: Tensor, dropout: Dropout) -> Adapter {
     Adapter {
-        a,
+        down,
         b,
-        router,
+        rank: cfg.r,
+        routed: cfg.method == Method::Hydra,
         scale: cfg.scale(),
         top_k: cfg.top_k,
         last_gates: Arc::new(Mutex::new(None)),
@@ -377,10 +362,23 @@ pub struct AdapterTensor<'a> {
     pub key: String,
     /// The stored shape (a B head: `[d_out, r]`).
     pub shape: Vec<usize>,
-    /// The parameter holding it (B heads are columns of the stacked B).
+    /// The parameter holding it (B heads are columns of the stacked B; A and the router
+    /// are rows of the down-projection).
     pub param: &'a Tensor,
-    /// For a B head: which columns of the stacked B.
-    pub columns: Option<(usize, usize)>,
+    /// Which part of `param` it is: all of it, some columns (a B head) or some rows (A, the
+    /// router).
+    pub part: Part,
+}
+
+/// Where a stored tensor sits in its parameter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The whole parameter.
+    All,
+    /// Columns `start..start + len` (a B head of the stacked B).
+    Columns(usize, usize),
+    /// Rows `start..start + len` (A or the router, of the down-projection).
+    Rows(usize, usize),
 }
 
 /// Every adapter tensor of the model with its file key, in model order.
@@ -395,37 +393,39 @@ pub fn adapter_tensors(model: &Llama) -> Vec<AdapterTensor<'_>> {
                 continue;
             };
             let key = module_key(l, module);
+            let (r, d_in, d_out) = (ad.rank(), ad.down.dim(1), ad.b.dim(0));
             out.push(AdapterTensor {
                 key: format!("{key}.lora_A.weight"),
-                shape: ad.a.shape().to_vec(),
-                param: &ad.a,
-                columns: None,
+                shape: vec![r, d_in],
+                param: &ad.down,
+                part: if ad.routed {
+                    Part::Rows(0, r)
+                } else {
+                    Part::All
+                },
             });
-            let d_out = ad.b.dim(0);
             match cfg.method {
                 Method::Lora => out.push(AdapterTensor {
                     key: format!("{key}.lora_B.weight"),
                     shape: ad.b.shape().to_vec(),
                     param: &ad.b,
-                    columns: None,
+                    part: Part::All,
                 }),
                 Method::Hydra => {
                     for i in 0..cfg.experts {
                         out.push(AdapterTensor {
                             key: format!("{key}.lora_B{i}.weight"),
-                            shape: vec![d_out, cfg.r],
+                            shape: vec![d_out, r],
                             param: &ad.b,
-                            columns: Some((i * cfg.r, cfg.r)),
+                            part: Part::Columns(i * r, r),
                         });
                     }
-                    if let Some(router) = &ad.router {
-                        out.push(AdapterTensor {
-                            key: format!("{key}.lora_route.weight"),
-                            shape: router.shape().to_vec(),
-                            param: router,
-                            columns: None,
-                        });
-                    }
+                    out.push(AdapterTensor {
+                        key: format!("{key}.lora_route.weight"),
+                        shape: vec![ad.heads(), d_in],
+                        param: &ad.down,
+                        part: Part::Rows(r, ad.heads()),
+                    });
                 }
             }
         }
@@ -456,14 +456,14 @@ pub fn trainable_count(model: &Llama) -> usize {
 /// gradient, the parameter's shape), on the host.
 pub fn read_adapter_tensor(t: &AdapterTensor, source: &Tensor) -> Result<Vec<f32>> {
     let host = source.to_vec_f32()?;
-    Ok(match t.columns {
-        None => host,
-        Some((start, len)) => {
-            let width = source.dim(1);
-            host.chunks(width)
-                .flat_map(|row| row[start..start + len].to_vec())
-                .collect()
-        }
+    let width = source.dim(1);
+    Ok(match t.part {
+        Part::All => host,
+        Part::Columns(start, len) => host
+            .chunks(width)
+            .flat_map(|row| row[start..start + len].to_vec())
+            .collect(),
+        Part::Rows(start, len) => host[start * width..(start + len) * width].to_vec(),
     })
 }
 
@@ -540,13 +540,16 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<AdapterConfig> {
             }
         };
         let full = &mut staged[slot].1;
-        match t.columns {
-            None => full.copy_from_slice(&values),
-            Some((start, len)) => {
-                let width = t.param.dim(1);
+        let width = t.param.dim(1);
+        match t.part {
+            Part::All => full.copy_from_slice(&values),
+            Part::Columns(start, len) => {
                 for (row, chunk) in values.chunks(len).enumerate() {
                     full[row * width + start..row * width + start + len].copy_from_slice(chunk);
                 }
+            }
+            Part::Rows(start, len) => {
+                full[start * width..(start + len) * width].copy_from_slice(&values)
             }
         }
     }

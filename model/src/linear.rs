@@ -4,7 +4,8 @@
 //! ```text
 //! g = softmax(x Wg^T)              [T, N]    the router, dense, on the layer input
 //! h = x A^T                        [T, r]    shared by every head
-//! z[t, i r + j] = g[t, i] h[t, j]  [T, N r]  the gate expansion
+//!                                            (h and x Wg^T: one matmul, x [A; Wg]^T)
+//! z[t, i r + j] = g[t, i] h[t, j]  [T, N r]  the gate expansion (softmax fused in, when dense)
 //! y = x W0^T + scale * z Bs^T      [T, d_out], Bs = [B_0 | ... | B_{N-1}]
 //! ```
 //! LoRA is N = 1 with no router (z = h).
@@ -12,17 +13,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hydralora_engine::{gate_expand, is_recording, rng::Rng, top_k_mask, Result, Tensor};
+use hydralora_engine::{
+    gate_expand, is_recording, rng::Rng, routed_expand, top_k_mask, Result, Tensor,
+};
 
 /// The trainable part of an adapted linear layer.
 #[derive(Clone, Debug)]
 pub struct Adapter {
-    /// A, `[r, d_in]`, shared by every head.
-    pub a: Tensor, // [r, d_in]
+    /// The down-projection `[r + N, d_in]`: A (shared by every head) in rows `0..r`, then,
+    /// for HydraLoRA, the router Wg in rows `r..r + N`, so that `x down^T` gives h and the
+    /// router logits in one matmul. LoRA: just A, `[r, d_in]`.
+    pub down: Tensor, // [r + N, d_in]: A, then the router (none for LoRA)
     /// The N heads side by side, `[d_out, N r]`: columns `i r..(i + 1) r` are B_i.
     pub b: Tensor, // [d_out, N r]: the N heads B_i side by side
-    /// The router Wg, `[N, d_in]`; `None` for LoRA.
-    pub router: Option<Tensor>, // [N, d_in], None for LoRA
+    /// The rank r.
+    pub rank: usize,
+    /// Whether rows `r..` of `down` are a router (HydraLoRA; LoRA has none).
+    pub routed: bool,
     /// alpha / r, or alpha / sqrt(r) with rsLoRA.
     pub scale: f32, // alpha / r, or alpha / sqrt(r) with rsLoRA
     /// Route each token to its k best heads only (softmax renormalised over them).
@@ -75,47 +82,83 @@ pub fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
 impl Adapter {
     /// The rank r (rows of A).
     pub fn rank(&self) -> usize {
-        self.a.dim(0)
+        self.rank
     }
 
     /// Number of B heads (1 for LoRA).
     pub fn heads(&self) -> usize {
-        self.router.as_ref().map_or(1, |r| r.dim(0))
+        self.b.dim(1) / self.rank
     }
 
-    /// The trainable tensors: A, the stacked B, and the router if any.
+    /// The trainable tensors: the down-projection (A and the router) and the stacked B.
     pub fn params(&self) -> Vec<&Tensor> {
-        let mut p = vec![&self.a, &self.b];
-        p.extend(self.router.as_ref());
-        p
+        vec![&self.down, &self.b]
     }
 
     /// Routing weights g = softmax(x Wg^T), [T, N] (renormalised over the top k heads when
     /// set); None for LoRA.
     pub fn gates(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        let Some(wg) = &self.router else {
+        if !self.routed {
             return Ok(None);
-        };
-        let g = x.matmul_nt(wg)?.softmax()?; // [T, N]
-        let g = match self.top_k {
-            Some(k) if k < wg.dim(0) => {
+        }
+        let g = self.gates_from(&x.matmul_nt(&self.down)?)?;
+        self.record(&g);
+        Ok(Some(g))
+    }
+
+    /// The top k of the router, where it keeps fewer heads than it has.
+    fn sparse_k(&self) -> Option<usize> {
+        self.top_k.filter(|&k| k < self.heads())
+    }
+
+    /// The gates from hl = x down^T [T, r + N]: softmax of its logit columns, renormalised
+    /// over the top k heads when set: [T, N].
+    fn gates_from(&self, hl: &Tensor) -> Result<Tensor> {
+        let g = hl.narrow(1, self.rank, self.heads())?.softmax()?; // [T, N]
+        match self.sparse_k() {
+            Some(k) => {
                 let kept = g.mul(&top_k_mask(&g, k)?)?; // [T, N], zeros outside the top k
-                kept.div(&kept.sum_keepdim(1)?)?
+                kept.div(&kept.sum_keepdim(1)?)
             }
-            _ => g,
-        };
+            None => Ok(g),
+        }
+    }
+
+    /// Keeps the gates of this forward for router statistics and the balance loss.
+    fn record(&self, g: &Tensor) {
         if self.record_gates {
             *self.last_gates.lock().unwrap_or_else(|e| e.into_inner()) = Some(g.clone());
         }
-        Ok(Some(g))
     }
 
     /// scale * z Bs^T for x [T, d_in]: the adapter's addition to the layer output.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.dropout.apply(x)?.matmul_nt(&self.a)?; // [T, r]
-        let z = match self.gates(x)? {
-            Some(g) => gate_expand(&g, &h)?, // [T, N r]
-            None => h,
+        // A sees the dropped-out input, the router the layer input: one product while
+        // dropout is off (always outside training), two (each with a few unused columns)
+        // while it is on.
+        let dropped = self.dropout.apply(x)?;
+        let h_src = dropped.matmul_nt(&self.down)?; // [T, r + N] (LoRA: h, [T, r])
+        if !self.routed {
+            return h_src.matmul_nt(&self.b)?.scale(self.scale); // z = h
+        }
+        let hl = match dropped.id() == x.id() {
+            true => h_src.clone(),
+            false => x.matmul_nt(&self.down)?, // [T, r + N]
+        };
+        let z = match self.sparse_k() {
+            // Dense routing: the softmax runs inside the expansion kernel (both ways); the
+            // gates are computed apart only when someone reads them.
+            None => {
+                if self.record_gates {
+                    self.record(&self.gates_from(&hl)?);
+                }
+                routed_expand(&hl, &h_src, self.rank)? // [T, N r]
+            }
+            Some(_) => {
+                let g = self.gates_from(&hl)?; // [T, N]
+                self.record(&g);
+                gate_expand(&g, &h_src.narrow(1, 0, self.rank)?)? // [T, N r]
+            }
         };
         z.matmul_nt(&self.b)?.scale(self.scale)
     }

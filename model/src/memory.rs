@@ -152,7 +152,7 @@ fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
             if ad.dropout.p > 0.0 {
                 bytes += 2 * f32s(n * d_in);
             }
-            if ad.router.is_some() {
+            if ad.routed {
                 let gates = if ad.top_k.is_some() { 6 } else { 2 };
                 bytes += gates * f32s(n * heads) + f32s(n * heads * r);
             }

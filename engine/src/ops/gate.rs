@@ -1,5 +1,6 @@
 //! The HydraLoRA gate expansion z[t, i r + j] = g[t, i] h[t, j]: routing weights times the
-//! shared low-rank activations, laid out so that every B head runs in one matmul.
+//! shared low-rank activations, laid out so that every B head runs in one matmul. The dense
+//! router's variant takes the router logits and applies the softmax in the same kernel.
 
 use crate::error::{Error, Result};
 use crate::op::Op;
@@ -9,29 +10,7 @@ use crate::tensor::{DType, Tensor};
 
 /// g: [T, N] gate weights, h: [T, r] shared activations -> z: [T, N r].
 pub fn gate_expand(g: &Tensor, h: &Tensor) -> Result<Tensor> {
-    g.expect_dtype("gate_expand", DType::F32, "f32")?;
-    h.expect_dtype("gate_expand", DType::F32, "f32")?;
-    g.expect_same_device("gate_expand", h)?;
-    g.expect_bindable("gate_expand")?;
-    h.expect_bindable("gate_expand")?;
-    if g.rank() != 2 || h.rank() != 2 || g.dim(0) != h.dim(0) {
-        return Err(Error::ShapeMismatch {
-            op: "gate_expand",
-            lhs: g.shape().to_vec(),
-            rhs: h.shape().to_vec(),
-            why: "g must be [T, N] and h [T, r]".into(),
-        });
-    }
-    let (t, n, r) = (g.dim(0), g.dim(1), h.dim(1));
-    let z = Tensor::empty_bindable("gate_expand", g.device(), &[t, n * r], DType::F32)?;
-    g.device().dispatch(
-        &shaders::GATE,
-        "gate_expand",
-        &[t as u32, n as u32, r as u32],
-        &[g.binding(), h.binding()],
-        &[z.binding()],
-        grid(g.device(), t * n * r, 256),
-    );
+    let z = expand("gate_expand", g, h)?;
     Ok(z.with_op(
         || Op::GateExpand {
             g: g.clone(),
@@ -39,6 +18,75 @@ pub fn gate_expand(g: &Tensor, h: &Tensor) -> Result<Tensor> {
         },
         &[g, h],
     ))
+}
+
+/// The dense router's expansion, softmax included, on packed down-projections:
+/// z[t, i r + j] = softmax(logits[t])[i] h[t, j] with logits = `logits_src[:, r..r + N]` and
+/// h = `h_src[:, 0..r]`, both sources [T, r + N] -> z [T, N r]. HydraLoRA computes
+/// `hl = x [A; Wg]^T` (the shared A and the router in one matmul) and passes it as both
+/// sources; with dropout on A's input, h comes from its own product. One kernel each way:
+/// the softmax costs no dispatch and no [T, N] gate tensor.
+pub fn routed_expand(logits_src: &Tensor, h_src: &Tensor, rank: usize) -> Result<Tensor> {
+    let op = "routed_expand";
+    for t in [logits_src, h_src] {
+        t.expect_dtype(op, DType::F32, "f32")?;
+        t.expect_bindable(op)?;
+    }
+    logits_src.expect_same_device(op, h_src)?;
+    if logits_src.rank() != 2 || logits_src.shape() != h_src.shape() || logits_src.dim(1) <= rank {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: logits_src.shape().to_vec(),
+            rhs: h_src.shape().to_vec(),
+            why: format!("both sources must be [T, r + N] with r = {rank} and N >= 1"),
+        });
+    }
+    let (t, n) = (logits_src.dim(0), logits_src.dim(1) - rank);
+    let z = Tensor::empty_bindable(op, logits_src.device(), &[t, n * rank], DType::F32)?;
+    logits_src.device().dispatch(
+        &shaders::GATE,
+        op,
+        &[t as u32, n as u32, rank as u32],
+        &[logits_src.binding(), h_src.binding()],
+        &[z.binding()],
+        grid(logits_src.device(), t, 64),
+    );
+    Ok(z.with_op(
+        || Op::RoutedExpand {
+            logits_src: logits_src.clone(),
+            h_src: h_src.clone(),
+            rank,
+        },
+        &[logits_src, h_src],
+    ))
+}
+
+/// g: [T, N] gates (or logits), h: [T, r] -> z [T, N r] by the expansion kernel.
+fn expand(entry: &'static str, g: &Tensor, h: &Tensor) -> Result<Tensor> {
+    g.expect_dtype(entry, DType::F32, "f32")?;
+    h.expect_dtype(entry, DType::F32, "f32")?;
+    g.expect_same_device(entry, h)?;
+    g.expect_bindable(entry)?;
+    h.expect_bindable(entry)?;
+    if g.rank() != 2 || h.rank() != 2 || g.dim(0) != h.dim(0) {
+        return Err(Error::ShapeMismatch {
+            op: entry,
+            lhs: g.shape().to_vec(),
+            rhs: h.shape().to_vec(),
+            why: "g must be [T, N] and h [T, r]".into(),
+        });
+    }
+    let (t, n, r) = (g.dim(0), g.dim(1), h.dim(1));
+    let z = Tensor::empty_bindable(entry, g.device(), &[t, n * r], DType::F32)?;
+    g.device().dispatch(
+        &shaders::GATE,
+        entry,
+        &[t as u32, n as u32, r as u32],
+        &[g.binding(), h.binding()],
+        &[z.binding()],
+        grid(g.device(), t * n * r, 256),
+    );
+    Ok(z)
 }
 
 /// (dg, dh) of the gate expansion.
@@ -49,17 +97,53 @@ pub(crate) fn gate_expand_backward(
 ) -> Result<(Tensor, Tensor)> {
     let (t, n, r) = (g.dim(0), g.dim(1), h.dim(1));
     let dev = g.device();
-    let dg = Tensor::empty(dev, g.shape(), DType::F32)?;
-    let dh = Tensor::empty(dev, h.shape(), DType::F32)?;
+    let dg = Tensor::empty(dev, g.shape(), DType::F32)?; // [T, N]
+    let dh = Tensor::empty(dev, h.shape(), DType::F32)?; // [T, r]
     dev.dispatch(
         &shaders::GATE_BACKWARD,
         "gate_expand_backward",
-        &[t as u32, n as u32, r as u32],
+        &[t as u32, n as u32, r as u32, 0],
         &[dz.binding(), g.binding(), h.binding()],
         &[dg.binding(), dh.binding()],
         grid(dev, t, 64),
     );
     Ok((dg, dh))
+}
+
+/// The gradients of routed_expand's sources, each [T, r + N]: one tensor (dh and dlogits
+/// side by side) when the sources are one tensor, else (d logits_src, d h_src), each zero in
+/// the columns the op does not read.
+pub(crate) fn routed_expand_backward(
+    logits_src: &Tensor,
+    h_src: &Tensor,
+    rank: usize,
+    dz: &Tensor,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (t, width) = (logits_src.dim(0), logits_src.dim(1));
+    let dev = logits_src.device();
+    let packed = logits_src.id() == h_src.id();
+    let d_logits_src = Tensor::empty(dev, &[t, width], DType::F32)?; // [T, r + N]
+    let d_h_src = match packed {
+        true => None,
+        false => Some(Tensor::empty(dev, &[t, width], DType::F32)?), // [T, r + N]
+    };
+    dev.dispatch(
+        &shaders::GATE_BACKWARD,
+        "routed_expand_backward",
+        &[
+            t as u32,
+            (width - rank) as u32,
+            rank as u32,
+            u32::from(packed),
+        ],
+        &[dz.binding(), logits_src.binding(), h_src.binding()],
+        &[
+            d_logits_src.binding(),
+            d_h_src.as_ref().unwrap_or(&d_logits_src).binding(),
+        ],
+        grid(dev, t, 64),
+    );
+    Ok((d_logits_src, d_h_src))
 }
 
 /// 1 where g [T, N] holds one of its row's k largest values (ties: lower index), else 0.

@@ -209,7 +209,58 @@ fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<u
 pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
     let (p, out_shape) = problem(a, b, ta, tb)?;
     let variant = choose(a.device(), &p);
-    run(a, b, ta, tb, &p, out_shape, variant)
+    run(a, b, ta, tb, &p, Output::New(out_shape), variant)
+}
+
+/// `acc + op(a) op(b)` (the shapes as in [`matmul_t`]), the product summed straight into
+/// `acc`'s buffer when nothing else holds `acc` and no graph is being recorded: a gradient
+/// that several products contribute to then costs no add kernel and no temporary (the
+/// backward pass sums every matmul input gradient this way). Otherwise a product and an
+/// add, with the same result. The returned tensor is `acc` itself when summed in place.
+pub fn matmul_accumulate(
+    acc: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+) -> Result<Tensor> {
+    let (p, _) = problem(a, b, ta, tb)?;
+    let variant = choose(a.device(), &p);
+    matmul_accumulate_with(acc, a, b, ta, tb, variant)
+}
+
+/// [`matmul_accumulate`] on a pinned kernel and number of K splits (tests, benchmarks);
+/// [`Error::Unsupported`] as for [`matmul_with`].
+pub fn matmul_accumulate_with(
+    acc: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    variant: MatmulVariant,
+) -> Result<Tensor> {
+    let (p, out_shape) = problem(a, b, ta, tb)?;
+    refuse_unsupported(a, b, ta, tb, &p, variant.kernel)?;
+    if out_shape != acc.shape() {
+        return Err(Error::ShapeMismatch {
+            op: "matmul_accumulate",
+            lhs: acc.shape().to_vec(),
+            rhs: out_shape,
+            why: "the sum so far must have the product's shape".into(),
+        });
+    }
+    acc.expect_same_device("matmul_accumulate", a)?;
+    if acc.dtype() != DType::F32 || !acc.is_exclusive() || crate::autograd::is_recording() {
+        let product = run(a, b, ta, tb, &p, Output::New(out_shape), variant)?;
+        return acc.add(&product);
+    }
+    run(a, b, ta, tb, &p, Output::SumInto(acc), variant)
+}
+
+/// Where a product goes: a new tensor of this shape, or summed into an existing one.
+enum Output {
+    New(Vec<usize>),
+    SumInto(Tensor),
 }
 
 /// [`matmul_t`] on a pinned kernel and number of K splits (tests, benchmarks). Fails with
@@ -222,15 +273,26 @@ pub fn matmul_with(
     variant: MatmulVariant,
 ) -> Result<Tensor> {
     let (p, out_shape) = problem(a, b, ta, tb)?;
-    if let Some(why) = unsupported(a.device(), &p, variant.kernel) {
-        return Err(Error::Unsupported(format!(
-            "matmul: the {} kernel cannot run {:?} x {:?} (transposed: {ta}, {tb}): {why}",
-            variant.kernel,
+    refuse_unsupported(a, b, ta, tb, &p, variant.kernel)?;
+    run(a, b, ta, tb, &p, Output::New(out_shape), variant)
+}
+
+fn refuse_unsupported(
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    p: &Problem,
+    kernel: MatmulKernel,
+) -> Result<()> {
+    match unsupported(a.device(), p, kernel) {
+        Some(why) => Err(Error::Unsupported(format!(
+            "matmul: the {kernel} kernel cannot run {:?} x {:?} (transposed: {ta}, {tb}): {why}",
             a.shape(),
             b.shape()
-        )));
+        ))),
+        None => Ok(()),
     }
-    run(a, b, ta, tb, &p, out_shape, variant)
 }
 
 /// The variant [`matmul_t`] runs for these operands.
@@ -445,7 +507,7 @@ fn run(
     ta: bool,
     tb: bool,
     p: &Problem,
-    out_shape: Vec<usize>,
+    output: Output,
     variant: MatmulVariant,
 ) -> Result<Tensor> {
     let device = a.device();
@@ -457,8 +519,12 @@ fn run(
         // bindings cannot bind an empty operand).
         variant = MatmulVariant::new(MatmulKernel::General, 1);
     }
-    let out = Tensor::empty(device, &out_shape, DType::F32)?;
+    let (out, accumulate) = match output {
+        Output::New(shape) => (Tensor::empty(device, &shape, DType::F32)?, false),
+        Output::SumInto(acc) => (acc, true),
+    };
     out.expect_bindable(OP)?;
+    let out_shape = out.shape().to_vec();
     // K splits of a length the kernel accepts (the subgroup kernel steps 4 k at a time),
     // none of them empty.
     let align = if variant.kernel == MatmulKernel::Subgroup {
@@ -488,6 +554,8 @@ fn run(
         None
     };
     let target = partial.as_ref().unwrap_or(&out);
+    // With split-K the slices are fresh and the reduction does the summing into `out`.
+    let sum_into_c = usize::from(accumulate && partial.is_none());
     let mn = p.m * p.n;
     // The kernel's A and B: swapped when the subgroup kernel computes C^T.
     let mut operands = [a.binding(), b.binding()];
@@ -500,7 +568,7 @@ fn run(
             };
             let params = [
                 p.m, p.n, p.k, p.a.batch, p.a.row, p.a.col, p.b.batch, p.b.row, p.b.col, mn, p.n,
-                1, splits, k_chunk, 1,
+                1, splits, k_chunk, 1, sum_into_c,
             ];
             let groups = [p.n.div_ceil(tile), p.m.div_ceil(tile), slices];
             if variant.kernel == MatmulKernel::Tiled {
@@ -524,7 +592,7 @@ fn run(
             };
             let params = [
                 s.m, s.n, p.k, s.a.batch, s.a.row, s.a.col, s.b.batch, s.b.row, s.b.col, mn, c_row,
-                c_col, splits, k_chunk, s.group,
+                c_col, splits, k_chunk, s.group, sum_into_c,
             ];
             let groups = [s.tiles.min(65535), s.tiles.div_ceil(65535), slices];
             (s.entry, &shaders::MATMUL_SUBGROUP, groups, params)
@@ -545,11 +613,19 @@ fn run(
         device.dispatch(
             &shaders::MATMUL_SPLITK,
             "splitk_reduce",
-            &[numel as u32, mn as u32, splits as u32],
+            &[
+                numel as u32,
+                mn as u32,
+                splits as u32,
+                u32::from(accumulate),
+            ],
             &[partial.binding()],
             &[out.binding()],
             grid(device, numel, 256),
         );
+    }
+    if accumulate {
+        return Ok(out); // backward only: never part of a graph
     }
     Ok(out.with_op(
         || Op::Matmul {
