@@ -131,6 +131,8 @@ struct Batch {
     params: Vec<u8>, // the bytes of the params arena for this batch
     dispatches: usize,
     submits: u64,
+    /// Dispatches recorded since the device was opened (empty ones skipped).
+    dispatched: u64,
     /// GPU time per entry point (calls, seconds) while profiling is on.
     profile: Option<std::collections::BTreeMap<&'static str, (u64, f64)>>,
 }
@@ -411,6 +413,12 @@ impl Device {
         self.lock_batch().submits
     }
 
+    /// Kernel dispatches recorded so far (each costs host recording and, on a CPU driver, a
+    /// thread-pool round: fewer is faster even at equal FLOPs).
+    pub fn dispatches(&self) -> u64 {
+        self.lock_batch().dispatched
+    }
+
     /// Submits everything recorded so far without waiting for it.
     pub fn flush(&self) {
         let mut batch = self.lock_batch();
@@ -504,6 +512,7 @@ impl Device {
             groups,
         });
         batch.dispatches += 1;
+        batch.dispatched += 1;
     }
 
     /// Records a buffer-to-buffer copy, ordered with the dispatches around it.

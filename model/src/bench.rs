@@ -175,6 +175,8 @@ pub struct StepReport {
     pub pipelines_after_first_step: usize,
     /// Command batches submitted per timed step, on average.
     pub submits_per_step: f64,
+    /// Kernel dispatches per timed step, on average.
+    pub dispatches_per_step: f64,
     /// The GPU's name (the engine's `DeviceInfo::name`).
     pub device: String,
     /// With `profile`: GPU time per kernel entry point over one extra step, most first.
@@ -192,6 +194,182 @@ pub struct KernelTime {
     pub seconds: f64,
 }
 
+/// One benchmark run's model, optimizer and batch, ready to step.
+struct StepRunner {
+    model: Llama,
+    params: Vec<Tensor>,
+    opt: AdamW,
+    ids: Vec<u32>,
+    labels: Vec<i32>,
+    method: BenchMethod,
+}
+
+/// What one step took and left behind.
+struct StepSample {
+    seconds: f64,
+    peak_bytes: u64,
+    pipelines: usize,
+    submits: u64,
+    dispatches: u64,
+}
+
+impl StepRunner {
+    /// The config's model with `method` set up (`targets` overriding the config's).
+    fn new(
+        device: &Device,
+        cfg: &BenchConfig,
+        method: BenchMethod,
+        targets: Option<Vec<String>>,
+    ) -> Result<StepRunner> {
+        let mut model = random_model(device, &cfg.model, cfg.seed)?;
+        let adapter = match method {
+            BenchMethod::Lora => Some(cfg.lora.clone()),
+            BenchMethod::Hydra => Some(cfg.hydra.clone()),
+            BenchMethod::Full => None,
+        };
+        let params: Vec<Tensor> = match adapter {
+            Some(mut a) => {
+                if let Some(t) = targets {
+                    a.targets = t;
+                }
+                attach(&mut model, &a, cfg.seed)?;
+                trainable_params(&model)
+            }
+            None => model
+                .make_trainable()?
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect(),
+        };
+        let mut rng = Rng::new(cfg.seed);
+        let ids: Vec<u32> = (0..cfg.batch * cfg.seq)
+            .map(|_| rng.below(cfg.model.vocab_size as u64) as u32)
+            .collect();
+        let labels = ids.iter().map(|&i| i as i32).collect();
+        Ok(StepRunner {
+            model,
+            params,
+            opt: AdamW::new(cfg.adamw),
+            ids,
+            labels,
+            method,
+        })
+    }
+
+    /// One training step (forward, backward, AdamW), waited for, with the loss its only
+    /// readback.
+    fn step(&mut self, batch: usize) -> Result<StepSample> {
+        let device = self.model.device().clone();
+        device.synchronize()?;
+        device.reset_peak();
+        let (pipelines0, submits0, dispatches0) = (
+            device.pipelines_created(),
+            device.submits(),
+            device.dispatches(),
+        );
+        let start = Instant::now();
+        let loss = self
+            .model
+            .causal_lm_loss(&self.model.forward(&self.ids, batch, None)?, &self.labels)?;
+        let grads = loss.backward()?;
+        self.opt.step(&self.params, &grads)?;
+        let value = loss.to_scalar()?;
+        device.synchronize()?;
+        let seconds = start.elapsed().as_secs_f64();
+        if !value.is_finite() {
+            return Err(ModelError::Input(format!("the benchmark loss is {value}")));
+        }
+        drop(grads);
+        Ok(StepSample {
+            seconds,
+            peak_bytes: device.pool_stats().peak_in_use,
+            pipelines: device.pipelines_created() - pipelines0,
+            submits: device.submits() - submits0,
+            dispatches: device.dispatches() - dispatches0,
+        })
+    }
+
+    /// GPU time per kernel over one more step (empty without timestamp queries).
+    fn profile(&mut self, batch: usize) -> Result<Vec<KernelTime>> {
+        let device = self.model.device().clone();
+        device.set_profiling(true);
+        let step = self.step(batch);
+        let kernels = device
+            .take_profile()
+            .into_iter()
+            .map(|(k, calls, seconds)| KernelTime {
+                kernel: k.to_string(),
+                calls,
+                seconds,
+            })
+            .collect();
+        device.set_profiling(false);
+        step.map(|_| kernels)
+    }
+
+    /// The report of `samples` (the first one the untimed warm-up).
+    fn report(
+        &self,
+        cfg: &BenchConfig,
+        samples: &[StepSample],
+        warmup: usize,
+        profile: Vec<KernelTime>,
+    ) -> StepReport {
+        let device = self.model.device();
+        let timed = &samples[warmup..];
+        let mut times: Vec<f64> = timed.iter().map(|s| s.seconds).collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let (b, t) = (cfg.batch, cfg.seq);
+        let fwd = forward_flops(&cfg.model, b, t);
+        let (factor, formula) = match self.method {
+            BenchMethod::Full => (3.0, "3 x forward (forward, input grads, weight grads)"),
+            _ => (
+                2.0,
+                "2 x forward (forward, input grads; adapter FLOPs not counted)",
+            ),
+        };
+        let flops = factor * fwd;
+        let run = crate::memory::RunShape {
+            micro_batch: b,
+            seq: t,
+            grad_accum: 1,
+        };
+        let per_step = |f: fn(&StepSample) -> u64| {
+            timed.iter().map(f).sum::<u64>() as f64 / timed.len() as f64
+        };
+        StepReport {
+            method: format!("{:?}", self.method).to_lowercase(),
+            targets: self
+                .model
+                .adapter
+                .as_ref()
+                .map(|a| a.targets.clone())
+                .unwrap_or_default(),
+            tokens_per_step: b * t,
+            trainable_params: match self.method {
+                BenchMethod::Full => self.params.iter().map(Tensor::numel).sum(),
+                _ => trainable_count(&self.model),
+            },
+            median_s: median,
+            min_s: times[0],
+            tokens_per_s: (b * t) as f64 / median,
+            flops_per_step: flops,
+            flops_formula: format!("{formula}; forward = 2 T (linear + lm_head params) + 4 B H T^2 hd per layer = {:.3} GFLOP", fwd / 1e9),
+            gflops: flops / median / 1e9,
+            peak_pool_bytes_first_step: samples[0].peak_bytes,
+            peak_pool_bytes_last_step: samples[samples.len() - 1].peak_bytes,
+            estimated_peak_bytes: crate::memory::estimate_training(&self.model, &self.params, run)
+                .total(),
+            pipelines_after_first_step: samples[1..].iter().map(|s| s.pipelines).sum(),
+            submits_per_step: per_step(|s| s.submits),
+            dispatches_per_step: per_step(|s| s.dispatches),
+            device: device.info().name.clone(),
+            profile,
+        }
+    }
+}
+
 /// Times `steps` training steps after `warmup` steps; `targets` overrides the config's.
 /// With `profile`, one more step runs with every dispatch timed (needs `TIMESTAMP_QUERY`).
 pub fn bench_step(
@@ -203,120 +381,68 @@ pub fn bench_step(
     steps: usize,
     profile: bool,
 ) -> Result<StepReport> {
-    let mut model = random_model(device, &cfg.model, cfg.seed)?;
-    let adapter = match method {
-        BenchMethod::Lora => Some(cfg.lora.clone()),
-        BenchMethod::Hydra => Some(cfg.hydra.clone()),
-        BenchMethod::Full => None,
+    let mut runner = StepRunner::new(device, cfg, method, targets)?;
+    let warmup = warmup.max(1);
+    let samples = (0..warmup + steps.max(1))
+        .map(|_| runner.step(cfg.batch))
+        .collect::<Result<Vec<_>>>()?;
+    let kernels = match profile {
+        true => runner.profile(cfg.batch)?,
+        false => Vec::new(),
     };
-    let params: Vec<Tensor> = match adapter {
-        Some(mut a) => {
-            if let Some(t) = targets.clone() {
-                a.targets = t;
-            }
-            attach(&mut model, &a, cfg.seed)?;
-            trainable_params(&model)
+    Ok(runner.report(cfg, &samples, warmup, kernels))
+}
+
+/// Two methods on the same targets, their steps alternating in one process so that both
+/// see the same machine (a shared, noisy one included): each one's report, and the
+/// median over step pairs of `a`'s time over `b`'s. Both models share the device's pool, so
+/// each report's pool peaks count the other model's tensors too.
+#[derive(Clone, Debug, Serialize)]
+pub struct PairReport {
+    /// The first method's steps.
+    pub a: StepReport,
+    /// The second method's steps, each run right after one of `a`'s.
+    pub b: StepReport,
+    /// Median over the timed pairs of a's step time / b's.
+    pub median_ratio: f64,
+    /// a's median step time / b's.
+    pub ratio_of_medians: f64,
+}
+
+/// [`bench_step`] for two methods at once, alternating a step of `a` and a step of `b`
+/// (both on `targets`, or each on its config's when `None`).
+pub fn bench_step_pair(
+    device: &Device,
+    cfg: &BenchConfig,
+    (a, b): (BenchMethod, BenchMethod),
+    targets: Option<Vec<String>>,
+    warmup: usize,
+    steps: usize,
+) -> Result<PairReport> {
+    let mut runners = [
+        StepRunner::new(device, cfg, a, targets.clone())?,
+        StepRunner::new(device, cfg, b, targets)?,
+    ];
+    let warmup = warmup.max(1);
+    let mut samples: [Vec<StepSample>; 2] = [Vec::new(), Vec::new()];
+    for _ in 0..warmup + steps.max(1) {
+        for (runner, out) in runners.iter_mut().zip(&mut samples) {
+            out.push(runner.step(cfg.batch)?);
         }
-        None => model
-            .make_trainable()?
-            .into_iter()
-            .map(|(_, t)| t)
-            .collect(),
-    };
-    let trainable = match method {
-        BenchMethod::Full => params.iter().map(Tensor::numel).sum(),
-        _ => trainable_count(&model),
-    };
-    let (b, t) = (cfg.batch, cfg.seq);
-    let mut rng = Rng::new(cfg.seed);
-    let ids: Vec<u32> = (0..b * t)
-        .map(|_| rng.below(cfg.model.vocab_size as u64) as u32)
+    }
+    let mut ratios: Vec<f64> = samples[0][warmup..]
+        .iter()
+        .zip(&samples[1][warmup..])
+        .map(|(x, y)| x.seconds / y.seconds)
         .collect();
-    let labels: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
-    let run = crate::memory::RunShape {
-        micro_batch: b,
-        seq: t,
-        grad_accum: 1,
-    };
-    let estimated = crate::memory::estimate_training(&model, &params, run).total();
-    let mut opt = AdamW::new(cfg.adamw);
-    let mut times = Vec::new();
-    let (mut peak_first, mut peak_last, mut pipelines_after_first) = (0, 0, 0);
-    let mut submits = 0u64;
-    for s in 0..warmup.max(1) + steps {
-        device.synchronize()?;
-        device.reset_peak();
-        let (pipelines0, submits0) = (device.pipelines_created(), device.submits());
-        let start = Instant::now();
-        let loss = model.causal_lm_loss(&model.forward(&ids, b, None)?, &labels)?;
-        let grads = loss.backward()?;
-        opt.step(&params, &grads)?;
-        let value = loss.to_scalar()?; // the step's only readback
-        device.synchronize()?;
-        let secs = start.elapsed().as_secs_f64();
-        if !value.is_finite() {
-            return Err(ModelError::Input(format!("the benchmark loss is {value}")));
-        }
-        drop(grads);
-        let peak = device.pool_stats().peak_in_use;
-        if s == 0 {
-            peak_first = peak;
-        } else {
-            pipelines_after_first += device.pipelines_created() - pipelines0;
-        }
-        peak_last = peak;
-        if s >= warmup.max(1) {
-            times.push(secs);
-            submits += device.submits() - submits0;
-        }
-    }
-    let mut kernels = Vec::new();
-    if profile {
-        device.set_profiling(true);
-        let loss = model.causal_lm_loss(&model.forward(&ids, b, None)?, &labels)?;
-        let grads = loss.backward()?;
-        opt.step(&params, &grads)?;
-        device.synchronize()?;
-        kernels = device
-            .take_profile()
-            .into_iter()
-            .map(|(k, calls, seconds)| KernelTime {
-                kernel: k.to_string(),
-                calls,
-                seconds,
-            })
-            .collect();
-        device.set_profiling(false);
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    let fwd = forward_flops(&cfg.model, b, t);
-    let (factor, formula) = match method {
-        BenchMethod::Full => (3.0, "3 x forward (forward, input grads, weight grads)"),
-        _ => (
-            2.0,
-            "2 x forward (forward, input grads; adapter FLOPs not counted)",
-        ),
-    };
-    let flops = factor * fwd;
-    Ok(StepReport {
-        method: format!("{method:?}").to_lowercase(),
-        targets: model.adapter.as_ref().map(|a| a.targets.clone()).unwrap_or_default(),
-        tokens_per_step: b * t,
-        trainable_params: trainable,
-        median_s: median,
-        min_s: times[0],
-        tokens_per_s: (b * t) as f64 / median,
-        flops_per_step: flops,
-        flops_formula: format!("{formula}; forward = 2 T (linear + lm_head params) + 4 B H T^2 hd per layer = {:.3} GFLOP", fwd / 1e9),
-        gflops: flops / median / 1e9,
-        peak_pool_bytes_first_step: peak_first,
-        peak_pool_bytes_last_step: peak_last,
-        estimated_peak_bytes: estimated,
-        pipelines_after_first_step: pipelines_after_first,
-        submits_per_step: submits as f64 / times.len() as f64,
-        device: device.info().name.clone(),
-        profile: kernels,
+    ratios.sort_by(f64::total_cmp);
+    let ra = runners[0].report(cfg, &samples[0], warmup, Vec::new());
+    let rb = runners[1].report(cfg, &samples[1], warmup, Vec::new());
+    Ok(PairReport {
+        median_ratio: ratios[ratios.len() / 2],
+        ratio_of_medians: ra.median_s / rb.median_s,
+        a: ra,
+        b: rb,
     })
 }
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use hydralora::engine::Device;
-use hydralora::model::bench::{bench_forward, bench_step, BenchConfig, BenchMethod};
+use hydralora::model::bench::{
+    bench_forward, bench_step, bench_step_pair, BenchConfig, BenchMethod, PairReport,
+};
 
 use crate::cli::CliResult;
 
@@ -34,20 +36,39 @@ pub struct StepArgs {
     /// Also time every kernel of one more step on the GPU (needs timestamp queries).
     #[arg(long)]
     profile: bool,
+    /// Also run this method, its steps alternating with `--method`'s on the same targets
+    /// (`--targets`, else `--method`'s from the config), and print the time ratio.
+    #[arg(long, value_enum, conflicts_with = "profile")]
+    versus: Option<MethodArg>,
+}
+
+impl MethodArg {
+    fn method(self) -> BenchMethod {
+        match self {
+            MethodArg::Lora => BenchMethod::Lora,
+            MethodArg::Hydra => BenchMethod::Hydra,
+            MethodArg::Full => BenchMethod::Full,
+        }
+    }
 }
 
 pub fn run_step(a: StepArgs) -> CliResult {
     let cfg = BenchConfig::from_file(&a.config)?;
     let device = Device::new()?;
-    let method = match a.method {
-        MethodArg::Lora => BenchMethod::Lora,
-        MethodArg::Hydra => BenchMethod::Hydra,
-        MethodArg::Full => BenchMethod::Full,
-    };
+    if let Some(versus) = a.versus {
+        let targets = a.targets.clone().or_else(|| match a.method {
+            MethodArg::Lora => Some(cfg.lora.targets.clone()),
+            MethodArg::Hydra => Some(cfg.hydra.targets.clone()),
+            MethodArg::Full => None,
+        });
+        let pair = (a.method.method(), versus.method());
+        let r = bench_step_pair(&device, &cfg, pair, targets, 1, a.steps.max(1))?;
+        return print_pair(&r, a.json);
+    }
     let r = bench_step(
         &device,
         &cfg,
-        method,
+        a.method.method(),
         a.targets,
         1,
         a.steps.max(1),
@@ -89,12 +110,32 @@ pub fn run_step(a: StepArgs) -> CliResult {
         r.estimated_peak_bytes as f64 / 1048576.0
     );
     println!(
-        "pipelines compiled after the first step: {}; submits per step: {:.1}",
-        r.pipelines_after_first_step, r.submits_per_step
+        "pipelines compiled after the first step: {}; submits per step: {:.1}; dispatches per step: {:.0}",
+        r.pipelines_after_first_step, r.submits_per_step, r.dispatches_per_step
     );
     if a.profile {
         print_profile(&r.profile, &device);
     }
+    Ok(())
+}
+
+/// The two methods of `--versus`, one line each, and their ratio.
+fn print_pair(r: &PairReport, json: bool) -> CliResult {
+    if json {
+        println!("{}", serde_json::to_string(r)?);
+        return Ok(());
+    }
+    println!("device: {}", r.a.device);
+    for s in [&r.a, &r.b] {
+        println!(
+            "{:<6} on {:?}: median {:.3} s, min {:.3} s per step, {:.0} dispatches, {} trainable parameters",
+            s.method, s.targets, s.median_s, s.min_s, s.dispatches_per_step, s.trainable_params
+        );
+    }
+    println!(
+        "{} / {} (steps alternating): median of the per-pair ratios {:.3}x, ratio of the medians {:.3}x",
+        r.a.method, r.b.method, r.median_ratio, r.ratio_of_medians
+    );
     Ok(())
 }
 
