@@ -365,7 +365,7 @@ impl Serve {
                 self.paused = false;
                 self.emit(trainer, TrainEvent::Cancelled { step });
             }
-            Message::Step(reply) => reply.send(self.step(trainer)),
+            Message::Step(reply) => reply.send(self.step(trainer, false)),
             Message::Call(f) => f(trainer),
             Message::Finish => unreachable!("handled by serve"),
         }
@@ -373,9 +373,8 @@ impl Serve {
 
     /// One step of the run; a failure ends the run (a cancel is followed by its message).
     fn run_one(&mut self, trainer: &mut Trainer) {
-        match self.step(trainer) {
+        match self.step(trainer, true) {
             Ok(_) => {
-                self.remaining -= 1;
                 if self.remaining == 0 {
                     self.emit(
                         trainer,
@@ -399,10 +398,14 @@ impl Serve {
         }
     }
 
-    /// A cancellable step, reported as a [`TrainEvent::Step`] when it succeeds.
-    fn step(&self, trainer: &mut Trainer) -> Result<StepStats> {
+    /// A cancellable step, reported as a [`TrainEvent::Step`] when it succeeds; one of a run
+    /// (`in_run`) counts down its steps first, so the status the event publishes is final.
+    fn step(&mut self, trainer: &mut Trainer, in_run: bool) -> Result<StepStats> {
         let cancel = &self.shared.cancel;
         let stats = trainer.step_unless(&|| cancel.load(Ordering::SeqCst))?;
+        if in_run {
+            self.remaining -= 1;
+        }
         let router = if self.options.router_stats {
             router_stats(&trainer.model)?
         } else {
