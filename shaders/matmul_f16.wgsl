@@ -8,6 +8,9 @@
 // `wid.z` is batch * splits + split: with split-K each split sums its k range into its own
 // slice of `c`, and `matmul_splitk.wgsl` adds the slices in a fixed order.
 
+// ACCUMULATE, a constant the host declares before this file (engine/src/shaders.rs): C += the
+// result (C holds a sum so far, e.g. a gradient) instead of C = it.
+
 struct MatmulParams {
     m: u32,
     n: u32,
@@ -24,7 +27,6 @@ struct MatmulParams {
     splits: u32,  // k splits per batch (1: none)
     k_chunk: u32, // k per split
     group: u32,   // unused here (tile order of the subgroup kernel)
-    accumulate: u32, // 1: c += the product (c holds a sum so far, e.g. a gradient); 0: c = it
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -65,7 +67,7 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
             for (var j = 0u; j < 4u; j++) {
                 if col0 + j < p.n {
                     let at = c_base + r * p.c_row + (col0 + j) * p.c_col;
-                    if p.accumulate != 0u {
+                    if ACCUMULATE {
                         c[at] += acc[i][j];
                     } else {
                         c[at] = acc[i][j];

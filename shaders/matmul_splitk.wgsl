@@ -1,11 +1,13 @@
 // Second pass of split-K matmul: out[b, i] = sum over s of part[b, s, i], the splits added
 // in order s = 0, 1, ... so the result is the same on every run (no float atomics).
 
+// ACCUMULATE, a constant the host declares before this file (engine/src/shaders.rs): C += the
+// result (C holds a sum so far, e.g. a gradient) instead of C = it.
+
 struct SplitKParams {
     numel: u32,  // elements of the output: batch * m * n
     slice: u32,  // m * n
     splits: u32,
-    accumulate: u32, // 1: out += the sum (out holds a sum so far); 0: out = it
 }
 
 @group(0) @binding(0) var<storage, read> p: SplitKParams;
@@ -19,7 +21,8 @@ fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     let batch = i / p.slice;
     let within = i % p.slice;
     var src = batch * p.splits * p.slice + within;
-    var acc = select(0.0, out[i], p.accumulate != 0u);
+    var acc = 0.0;
+    if ACCUMULATE { acc = out[i]; }
     for (var s = 0u; s < p.splits; s++) {
         acc += part[src];
         src += p.slice;

@@ -20,6 +20,9 @@
 // `wid.z` is batch * splits + split: with split-K each split sums a k range into its
 // own slice of `c`, and `matmul_splitk.wgsl` adds the slices in order.
 
+// ACCUMULATE, a constant the host declares before this file (engine/src/shaders.rs): C += the
+// result (C holds a sum so far, e.g. a gradient) instead of C = it.
+
 struct MatmulParams {
     m: u32,
     n: u32,
@@ -36,7 +39,6 @@ struct MatmulParams {
     splits: u32,  // k splits per batch (1: none)
     k_chunk: u32, // k per split, a multiple of 4
     group: u32,   // tile order: row blocks per group (see `tile`)
-    accumulate: u32, // 1: c += the product (c holds a sum so far, e.g. a gradient); 0: c = it
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -223,7 +225,7 @@ fn a_m_row(base: u32, cv: u32, k: u32) -> vec4<f32> {
 
 // Stores one vec4 of C, added to what C holds when accumulating (no read otherwise).
 fn put(i: u32, v: vec4<f32>) {
-    if p.accumulate != 0u {
+    if ACCUMULATE {
         c[i] += v;
     } else {
         c[i] = v;

@@ -11,6 +11,9 @@
 // are coroutine switches and it is slower, so the host does not pick it there.
 // `wid.z` is batch * splits + split, as in `matmul.wgsl`.
 
+// ACCUMULATE, a constant the host declares before this file (engine/src/shaders.rs): C += the
+// result (C holds a sum so far, e.g. a gradient) instead of C = it.
+
 struct MatmulParams {
     m: u32,
     n: u32,
@@ -27,7 +30,6 @@ struct MatmulParams {
     splits: u32,
     k_chunk: u32,
     group: u32, // unused here
-    accumulate: u32, // 1: c += the product (c holds a sum so far, e.g. a gradient); 0: c = it
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -108,7 +110,7 @@ fn matmul_tiled(
                 let col = col0 + 4u * lid.x + j;
                 if col < p.n {
                     let at = c_base + row * p.c_row + col * p.c_col;
-                    if p.accumulate != 0u {
+                    if ACCUMULATE {
                         c[at] += acc[i][j];
                     } else {
                         c[at] = acc[i][j];

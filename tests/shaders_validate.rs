@@ -67,18 +67,40 @@ fn every_entry_point_is_a_compute_shader() {
 #[test]
 fn all_lists_every_file_on_disk_under_its_name() {
     let mut names = BTreeSet::new();
+    let mut files = BTreeSet::new();
     for shader in ALL {
         assert!(names.insert(shader.name), "{} is listed twice", shader.name);
-        let path = shaders_dir().join(format!("{}.wgsl", shader.name));
+        // A variant (`file+variant`) is its constants, then the file.
+        let (file, variant) = match shader.name.split_once('+') {
+            Some((file, variant)) => (file, Some(variant)),
+            None => (shader.name, None),
+        };
+        files.insert(file);
+        let path = shaders_dir().join(format!("{file}.wgsl"));
         let on_disk =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(
-            on_disk,
-            shader.source,
-            "{} does not hold the source listed as {}",
-            path.display(),
+        let prelude = shader
+            .source
+            .strip_suffix(on_disk.as_str())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} does not hold the source listed as {}",
+                    path.display(),
+                    shader.name
+                )
+            });
+        assert!(
+            prelude.lines().all(|l| l.starts_with("const ")),
+            "{}: a prelude holds constants only: {prelude:?}",
             shader.name
         );
+        if variant.is_some() {
+            assert!(
+                !prelude.is_empty(),
+                "{}: a variant with no constants",
+                shader.name
+            );
+        }
     }
     let on_disk: BTreeSet<String> = std::fs::read_dir(shaders_dir())
         .unwrap()
@@ -86,7 +108,7 @@ fn all_lists_every_file_on_disk_under_its_name() {
         .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
-    let listed: BTreeSet<String> = names.iter().map(|s| s.to_string()).collect();
+    let listed: BTreeSet<String> = files.iter().map(|s| s.to_string()).collect();
     let missing: Vec<_> = on_disk.difference(&listed).collect();
     assert!(
         missing.is_empty(),

@@ -5,10 +5,10 @@
 /// One `.wgsl` file from `shaders/`.
 #[derive(Debug)]
 pub struct Shader {
-    /// The file's stem (`matmul` for `shaders/matmul.wgsl`): the pipeline cache's key, so it
-    /// must be unique per source.
+    /// The file's stem (`matmul` for `shaders/matmul.wgsl`), and `+variant` for a variant of
+    /// the file: the pipeline cache's key, so it must be unique per source.
     pub name: &'static str,
-    /// The WGSL source text.
+    /// The WGSL source text (a variant's: its constants, then the file).
     pub source: &'static str,
 }
 
@@ -22,6 +22,30 @@ macro_rules! shader {
     };
 }
 
+/// A matmul file in two variants, as a compile-time `ACCUMULATE` constant (a run-time flag
+/// in the store made the subgroup kernel's output-bound products 1.5x slower on lavapipe):
+/// C = product, and C += product (gradients summed in place, `matmul_accumulate`).
+macro_rules! summing_shader {
+    ($plain:ident, $summing:ident, $file:literal) => {
+        #[doc = concat!("`shaders/", $file, ".wgsl`, writing C.")]
+        pub const $plain: Shader = Shader {
+            name: $file,
+            source: concat!(
+                "const ACCUMULATE: bool = false;\n",
+                include_str!(concat!("../../shaders/", $file, ".wgsl"))
+            ),
+        };
+        #[doc = concat!("`shaders/", $file, ".wgsl`, adding into C.")]
+        pub const $summing: Shader = Shader {
+            name: concat!($file, "+accumulate"),
+            source: concat!(
+                "const ACCUMULATE: bool = true;\n",
+                include_str!(concat!("../../shaders/", $file, ".wgsl"))
+            ),
+        };
+    };
+}
+
 shader!(ELEMENTWISE, "elementwise");
 shader!(FILL, "fill");
 shader!(UNARY, "unary");
@@ -29,11 +53,15 @@ shader!(UNARY_BACKWARD, "unary_backward");
 shader!(REDUCE, "reduce");
 shader!(COPY, "copy");
 shader!(CAST, "cast");
-shader!(MATMUL, "matmul");
-shader!(MATMUL_F16, "matmul_f16");
-shader!(MATMUL_SUBGROUP, "matmul_subgroup");
-shader!(MATMUL_TILED, "matmul_tiled");
-shader!(MATMUL_SPLITK, "matmul_splitk");
+summing_shader!(MATMUL, MATMUL_ACCUMULATE, "matmul");
+summing_shader!(MATMUL_F16, MATMUL_F16_ACCUMULATE, "matmul_f16");
+summing_shader!(
+    MATMUL_SUBGROUP,
+    MATMUL_SUBGROUP_ACCUMULATE,
+    "matmul_subgroup"
+);
+summing_shader!(MATMUL_TILED, MATMUL_TILED_ACCUMULATE, "matmul_tiled");
+summing_shader!(MATMUL_SPLITK, MATMUL_SPLITK_ACCUMULATE, "matmul_splitk");
 shader!(SOFTMAX, "softmax");
 shader!(SOFTMAX_BACKWARD, "softmax_backward");
 shader!(FLASH_ATTENTION, "flash_attention");
@@ -78,6 +106,11 @@ pub const ALL: &[&Shader] = &[
     &MATMUL_SUBGROUP,
     &MATMUL_TILED,
     &MATMUL_SPLITK,
+    &MATMUL_ACCUMULATE,
+    &MATMUL_F16_ACCUMULATE,
+    &MATMUL_SUBGROUP_ACCUMULATE,
+    &MATMUL_TILED_ACCUMULATE,
+    &MATMUL_SPLITK_ACCUMULATE,
     &SOFTMAX,
     &SOFTMAX_BACKWARD,
     &FLASH_ATTENTION,

@@ -555,7 +555,8 @@ fn run(
     };
     let target = partial.as_ref().unwrap_or(&out);
     // With split-K the slices are fresh and the reduction does the summing into `out`.
-    let sum_into_c = usize::from(accumulate && partial.is_none());
+    let sum_into_c = accumulate && partial.is_none();
+    let pick = |plain, summing| if sum_into_c { summing } else { plain };
     let mn = p.m * p.n;
     // The kernel's A and B: swapped when the subgroup kernel computes C^T.
     let mut operands = [a.binding(), b.binding()];
@@ -568,15 +569,22 @@ fn run(
             };
             let params = [
                 p.m, p.n, p.k, p.a.batch, p.a.row, p.a.col, p.b.batch, p.b.row, p.b.col, mn, p.n,
-                1, splits, k_chunk, 1, sum_into_c,
+                1, splits, k_chunk, 1,
             ];
             let groups = [p.n.div_ceil(tile), p.m.div_ceil(tile), slices];
             if variant.kernel == MatmulKernel::Tiled {
-                ("matmul_tiled", &shaders::MATMUL_TILED, groups, params)
+                let shader = pick(&shaders::MATMUL_TILED, &shaders::MATMUL_TILED_ACCUMULATE);
+                ("matmul_tiled", shader, groups, params)
             } else if f16_b {
-                ("matmul", &shaders::MATMUL_F16, groups, params)
+                let shader = pick(&shaders::MATMUL_F16, &shaders::MATMUL_F16_ACCUMULATE);
+                ("matmul", shader, groups, params)
             } else {
-                ("matmul", &shaders::MATMUL, groups, params)
+                (
+                    "matmul",
+                    pick(&shaders::MATMUL, &shaders::MATMUL_ACCUMULATE),
+                    groups,
+                    params,
+                )
             }
         }
         MatmulKernel::Subgroup => {
@@ -592,10 +600,14 @@ fn run(
             };
             let params = [
                 s.m, s.n, p.k, s.a.batch, s.a.row, s.a.col, s.b.batch, s.b.row, s.b.col, mn, c_row,
-                c_col, splits, k_chunk, s.group, sum_into_c,
+                c_col, splits, k_chunk, s.group,
             ];
             let groups = [s.tiles.min(65535), s.tiles.div_ceil(65535), slices];
-            (s.entry, &shaders::MATMUL_SUBGROUP, groups, params)
+            let shader = pick(
+                &shaders::MATMUL_SUBGROUP,
+                &shaders::MATMUL_SUBGROUP_ACCUMULATE,
+            );
+            (s.entry, shader, groups, params)
         }
     };
     let groups = groups.map(|g| g as u32);
@@ -611,14 +623,12 @@ fn run(
     if let Some(partial) = &partial {
         let numel = p.batch * mn;
         device.dispatch(
-            &shaders::MATMUL_SPLITK,
+            match accumulate {
+                true => &shaders::MATMUL_SPLITK_ACCUMULATE,
+                false => &shaders::MATMUL_SPLITK,
+            },
             "splitk_reduce",
-            &[
-                numel as u32,
-                mn as u32,
-                splits as u32,
-                u32::from(accumulate),
-            ],
+            &[numel as u32, mn as u32, splits as u32],
             &[partial.binding()],
             &[out.binding()],
             grid(device, numel, 256),
