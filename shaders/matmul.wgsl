@@ -24,6 +24,7 @@ struct MatmulParams {
     splits: u32,  // k splits per batch (1: none)
     k_chunk: u32, // k per split
     group: u32,   // unused here (tile order of the subgroup kernel)
+    alpha: f32,   // C = alpha * the product (the bits of an f32)
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -65,9 +66,9 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
                 if col0 + j < p.n {
                     let at = c_base + r * p.c_row + (col0 + j) * p.c_col;
                     if ACCUMULATE {
-                        c[at] += acc[i][j];
+                        c[at] += p.alpha * acc[i][j];
                     } else {
-                        c[at] = acc[i][j];
+                        c[at] = p.alpha * acc[i][j];
                     }
                 }
             }

@@ -39,6 +39,7 @@ struct MatmulParams {
     splits: u32,  // k splits per batch (1: none)
     k_chunk: u32, // k per split, a multiple of 4
     group: u32,   // tile order: row blocks per group (see `tile`)
+    alpha: f32,   // C = alpha * the product (the bits of an f32)
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -226,9 +227,9 @@ fn a_m_row(base: u32, cv: u32, k: u32) -> vec4<f32> {
 // Stores one vec4 of C, added to what C holds when accumulating (no read otherwise).
 fn put(i: u32, v: vec4<f32>) {
     if ACCUMULATE {
-        c[i] += v;
+        c[i] += p.alpha * v;
     } else {
-        c[i] = v;
+        c[i] = p.alpha * v;
     }
 }
 

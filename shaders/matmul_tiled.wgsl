@@ -30,6 +30,7 @@ struct MatmulParams {
     splits: u32,
     k_chunk: u32,
     group: u32, // unused here
+    alpha: f32,   // C = alpha * the product (the bits of an f32)
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
@@ -111,9 +112,9 @@ fn matmul_tiled(
                 if col < p.n {
                     let at = c_base + row * p.c_row + col * p.c_col;
                     if ACCUMULATE {
-                        c[at] += acc[i][j];
+                        c[at] += p.alpha * acc[i][j];
                     } else {
-                        c[at] = acc[i][j];
+                        c[at] = p.alpha * acc[i][j];
                     }
                 }
             }

@@ -20,11 +20,12 @@
 mod common;
 
 use common::*;
-use hydralora::engine::no_grad;
+use hydralora::engine::gradcheck::gradcheck;
 use hydralora::engine::ops::matmul::{
-    matmul_accumulate, matmul_accumulate_with, matmul_variant, matmul_with, subgroups_of_8,
-    MatmulKernel, MatmulVariant,
+    matmul_accumulate, matmul_accumulate_with, matmul_scaled_with, matmul_variant, matmul_with,
+    subgroups_of_8, MatmulKernel, MatmulVariant,
 };
+use hydralora::engine::{matmul_scaled, no_grad};
 use hydralora::engine::{matmul_t, Error, Tensor};
 
 /// gamma_{k+1}, with a little slack for the f64 reference's own rounding.
@@ -505,4 +506,49 @@ fn accumulate_never_writes_a_shared_sum() {
     let wrong = tensor(&prior, &[68, 36]);
     let r = no_grad(|| matmul_accumulate(wrong, &x.a, &x.b, false, true));
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+}
+
+/// `alpha op(a) op(b)` in one kernel: every kernel, split or not, against alpha times the
+/// f64 product (one more rounding: |alpha| u |product| on top of the product's bound); and
+/// its gradients (alpha times the plain product's) by gradcheck.
+#[test]
+fn scaled_products_every_kernel_and_their_gradients() {
+    let alpha = -0.37f32;
+    let mut seed = 1100;
+    for (ta, tb) in FLAGS {
+        for case in [Case::new(36, 40, 68, ta, tb), Case::new(8, 260, 36, ta, tb)] {
+            let x = inputs(&case, seed);
+            let want: Vec<f64> = x.reference.iter().map(|r| alpha as f64 * r).collect();
+            let bound: Vec<f64> = x
+                .bound
+                .iter()
+                .zip(&want)
+                .map(|(b, w)| alpha.abs() as f64 * b + 2.0 * U * w.abs())
+                .collect();
+            let c = matmul_scaled(&x.a, &x.b, ta, tb, alpha).unwrap();
+            assert_within(&format!("scaled auto {case:?}"), &read(&c), &want, &bound);
+            for kernel in KERNELS {
+                if kernel == MatmulKernel::Subgroup && !(subgroup_here() && case.subgroup_aligned())
+                {
+                    continue;
+                }
+                for splits in [1, 3] {
+                    let v = MatmulVariant::new(kernel, splits);
+                    let c = matmul_scaled_with(&x.a, &x.b, (ta, tb, alpha), v).unwrap();
+                    assert_within(&format!("scaled {v} {case:?}"), &read(&c), &want, &bound);
+                }
+            }
+            seed += 2;
+        }
+    }
+    let opts = gc_opts(1e-2, 1e-2, 1e-2, 12);
+    let a = tensor(&values(5 * 6, -1.0, 1.0, 1200), &[5, 6]);
+    let b = tensor(&values(4 * 6, -1.0, 1.0, 1201), &[4, 6]);
+    let report = gradcheck(
+        |xs| matmul_scaled(&xs[0], &xs[1], false, true, 2.5),
+        &[a, b],
+        &opts,
+    )
+    .unwrap();
+    assert!(report.passed(), "{report}");
 }

@@ -9,7 +9,7 @@ use crate::op::Op;
 use crate::ops::elementwise::{swiglu_backward, unary_backward, BinaryKind};
 use crate::ops::{
     attention, embedding, gate, loss,
-    matmul::{matmul_accumulate, matmul_t},
+    matmul::{matmul_accumulate_scaled, matmul_scaled},
     norm,
     reduce::sum_to_shape,
     rope, softmax,
@@ -235,15 +235,21 @@ fn rule(
 ) -> Result<Vec<Option<Tensor>>> {
     let need = |i: usize| needs.get(i).copied().unwrap_or(true);
     Ok(match op {
-        Op::Matmul { a, b, ta, tb } => {
-            // C = op(A) op(B):  dop(A) = dC op(B)^T,  dop(B) = op(A)^T dC.
+        Op::Matmul {
+            a,
+            b,
+            ta,
+            tb,
+            alpha,
+        } => {
+            // C = alpha op(A) op(B):  dop(A) = alpha dC op(B)^T,  dop(B) = alpha op(A)^T dC.
             let (x, y, tx, ty) = if *ta {
                 (b, g, *tb, true)
             } else {
                 (g, b, false, !*tb)
             };
             let da = need(0)
-                .then(|| product_grad(a, x, y, tx, ty, sums[0].take()))
+                .then(|| product_grad(a, (x, y, tx, ty, *alpha), sums[0].take()))
                 .transpose()?;
             let (x, y, tx, ty) = if *tb {
                 (g, a, true, *ta)
@@ -251,7 +257,7 @@ fn rule(
                 (a, g, !*ta, false)
             };
             let db = need(1)
-                .then(|| product_grad(b, x, y, tx, ty, sums[1].take()))
+                .then(|| product_grad(b, (x, y, tx, ty, *alpha), sums[1].take()))
                 .transpose()?;
             vec![da, db]
         }
@@ -341,21 +347,22 @@ fn rule(
     })
 }
 
-/// The gradient of matmul operand `x` from the product `op(p) op(q)`, summed to x's shape
-/// (over broadcast batches), and into `sum` (x's gradient so far) in place when there is one.
+/// The gradient of matmul operand `x` from the product `alpha op(p) op(q)`, summed to x's
+/// shape (over broadcast batches), and into `sum` (x's gradient so far) in place when there
+/// is one.
 fn product_grad(
     x: &Tensor,
-    p: &Tensor,
-    q: &Tensor,
-    tp: bool,
-    tq: bool,
+    (p, q, tp, tq, alpha): (&Tensor, &Tensor, bool, bool, f32),
     sum: Option<Tensor>,
 ) -> Result<Tensor> {
     match sum {
         Some(sum) if sum.shape() == x.shape() && p.rank().max(q.rank()) == x.rank() => {
-            matmul_accumulate(sum, p, q, tp, tq)
+            matmul_accumulate_scaled(sum, p, q, tp, tq, alpha)
         }
-        Some(sum) => sum.add(&sum_to_shape(&matmul_t(p, q, tp, tq)?, x.shape())?),
-        None => sum_to_shape(&matmul_t(p, q, tp, tq)?, x.shape()),
+        Some(sum) => sum.add(&sum_to_shape(
+            &matmul_scaled(p, q, tp, tq, alpha)?,
+            x.shape(),
+        )?),
+        None => sum_to_shape(&matmul_scaled(p, q, tp, tq, alpha)?, x.shape()),
     }
 }

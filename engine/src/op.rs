@@ -8,12 +8,13 @@ use crate::ops::rope::RopeTables;
 use crate::tensor::Tensor;
 
 pub(crate) enum Op {
-    /// op(a) op(b), op = transpose when the flag is set.
+    /// alpha op(a) op(b), op = transpose when the flag is set.
     Matmul {
         a: Tensor,
         b: Tensor,
         ta: bool,
         tb: bool,
+        alpha: f32,
     },
     /// a (+ - * /) b with broadcasting.
     Binary {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hydralora_engine::{
-    gate_expand, is_recording, rng::Rng, routed_expand, top_k_mask, Result, Tensor,
+    gate_expand, is_recording, matmul_scaled, rng::Rng, routed_expand, top_k_mask, Result, Tensor,
 };
 
 /// The trainable part of an adapted linear layer.
@@ -139,7 +139,7 @@ impl Adapter {
         let dropped = self.dropout.apply(x)?;
         let h_src = dropped.matmul_nt(&self.down)?; // [T, r + N] (LoRA: h, [T, r])
         if !self.routed {
-            return h_src.matmul_nt(&self.b)?.scale(self.scale); // z = h
+            return matmul_scaled(&h_src, &self.b, false, true, self.scale); // z = h
         }
         let hl = match dropped.id() == x.id() {
             true => h_src.clone(),
@@ -160,7 +160,7 @@ impl Adapter {
                 gate_expand(&g, &h_src.narrow(1, 0, self.rank)?)? // [T, N r]
             }
         };
-        z.matmul_nt(&self.b)?.scale(self.scale)
+        matmul_scaled(&z, &self.b, false, true, self.scale) // scale z Bs^T, one kernel
     }
 }
 

@@ -137,7 +137,7 @@ pub fn attention_scores(model: &Llama, b: usize, t: usize) -> u64 {
 }
 
 /// What an adapted linear layer keeps beyond the frozen one, per adapted module: the frozen
-/// product, the adapter's product and its scaled copy ([d_out] each), x A^T ([r]); with
+/// product and the adapter's (scaled in its matmul) ([d_out] each), x A^T ([r]); with
 /// dropout the mask and the dropped input ([d_in] each); for HydraLoRA the router logits and
 /// gates ([N] each, four more with top-k) and the gate expansion ([N r]).
 fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
@@ -148,7 +148,7 @@ fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
         .filter_map(|lin| Some((lin, lin.adapter.as_ref()?)))
         .map(|(lin, ad)| {
             let (d_in, d_out, r, heads) = (lin.d_in(), lin.d_out(), ad.rank(), ad.heads());
-            let mut bytes = 3 * f32s(n * d_out) + f32s(n * r);
+            let mut bytes = 2 * f32s(n * d_out) + f32s(n * r);
             if ad.dropout.p > 0.0 {
                 bytes += 2 * f32s(n * d_in);
             }

@@ -93,10 +93,11 @@ pub(crate) struct Strides {
     pub col: usize,
 }
 
-/// One product as the kernels see it: `batch` products C[m, n] = A[m, k] B[k, n] with
+/// One product as the kernels see it: `batch` products C[m, n] = alpha A[m, k] B[k, n] with
 /// strided operands; C is contiguous [batch, m, n].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Problem {
+    pub alpha: f32,
     pub batch: usize,
     pub m: usize,
     pub n: usize,
@@ -184,6 +185,7 @@ fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<u
     let a_batch = if a_shared || batch_eff == 1 { 0 } else { m * k };
     let b_batch = if b_shared || batch_eff == 1 { 0 } else { k * n };
     let problem = Problem {
+        alpha: 1.0,
         batch: batch_eff,
         m: m_eff,
         n,
@@ -207,7 +209,14 @@ fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<u
 /// a rank-2 operand is shared by every batch of the other. Result: [..., M, N].
 /// The kernel is picked per shape and device ([`matmul_variant`] says which).
 pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
-    let (p, out_shape) = problem(a, b, ta, tb)?;
+    matmul_scaled(a, b, ta, tb, 1.0)
+}
+
+/// `alpha op(a) op(b)` in one kernel (the scale applied as C is stored), as [`matmul_t`]:
+/// a LoRA layer's `scale * z B^T` costs no scaling pass forward or backward.
+pub fn matmul_scaled(a: &Tensor, b: &Tensor, ta: bool, tb: bool, alpha: f32) -> Result<Tensor> {
+    let (mut p, out_shape) = problem(a, b, ta, tb)?;
+    p.alpha = alpha;
     let variant = choose(a.device(), &p);
     run(a, b, ta, tb, &p, Output::New(out_shape), variant)
 }
@@ -224,9 +233,19 @@ pub fn matmul_accumulate(
     ta: bool,
     tb: bool,
 ) -> Result<Tensor> {
-    let (p, _) = problem(a, b, ta, tb)?;
-    let variant = choose(a.device(), &p);
-    matmul_accumulate_with(acc, a, b, ta, tb, variant)
+    accumulate(acc, a, b, (ta, tb, 1.0), None)
+}
+
+/// `acc + alpha op(a) op(b)`, as [`matmul_accumulate`] (the backward of a scaled product).
+pub(crate) fn matmul_accumulate_scaled(
+    acc: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+) -> Result<Tensor> {
+    accumulate(acc, a, b, (ta, tb, alpha), None)
 }
 
 /// [`matmul_accumulate`] on a pinned kernel and number of K splits (tests, benchmarks);
@@ -239,7 +258,20 @@ pub fn matmul_accumulate_with(
     tb: bool,
     variant: MatmulVariant,
 ) -> Result<Tensor> {
-    let (p, out_shape) = problem(a, b, ta, tb)?;
+    accumulate(acc, a, b, (ta, tb, 1.0), Some(variant))
+}
+
+/// `acc + alpha op(a) op(b)` on `variant` (or the automatic choice).
+fn accumulate(
+    acc: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    (ta, tb, alpha): (bool, bool, f32),
+    variant: Option<MatmulVariant>,
+) -> Result<Tensor> {
+    let (mut p, out_shape) = problem(a, b, ta, tb)?;
+    p.alpha = alpha;
+    let variant = variant.unwrap_or_else(|| choose(a.device(), &p));
     refuse_unsupported(a, b, ta, tb, &p, variant.kernel)?;
     if out_shape != acc.shape() {
         return Err(Error::ShapeMismatch {
@@ -272,7 +304,18 @@ pub fn matmul_with(
     tb: bool,
     variant: MatmulVariant,
 ) -> Result<Tensor> {
-    let (p, out_shape) = problem(a, b, ta, tb)?;
+    matmul_scaled_with(a, b, (ta, tb, 1.0), variant)
+}
+
+/// [`matmul_scaled`] on a pinned kernel, as [`matmul_with`]; `(ta, tb, alpha)`.
+pub fn matmul_scaled_with(
+    a: &Tensor,
+    b: &Tensor,
+    (ta, tb, alpha): (bool, bool, f32),
+    variant: MatmulVariant,
+) -> Result<Tensor> {
+    let (mut p, out_shape) = problem(a, b, ta, tb)?;
+    p.alpha = alpha;
     refuse_unsupported(a, b, ta, tb, &p, variant.kernel)?;
     run(a, b, ta, tb, &p, Output::New(out_shape), variant)
 }
@@ -612,10 +655,13 @@ fn run(
     };
     let groups = groups.map(|g| g as u32);
     too_many_groups(device, &out_shape, groups)?;
+    // The 15 sizes and strides, then alpha's bits (the params block's last field, an f32).
+    let mut words = params.map(|x| x as u32).to_vec();
+    words.push(p.alpha.to_bits());
     device.dispatch(
         shader,
         entry,
-        &params.map(|x| x as u32),
+        &words,
         &operands,
         &[target.binding()],
         groups,
@@ -643,6 +689,7 @@ fn run(
             b: b.clone(),
             ta,
             tb,
+            alpha: p.alpha,
         },
         &[a, b],
     ))
