@@ -7,7 +7,8 @@
 mod common;
 
 use common::*;
-use hydralora::engine::{is_recording, no_grad, Error, NoGradGuard, Tensor};
+use hydralora::engine::gradcheck::gradcheck;
+use hydralora::engine::{add_matmul_scaled, is_recording, no_grad, Error, NoGradGuard, Tensor};
 
 #[test]
 fn a_tensor_used_twice_accumulates_both_gradients() {
@@ -95,6 +96,55 @@ fn gradients_of_an_input_shared_by_several_products_add_up() {
     }
     // About 20 f32 roundings of terms below 1 each.
     assert_close("shared input", &g, &want, 1e-5, 1e-5);
+}
+
+#[test]
+fn add_matmul_scaled_sums_into_a_fresh_product_and_differentiates_like_its_parts() {
+    // y = x W^T + 0.5 z B^T, as an adapted layer computes it: the base product's buffer
+    // takes the sum. Values, then every input's gradient by gradcheck.
+    let (t, d, o, r) = (4, 6, 5, 3);
+    let (xv, wv, zv, bv) = (
+        values(t * d, -1.0, 1.0, 31),
+        values(o * d, -1.0, 1.0, 32),
+        values(t * r, -1.0, 1.0, 33),
+        values(o * r, -1.0, 1.0, 34),
+    );
+    let layer = |xs: &[Tensor]| {
+        let y = xs[0].matmul_nt(&xs[1])?; // [t, o], fresh: summed into in place
+        add_matmul_scaled(y, &xs[2], &xs[3], (false, true, 0.5))
+    };
+    let inputs = [
+        param(&xv, &[t, d]),
+        param(&wv, &[o, d]),
+        param(&zv, &[t, r]),
+        param(&bv, &[o, r]),
+    ];
+    let out = read(&layer(&inputs).unwrap());
+    let mut want = vec![0.0f64; t * o];
+    for i in 0..t {
+        for j in 0..o {
+            let base: f64 = (0..d)
+                .map(|k| xv[i * d + k] as f64 * wv[j * d + k] as f64)
+                .sum();
+            let lora: f64 = (0..r)
+                .map(|k| zv[i * r + k] as f64 * bv[j * r + k] as f64)
+                .sum();
+            want[i * o + j] = base + 0.5 * lora;
+        }
+    }
+    assert_close("x W^T + 0.5 z B^T", &out, &want, 1e-5, 1e-5);
+    let report = gradcheck(layer, &inputs, &gc_opts(1e-2, 1e-2, 1e-2, 12)).unwrap();
+    assert!(report.passed(), "{report}");
+
+    // A sum someone else still holds is never written: a product and an add instead.
+    let y = tensor(&values(t * o, -1.0, 1.0, 35), &[t, o]);
+    let kept = y.clone();
+    let before = read(&kept);
+    let z = tensor(&zv, &[t, r]);
+    let b = tensor(&bv, &[o, r]);
+    let sum = add_matmul_scaled(y, &z, &b, (false, true, 0.5)).unwrap();
+    assert_eq!(read(&kept), before);
+    assert_ne!(sum.id(), kept.id());
 }
 
 #[test]

@@ -242,24 +242,24 @@ fn rule(
             tb,
             alpha,
         } => {
-            // C = alpha op(A) op(B):  dop(A) = alpha dC op(B)^T,  dop(B) = alpha op(A)^T dC.
-            let (x, y, tx, ty) = if *ta {
-                (b, g, *tb, true)
-            } else {
-                (g, b, false, !*tb)
-            };
-            let da = need(0)
-                .then(|| product_grad(a, (x, y, tx, ty, *alpha), sums[0].take()))
-                .transpose()?;
-            let (x, y, tx, ty) = if *tb {
-                (g, a, true, *ta)
-            } else {
-                (a, g, !*ta, false)
-            };
-            let db = need(1)
-                .then(|| product_grad(b, (x, y, tx, ty, *alpha), sums[1].take()))
-                .transpose()?;
+            let (da, db) = matmul_grads((a, b, *ta, *tb, *alpha), g, (need(0), need(1)), sums)?;
             vec![da, db]
+        }
+        Op::MatmulAdd {
+            a,
+            b,
+            ta,
+            tb,
+            alpha,
+            ..
+        } => {
+            let (da, db) = matmul_grads(
+                (a, b, *ta, *tb, *alpha),
+                g,
+                (need(1), need(2)),
+                &mut sums[1..],
+            )?;
+            vec![Some(g.clone()), da, db]
         }
         Op::Binary { a, b, kind } => {
             let da = || match kind {
@@ -345,6 +345,35 @@ fn rule(
             op.backward(&refs, out, g)?
         }
     })
+}
+
+/// The gradients of C = alpha op(A) op(B)'s operands from dC (those asked for), each summed
+/// into its gradient so far (`sums[0]`, `sums[1]`) when there is one:
+/// dop(A) = alpha dC op(B)^T, dop(B) = alpha op(A)^T dC.
+type Grads = (Option<Tensor>, Option<Tensor>);
+fn matmul_grads(
+    (a, b, ta, tb, alpha): (&Tensor, &Tensor, bool, bool, f32),
+    g: &Tensor,
+    (need_a, need_b): (bool, bool),
+    sums: &mut [Option<Tensor>],
+) -> Result<Grads> {
+    let (x, y, tx, ty) = if ta {
+        (b, g, tb, true)
+    } else {
+        (g, b, false, !tb)
+    };
+    let da = need_a
+        .then(|| product_grad(a, (x, y, tx, ty, alpha), sums[0].take()))
+        .transpose()?;
+    let (x, y, tx, ty) = if tb {
+        (g, a, true, ta)
+    } else {
+        (a, g, !ta, false)
+    };
+    let db = need_b
+        .then(|| product_grad(b, (x, y, tx, ty, alpha), sums[1].take()))
+        .transpose()?;
+    Ok((da, db))
 }
 
 /// The gradient of matmul operand `x` from the product `alpha op(p) op(q)`, summed to x's

@@ -16,6 +16,16 @@ pub(crate) enum Op {
         tb: bool,
         alpha: f32,
     },
+    /// c + alpha op(a) op(b), the product summed into c's buffer (c's value is never read
+    /// again: see `reads_output`).
+    MatmulAdd {
+        c: Tensor,
+        a: Tensor,
+        b: Tensor,
+        ta: bool,
+        tb: bool,
+        alpha: f32,
+    },
     /// a (+ - * /) b with broadcasting.
     Binary {
         a: Tensor,
@@ -110,10 +120,25 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Whether this op's backward rule reads its own output's value. One that does not may
+    /// have its output's buffer reused in place (by `add_matmul_scaled`) once nothing else
+    /// holds it.
+    pub fn reads_output(&self) -> bool {
+        match self {
+            Op::Binary { kind, .. } => *kind == crate::ops::elementwise::BinaryKind::Div,
+            Op::Unary { .. }
+            | Op::Softmax { .. }
+            | Op::FlashAttention { .. }
+            | Op::Custom { .. } => true,
+            _ => false,
+        }
+    }
+
     /// The tensors this op read, in the order its backward rule returns gradients for.
     pub fn inputs(&self) -> Vec<&Tensor> {
         match self {
             Op::Matmul { a, b, .. } | Op::Binary { a, b, .. } => vec![a, b],
+            Op::MatmulAdd { c, a, b, .. } => vec![c, a, b],
             Op::Unary { x, .. }
             | Op::Sum { x, .. }
             | Op::Softmax { x, .. }

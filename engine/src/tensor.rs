@@ -316,9 +316,13 @@ impl Tensor {
     /// Whether this handle is the only one to its buffer and it is in no graph, so a kernel
     /// may write into it in place (a gradient being summed) without anyone seeing it change.
     pub(crate) fn is_exclusive(&self) -> bool {
-        Arc::strong_count(&self.0) == 1
-            && Arc::strong_count(&self.0.storage) == 1
-            && self.0.op.is_none()
+        self.is_sole_handle() && self.0.op.is_none()
+    }
+
+    /// Whether this handle is the only one to this tensor and to its buffer (it may be in a
+    /// graph, as its op's output).
+    pub(crate) fn is_sole_handle(&self) -> bool {
+        Arc::strong_count(&self.0) == 1 && Arc::strong_count(&self.0.storage) == 1
     }
 
     pub(crate) fn op(&self) -> Option<&Op> {

@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hydralora_engine::{
-    gate_expand, is_recording, matmul_scaled, rng::Rng, routed_expand, top_k_mask, Result, Tensor,
+    add_matmul_scaled, gate_expand, is_recording, matmul_scaled, rng::Rng, routed_expand,
+    top_k_mask, Result, Tensor,
 };
 
 /// The trainable part of an adapted linear layer.
@@ -133,34 +134,44 @@ impl Adapter {
 
     /// scale * z Bs^T for x [T, d_in]: the adapter's addition to the layer output.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        matmul_scaled(&self.expansion(x)?, &self.b, false, true, self.scale)
+    }
+
+    /// y + scale * z Bs^T: the adapter's addition summed into the frozen layer's output `y`
+    /// [T, d_out] (in y's buffer when the caller hands over its only handle).
+    pub fn add_to(&self, y: Tensor, x: &Tensor) -> Result<Tensor> {
+        add_matmul_scaled(y, &self.expansion(x)?, &self.b, (false, true, self.scale))
+    }
+
+    /// z [T, N r], the input of the stacked heads (LoRA: h [T, r]).
+    fn expansion(&self, x: &Tensor) -> Result<Tensor> {
         // A sees the dropped-out input, the router the layer input: one product while
         // dropout is off (always outside training), two (each with a few unused columns)
         // while it is on.
         let dropped = self.dropout.apply(x)?;
         let h_src = dropped.matmul_nt(&self.down)?; // [T, r + N] (LoRA: h, [T, r])
         if !self.routed {
-            return matmul_scaled(&h_src, &self.b, false, true, self.scale); // z = h
+            return Ok(h_src);
         }
         let hl = match dropped.id() == x.id() {
             true => h_src.clone(),
             false => x.matmul_nt(&self.down)?, // [T, r + N]
         };
-        let z = match self.sparse_k() {
+        match self.sparse_k() {
             // Dense routing: the softmax runs inside the expansion kernel (both ways); the
             // gates are computed apart only when someone reads them.
             None => {
                 if self.record_gates {
                     self.record(&self.gates_from(&hl)?);
                 }
-                routed_expand(&hl, &h_src, self.rank)? // [T, N r]
+                routed_expand(&hl, &h_src, self.rank) // [T, N r]
             }
             Some(_) => {
                 let g = self.gates_from(&hl)?; // [T, N]
                 self.record(&g);
-                gate_expand(&g, &h_src.narrow(1, 0, self.rank)?)? // [T, N r]
+                gate_expand(&g, &h_src.narrow(1, 0, self.rank)?) // [T, N r]
             }
-        };
-        matmul_scaled(&z, &self.b, false, true, self.scale) // scale z Bs^T, one kernel
+        }
     }
 }
 
@@ -194,9 +205,9 @@ impl Linear {
 
     /// x: [T, d_in] -> [T, d_out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul_nt(&self.weight)?;
+        let y = x.matmul_nt(&self.weight)?; // [T, d_out]
         match &self.adapter {
-            Some(adapter) => y.add(&adapter.forward(x)?),
+            Some(adapter) => adapter.add_to(y, x),
             None => Ok(y),
         }
     }

@@ -136,10 +136,11 @@ pub fn attention_scores(model: &Llama, b: usize, t: usize) -> u64 {
     }
 }
 
-/// What an adapted linear layer keeps beyond the frozen one, per adapted module: the frozen
-/// product and the adapter's (scaled in its matmul) ([d_out] each), x A^T ([r]); with
-/// dropout the mask and the dropped input ([d_in] each); for HydraLoRA the router logits and
-/// gates ([N] each, four more with top-k) and the gate expansion ([N r]).
+/// What an adapted linear layer keeps beyond the frozen one, per adapted module: the packed
+/// down-projection x [A; Wg]^T ([r + N]; the adapter's scaled product is summed into the
+/// frozen product's own buffer, so nothing of [d_out]); with dropout the mask, the dropped
+/// input ([d_in] each) and its own down-projection; for HydraLoRA the gate expansion
+/// ([N r]), and with top-k the gates and their mask and renormalisation (six [N]).
 fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
     let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
     TARGET_MODULES
@@ -147,14 +148,16 @@ fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
         .filter_map(|m| layer.linear(m))
         .filter_map(|lin| Some((lin, lin.adapter.as_ref()?)))
         .map(|(lin, ad)| {
-            let (d_in, d_out, r, heads) = (lin.d_in(), lin.d_out(), ad.rank(), ad.heads());
-            let mut bytes = 2 * f32s(n * d_out) + f32s(n * r);
+            let (d_in, down, r, heads) = (lin.d_in(), ad.down.dim(0), ad.rank(), ad.heads());
+            let mut bytes = f32s(n * down);
             if ad.dropout.p > 0.0 {
-                bytes += 2 * f32s(n * d_in);
+                bytes += 2 * f32s(n * d_in) + f32s(n * down);
             }
             if ad.routed {
-                let gates = if ad.top_k.is_some() { 6 } else { 2 };
-                bytes += gates * f32s(n * heads) + f32s(n * heads * r);
+                bytes += f32s(n * heads * r);
+                if ad.top_k.is_some() {
+                    bytes += 6 * f32s(n * heads);
+                }
             }
             bytes
         })

@@ -221,6 +221,43 @@ pub fn matmul_scaled(a: &Tensor, b: &Tensor, ta: bool, tb: bool, alpha: f32) -> 
     run(a, b, ta, tb, &p, Output::New(out_shape), variant)
 }
 
+/// `c + alpha op(a) op(b)` as one recorded op (the gradients: `c`'s is the output's, the
+/// product's are [`matmul_scaled`]'s). The product is summed into `c`'s own buffer when the
+/// caller hands over the only handle to a tensor whose backward never reads its value (a
+/// fresh product, such as a layer's `x W^T`): an adapted layer's `x W^T + scale z B^T` then
+/// costs no add kernel and no temporary. Otherwise a product and an add.
+pub fn add_matmul_scaled(
+    c: Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    (ta, tb, alpha): (bool, bool, f32),
+) -> Result<Tensor> {
+    let (mut p, out_shape) = problem(a, b, ta, tb)?;
+    p.alpha = alpha;
+    c.expect_same_device(OP, a)?;
+    let in_place = out_shape == c.shape()
+        && c.dtype() == DType::F32
+        && c.is_sole_handle()
+        && c.op().is_none_or(|op| !op.reads_output());
+    if !in_place {
+        return c.add(&matmul_scaled(a, b, ta, tb, alpha)?);
+    }
+    let variant = choose(a.device(), &p);
+    let sum = run(a, b, ta, tb, &p, Output::SumInto(c), variant)?; // c's buffer, c + product
+                                                                   // The old `c` stays in the graph as the op's input; the output shares its buffer.
+    Ok(sum.detach().with_op(
+        || Op::MatmulAdd {
+            c: sum.clone(),
+            a: a.clone(),
+            b: b.clone(),
+            ta,
+            tb,
+            alpha,
+        },
+        &[&sum, a, b],
+    ))
+}
+
 /// `acc + op(a) op(b)` (the shapes as in [`matmul_t`]), the product summed straight into
 /// `acc`'s buffer when nothing else holds `acc` and no graph is being recorded: a gradient
 /// that several products contribute to then costs no add kernel and no temporary (the
