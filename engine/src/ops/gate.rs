@@ -21,8 +21,8 @@ pub fn gate_expand(g: &Tensor, h: &Tensor) -> Result<Tensor> {
 }
 
 /// The dense router's expansion, softmax included, on packed down-projections:
-/// z[t, i r + j] = softmax(logits[t])[i] h[t, j] with logits = `logits_src[:, r..r + N]` and
-/// h = `h_src[:, 0..r]`, both sources [T, r + N] -> z [T, N r]. HydraLoRA computes
+/// `z[t, i r + j] = softmax(logits[t])[i] h[t, j]` with logits = `logits_src[:, r..r + N]`
+/// and h = `h_src[:, 0..r]`, both sources [T, r + N] -> z [T, N r]. HydraLoRA computes
 /// `hl = x [A; Wg]^T` (the shared A and the router in one matmul) and passes it as both
 /// sources; with dropout on A's input, h comes from its own product. One kernel each way:
 /// the softmax costs no dispatch and no [T, N] gate tensor.
