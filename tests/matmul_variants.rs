@@ -433,6 +433,15 @@ fn empty_inner_dim_gives_zeros_on_every_kernel() {
     }
 }
 
+/// prior + the f64 product, elementwise: what summing a product into `prior` should give.
+fn prior_plus_product(prior: &[f32], x: &Inputs) -> Vec<f64> {
+    x.reference
+        .iter()
+        .zip(prior)
+        .map(|(r, &p)| r + p as f64)
+        .collect()
+}
+
 /// `acc + op(a) op(b)` against `acc + reference` (one more f32 rounding: the bound grows by
 /// u |acc + reference|): in place (the same tensor back) on every kernel, split or not.
 #[test]
@@ -463,12 +472,7 @@ fn accumulate_into_a_sum_every_kernel_and_split() {
                     }
                     let c = result.unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert_eq!(c.id(), id, "{what}: not summed in place");
-                    let want: Vec<f64> = x
-                        .reference
-                        .iter()
-                        .zip(&prior)
-                        .map(|(r, &p)| r + p as f64)
-                        .collect();
+                    let want = prior_plus_product(&prior, &x);
                     let bound: Vec<f64> = x
                         .bound
                         .iter()
@@ -494,12 +498,7 @@ fn accumulate_never_writes_a_shared_sum() {
     let c = no_grad(|| matmul_accumulate(sum, &x.a, &x.b, false, true)).unwrap();
     assert_ne!(c.id(), kept.id());
     assert_bits_eq("the shared sum", &read(&kept), &prior);
-    let want: Vec<f64> = x
-        .reference
-        .iter()
-        .zip(&prior)
-        .map(|(r, &p)| r + p as f64)
-        .collect();
+    let want = prior_plus_product(&prior, &x);
     let bound: Vec<f64> = x.bound.iter().map(|b| b + 4.0 * U * 40.0).collect();
     assert_within("shared sum", &read(&c), &want, &bound);
     // A sum of the wrong shape is refused, naming both shapes.
