@@ -226,6 +226,8 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 /// the binary ops) skip the ones nobody needs. `sums[i]` is the gradient input i has
 /// collected so far: a rule that takes it returns the total (matmul sums its product into
 /// it in place); one left there is added to the rule's part by the caller.
+/// A rule that reads `out` must say so in `Op::reads_output` (`add_matmul_scaled` reuses
+/// the buffer of an output whose rule does not).
 fn rule(
     op: &Op,
     out: &Tensor,
