@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hydralora::engine::rng::Rng;
 use hydralora::engine::{Device, Tensor};
 use hydralora::model::adapter::{attach, trainable_params, AdapterConfig};
 use hydralora::model::data::TokenizedExample;
@@ -31,22 +30,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Random sequences; the first 3 tokens are the prompt (label -100).
 fn examples() -> Vec<TokenizedExample> {
-    let mut rng = Rng::new(3);
-    (0..12)
-        .map(|_| {
-            let ids: Vec<u32> = (0..10).map(|_| 3 + rng.below(90) as u32).collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(k, &t)| if k < 3 { -100 } else { t as i32 })
-                .collect();
-            TokenizedExample {
-                ids,
-                labels,
-                category: None,
-            }
-        })
-        .collect()
+    common::random_examples(12, 10, 3, &[])
 }
 
 fn hydra_model() -> Llama {

@@ -7,7 +7,6 @@
 
 mod common;
 
-use hydralora::engine::rng::Rng;
 use hydralora::engine::{human_bytes, pool_bytes, Device, Error, Tensor};
 use hydralora::model::adapter::{attach, AdapterConfig};
 use hydralora::model::data::TokenizedExample;
@@ -135,22 +134,7 @@ fn idle_buffers_are_released_to_make_room_and_when_the_budget_drops() {
 
 /// `n` random sequences of `len` tokens, the first 3 unlabelled.
 fn examples(n: usize, len: usize, seed: u64) -> Vec<TokenizedExample> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|_| {
-            let ids: Vec<u32> = (0..len).map(|_| 3 + rng.below(90) as u32).collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(k, &t)| if k < 3 { -100 } else { t as i32 })
-                .collect();
-            TokenizedExample {
-                ids,
-                labels,
-                category: None,
-            }
-        })
-        .collect()
+    common::random_examples(n, len, seed, &[])
 }
 
 /// A run: None trains every weight, else the adapter.

@@ -5,7 +5,6 @@ mod common;
 
 use std::path::PathBuf;
 
-use hydralora::engine::rng::Rng;
 use hydralora::model::adapter::{attach, trainable_params, AdapterConfig};
 use hydralora::model::data::TokenizedExample;
 use hydralora::model::train::checkpoint::{read_state, readable_dir, replace_dir};
@@ -23,22 +22,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Random sequences of one length; the first 3 tokens are the prompt (label -100).
 fn examples(n: usize, len: usize, seed: u64) -> Vec<TokenizedExample> {
-    let mut rng = Rng::new(seed);
-    (0..n)
-        .map(|i| {
-            let ids: Vec<u32> = (0..len).map(|_| 3 + rng.below(90) as u32).collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(k, &t)| if k < 3 { -100 } else { t as i32 })
-                .collect();
-            TokenizedExample {
-                ids,
-                labels,
-                category: Some(["even", "odd"][i % 2].to_string()),
-            }
-        })
-        .collect()
+    common::random_examples(n, len, seed, &["even", "odd"])
 }
 
 fn hydra_model() -> Llama {

@@ -248,3 +248,30 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     );
     path
 }
+
+/// `n` random sequences of `len` tokens (ids 3..93, from `seed`); the first 3 are the prompt
+/// (label -100). Example i gets category `categories[i % len]`, or none when empty.
+pub fn random_examples(
+    n: usize,
+    len: usize,
+    seed: u64,
+    categories: &[&str],
+) -> Vec<hydralora::model::data::TokenizedExample> {
+    let mut rng = hydralora::engine::rng::Rng::new(seed);
+    (0..n)
+        .map(|i| {
+            let ids: Vec<u32> = (0..len).map(|_| 3 + rng.below(90) as u32).collect();
+            let labels = ids
+                .iter()
+                .enumerate()
+                .map(|(k, &t)| if k < 3 { -100 } else { t as i32 })
+                .collect();
+            hydralora::model::data::TokenizedExample {
+                ids,
+                labels,
+                category: (!categories.is_empty())
+                    .then(|| categories[i % categories.len()].to_string()),
+            }
+        })
+        .collect()
+}
