@@ -5,7 +5,7 @@
 // `wid.z` is batch * splits + split: with split-K each split sums its k range into its own
 // slice of `c`, and `matmul_splitk.wgsl` adds the slices in a fixed order.
 
-// ACCUMULATE, a constant the host declares before this file (engine/src/shaders.rs): C += the
+// ACCUMULATE, a constant each variant declares (engine/src/shaders.rs): C += the
 // result (C holds a sum so far, e.g. a gradient) instead of C = it.
 
 struct MatmulParams {

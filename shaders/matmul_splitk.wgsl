@@ -1,7 +1,7 @@
 // Second pass of split-K matmul: out[b, i] = sum over s of part[b, s, i], the splits added
 // in order s = 0, 1, ... so the result is the same on every run (no float atomics).
 
-// ACCUMULATE, a constant the host declares before this file (engine/src/shaders.rs): C += the
+// ACCUMULATE, a constant each variant declares (engine/src/shaders.rs): C += the
 // result (C holds a sum so far, e.g. a gradient) instead of C = it.
 
 struct SplitKParams {

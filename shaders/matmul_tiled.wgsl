@@ -11,7 +11,7 @@
 // are coroutine switches and it is slower, so the host does not pick it there.
 // `wid.z` is batch * splits + split, as in `matmul.wgsl`.
 
-// ACCUMULATE, a constant the host declares before this file (engine/src/shaders.rs): C += the
+// ACCUMULATE, a constant each variant declares (engine/src/shaders.rs): C += the
 // result (C holds a sum so far, e.g. a gradient) instead of C = it.
 
 struct MatmulParams {

@@ -1,10 +1,11 @@
 //! Every WGSL kernel parses and validates with naga (the compiler wgpu uses), without a
-//! GPU; `shaders::ALL` lists exactly the `.wgsl` files in `shaders/`, each under its own name.
+//! GPU; each variant in `shaders::ALL` is its constants then its files, and every `.wgsl`
+//! file under `shaders/` is used by some variant.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use hydralora::engine::shaders::ALL;
+use hydralora::engine::shaders::{ALL, COMPOSITION};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn shaders_dir() -> std::path::PathBuf {
@@ -65,53 +66,55 @@ fn every_entry_point_is_a_compute_shader() {
 }
 
 #[test]
-fn all_lists_every_file_on_disk_under_its_name() {
+fn every_variant_is_its_constants_then_its_files_and_every_file_is_used() {
+    assert_eq!(ALL.len(), COMPOSITION.len());
     let mut names = BTreeSet::new();
-    let mut files = BTreeSet::new();
-    for shader in ALL {
+    let mut used = BTreeSet::new();
+    for (shader, (name, consts, files)) in ALL.iter().zip(COMPOSITION) {
+        assert_eq!(shader.name, *name);
         assert!(names.insert(shader.name), "{} is listed twice", shader.name);
-        // A variant (`file+variant`) is its constants, then the file.
-        let (file, variant) = match shader.name.split_once('+') {
-            Some((file, variant)) => (file, Some(variant)),
-            None => (shader.name, None),
-        };
-        files.insert(file);
-        let path = shaders_dir().join(format!("{file}.wgsl"));
-        let on_disk =
-            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let prelude = shader
-            .source
-            .strip_suffix(on_disk.as_str())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} does not hold the source listed as {}",
-                    path.display(),
-                    shader.name
-                )
-            });
         assert!(
-            prelude.lines().all(|l| l.starts_with("const ")),
-            "{}: a prelude holds constants only: {prelude:?}",
+            consts.iter().all(|c| c.starts_with("const ")),
+            "{}: {consts:?}",
             shader.name
         );
-        if variant.is_some() {
-            assert!(
-                !prelude.is_empty(),
-                "{}: a variant with no constants",
-                shader.name
-            );
+        let mut expected: String = consts.iter().map(|c| format!("{c}\n")).collect();
+        for file in *files {
+            let path = shaders_dir().join(format!("{file}.wgsl"));
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            expected.push_str(&text);
+            expected.push('\n');
+            used.insert(file.to_string());
+        }
+        assert!(
+            shader.source == expected,
+            "{} is not its constants then {files:?}",
+            shader.name
+        );
+        // The kernel file (the last) names the variant: `file` or `file+choice+...`.
+        let kernel = files.last().unwrap().rsplit('/').next().unwrap();
+        let stem = shader.name.split('+').next().unwrap();
+        assert_eq!(stem, kernel, "{}: named after its kernel file", shader.name);
+    }
+    let mut on_disk = BTreeSet::new();
+    collect_wgsl(&shaders_dir(), "", &mut on_disk);
+    let unused: Vec<_> = on_disk.difference(&used).collect();
+    assert!(
+        unused.is_empty(),
+        "shader files that no variant in shaders::ALL uses: {unused:?}"
+    );
+}
+
+/// Every `.wgsl` file under `dir`, as a path relative to `shaders/` without `.wgsl`.
+fn collect_wgsl(dir: &Path, prefix: &str, out: &mut BTreeSet<String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            collect_wgsl(&path, &format!("{prefix}{name}/"), out);
+        } else if let Some(stem) = name.strip_suffix(".wgsl") {
+            out.insert(format!("{prefix}{stem}"));
         }
     }
-    let on_disk: BTreeSet<String> = std::fs::read_dir(shaders_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wgsl"))
-        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    let listed: BTreeSet<String> = files.iter().map(|s| s.to_string()).collect();
-    let missing: Vec<_> = on_disk.difference(&listed).collect();
-    assert!(
-        missing.is_empty(),
-        "shaders on disk that shaders::ALL does not list: {missing:?}"
-    );
 }

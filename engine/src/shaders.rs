@@ -1,139 +1,138 @@
-//! Every WGSL kernel file, embedded in the binary. Binding convention for all of them:
-//! `@binding(0)` is the params block (`var<storage, read>`), then the read-only inputs,
-//! then the read-write outputs, in that order.
+//! Every WGSL kernel, embedded in the binary and composed at compile time.
+//!
+//! A kernel variant is a few `const` lines, then shared pieces from `shaders/lib/`, then
+//! one kernel file from `shaders/`, concatenated. WGSL module-scope declarations are
+//! order-independent, so a kernel file calls functions and names structs that a piece
+//! declares (a params struct, a row reduction in its workgroup-tree or subgroup flavour,
+//! a matmul's weight load), and a variant swaps one piece or one constant for another
+//! instead of copying the kernel. The one [`shaders!`] invocation below lists every
+//! variant once: it makes the constant, [`ALL`] (validated by naga in the tests) and
+//! [`COMPOSITION`] (which files make each variant), and the variant's name keys the
+//! pipeline cache.
+//!
+//! Binding convention for all of them: `@binding(0)` is the params block
+//! (`var<storage, read>`), then the read-only inputs, then the read-write outputs, in that
+//! order.
 
-/// One `.wgsl` file from `shaders/`.
+/// One compute shader module: a composed variant, or a user's own source (custom ops).
 #[derive(Debug)]
 pub struct Shader {
-    /// The file's stem (`matmul` for `shaders/matmul.wgsl`), and `+variant` for a variant of
-    /// the file: the pipeline cache's key, so it must be unique per source.
+    /// Unique per source: the pipeline cache's key. For the built-in kernels, the kernel
+    /// file's stem, then `+variant` for each choice that is not the default
+    /// (`matmul_subgroup+f16+accumulate`).
     pub name: &'static str,
-    /// The WGSL source text (a variant's: its constants, then the file).
+    /// The WGSL source text.
     pub source: &'static str,
 }
 
-macro_rules! shader {
-    ($ident:ident, $file:literal) => {
-        #[doc = concat!("`shaders/", $file, ".wgsl`.")]
-        pub const $ident: Shader = Shader {
-            name: $file,
-            source: include_str!(concat!("../../shaders/", $file, ".wgsl")),
-        };
+/// Lists every built-in kernel variant: `IDENT = "name" { const "..." , ..., "file", ... }`
+/// where a file is a path under `shaders/` without `.wgsl`, the kernel file last.
+macro_rules! shaders {
+    ($(
+        $(#[$doc:meta])*
+        $ident:ident = $name:literal { $(const $c:literal,)* $($file:literal),+ $(,)? }
+    )*) => {
+        $(
+            $(#[$doc])*
+            pub const $ident: Shader = Shader {
+                name: $name,
+                source: concat!(
+                    $($c, "\n",)*
+                    $(include_str!(concat!("../../shaders/", $file, ".wgsl")), "\n",)+
+                ),
+            };
+        )*
+        /// Every built-in kernel variant, for validation and for warming the pipeline cache.
+        pub const ALL: &[&Shader] = &[$(&$ident),*];
+        /// Each variant's name, its constant lines and its files (paths under `shaders/`
+        /// without `.wgsl`), in the order they are concatenated.
+        pub const COMPOSITION: &[(&str, &[&str], &[&str])] = &[$(($name, &[$($c),*], &[$($file),+])),*];
     };
 }
 
-/// A matmul file in two variants, as a compile-time `ACCUMULATE` constant (a run-time flag
-/// in the store made the subgroup kernel's output-bound products 1.5x slower on lavapipe):
-/// C = product, and C += product (gradients summed in place, `matmul_accumulate`).
-macro_rules! summing_shader {
-    ($plain:ident, $summing:ident, $file:literal) => {
-        #[doc = concat!("`shaders/", $file, ".wgsl`, writing C.")]
-        pub const $plain: Shader = Shader {
-            name: $file,
-            source: concat!(
-                "const ACCUMULATE: bool = false;\n",
-                include_str!(concat!("../../shaders/", $file, ".wgsl"))
-            ),
-        };
-        #[doc = concat!("`shaders/", $file, ".wgsl`, adding into C.")]
-        pub const $summing: Shader = Shader {
-            name: concat!($file, "+accumulate"),
-            source: concat!(
-                "const ACCUMULATE: bool = true;\n",
-                include_str!(concat!("../../shaders/", $file, ".wgsl"))
-            ),
-        };
-    };
+shaders! {
+    /// Binary ops with broadcasting.
+    ELEMENTWISE = "elementwise" { "elementwise" }
+    /// Fill a tensor with a constant.
+    FILL = "fill" { "fill" }
+    /// Unary ops.
+    UNARY = "unary" { "unary" }
+    /// Gradients of the unary ops.
+    UNARY_BACKWARD = "unary_backward" { "unary_backward" }
+    /// Sums along an axis (workgroup tree).
+    REDUCE = "reduce" { "reduce" }
+    /// Strided copies.
+    COPY = "copy" { "copy" }
+    /// Casts between f32 and f16.
+    CAST = "cast" { "cast" }
+    /// The general matmul, writing C.
+    MATMUL = "matmul" { const "const ACCUMULATE: bool = false;", "matmul" }
+    /// The general matmul, adding into C.
+    MATMUL_ACCUMULATE = "matmul+accumulate" { const "const ACCUMULATE: bool = true;", "matmul" }
+    /// The general matmul with f16 weights, writing C.
+    MATMUL_F16 = "matmul_f16" { const "const ACCUMULATE: bool = false;", "matmul_f16" }
+    /// The general matmul with f16 weights, adding into C.
+    MATMUL_F16_ACCUMULATE = "matmul_f16+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_f16" }
+    /// The subgroup matmul, writing C.
+    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "matmul_subgroup" }
+    /// The subgroup matmul, adding into C.
+    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_subgroup" }
+    /// The tiled matmul, writing C.
+    MATMUL_TILED = "matmul_tiled" { const "const ACCUMULATE: bool = false;", "matmul_tiled" }
+    /// The tiled matmul, adding into C.
+    MATMUL_TILED_ACCUMULATE = "matmul_tiled+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_tiled" }
+    /// Split-K's reduction, writing C.
+    MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "matmul_splitk" }
+    /// Split-K's reduction, adding into C.
+    MATMUL_SPLITK_ACCUMULATE = "matmul_splitk+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_splitk" }
+    /// Softmax over rows (workgroup tree).
+    SOFTMAX = "softmax" { "softmax" }
+    /// Softmax's backward (workgroup tree).
+    SOFTMAX_BACKWARD = "softmax_backward" { "softmax_backward" }
+    /// Flash attention forward.
+    FLASH_ATTENTION = "flash_attention" { "flash_attention" }
+    /// Flash attention backward.
+    FLASH_ATTENTION_BACKWARD = "flash_attention_backward" { "flash_attention_backward" }
+    /// Flash attention forward, subgroup flavour.
+    FLASH_ATTENTION_SUBGROUP = "flash_attention_subgroup" { "flash_attention_subgroup" }
+    /// Flash attention backward, subgroup flavour.
+    FLASH_ATTENTION_BACKWARD_SUBGROUP = "flash_attention_backward_subgroup" { "flash_attention_backward_subgroup" }
+    /// RMS norm (workgroup tree).
+    RMS_NORM = "rms_norm" { "rms_norm" }
+    /// RMS norm's backward (workgroup tree).
+    RMS_NORM_BACKWARD = "rms_norm_backward" { "rms_norm_backward" }
+    /// Rotary position embedding.
+    ROPE = "rope" { "rope" }
+    /// Embedding lookup.
+    EMBEDDING = "embedding" { "embedding" }
+    /// Embedding's backward.
+    EMBEDDING_BACKWARD = "embedding_backward" { "embedding_backward" }
+    /// Cross-entropy (workgroup tree).
+    CROSS_ENTROPY = "cross_entropy" { "cross_entropy" }
+    /// Cross-entropy's backward.
+    CROSS_ENTROPY_BACKWARD = "cross_entropy_backward" { "cross_entropy_backward" }
+    /// SwiGLU.
+    SWIGLU = "swiglu" { "swiglu" }
+    /// SwiGLU's backward.
+    SWIGLU_BACKWARD = "swiglu_backward" { "swiglu_backward" }
+    /// HydraLoRA's gated expansion.
+    GATE = "gate" { "gate" }
+    /// The gated expansion's backward.
+    GATE_BACKWARD = "gate_backward" { "gate_backward" }
+    /// Top-k routing.
+    TOP_K = "top_k" { "top_k" }
+    /// AdamW.
+    ADAMW = "adamw" { "adamw" }
+    /// Softmax, subgroup reductions.
+    SOFTMAX_SUBGROUP = "softmax_subgroup" { "softmax_subgroup" }
+    /// Softmax's backward, subgroup reductions.
+    SOFTMAX_BACKWARD_SUBGROUP = "softmax_backward_subgroup" { "softmax_backward_subgroup" }
+    /// RMS norm, subgroup reductions.
+    RMS_NORM_SUBGROUP = "rms_norm_subgroup" { "rms_norm_subgroup" }
+    /// RMS norm's backward, subgroup reductions.
+    RMS_NORM_BACKWARD_SUBGROUP = "rms_norm_backward_subgroup" { "rms_norm_backward_subgroup" }
+    /// Cross-entropy, subgroup reductions.
+    CROSS_ENTROPY_SUBGROUP = "cross_entropy_subgroup" { "cross_entropy_subgroup" }
+    /// Sums along an axis, subgroup reductions.
+    REDUCE_SUBGROUP = "reduce_subgroup" { "reduce_subgroup" }
 }
-
-shader!(ELEMENTWISE, "elementwise");
-shader!(FILL, "fill");
-shader!(UNARY, "unary");
-shader!(UNARY_BACKWARD, "unary_backward");
-shader!(REDUCE, "reduce");
-shader!(COPY, "copy");
-shader!(CAST, "cast");
-summing_shader!(MATMUL, MATMUL_ACCUMULATE, "matmul");
-summing_shader!(MATMUL_F16, MATMUL_F16_ACCUMULATE, "matmul_f16");
-summing_shader!(
-    MATMUL_SUBGROUP,
-    MATMUL_SUBGROUP_ACCUMULATE,
-    "matmul_subgroup"
-);
-summing_shader!(MATMUL_TILED, MATMUL_TILED_ACCUMULATE, "matmul_tiled");
-summing_shader!(MATMUL_SPLITK, MATMUL_SPLITK_ACCUMULATE, "matmul_splitk");
-shader!(SOFTMAX, "softmax");
-shader!(SOFTMAX_BACKWARD, "softmax_backward");
-shader!(FLASH_ATTENTION, "flash_attention");
-shader!(FLASH_ATTENTION_BACKWARD, "flash_attention_backward");
-shader!(FLASH_ATTENTION_SUBGROUP, "flash_attention_subgroup");
-shader!(
-    FLASH_ATTENTION_BACKWARD_SUBGROUP,
-    "flash_attention_backward_subgroup"
-);
-shader!(RMS_NORM, "rms_norm");
-shader!(RMS_NORM_BACKWARD, "rms_norm_backward");
-shader!(ROPE, "rope");
-shader!(EMBEDDING, "embedding");
-shader!(EMBEDDING_BACKWARD, "embedding_backward");
-shader!(CROSS_ENTROPY, "cross_entropy");
-shader!(CROSS_ENTROPY_BACKWARD, "cross_entropy_backward");
-shader!(SWIGLU, "swiglu");
-shader!(SWIGLU_BACKWARD, "swiglu_backward");
-shader!(GATE, "gate");
-shader!(GATE_BACKWARD, "gate_backward");
-shader!(TOP_K, "top_k");
-shader!(ADAMW, "adamw");
-// Subgroup twins of the row reductions (devices with SUBGROUP; see Device::subgroup_reductions).
-shader!(SOFTMAX_SUBGROUP, "softmax_subgroup");
-shader!(SOFTMAX_BACKWARD_SUBGROUP, "softmax_backward_subgroup");
-shader!(RMS_NORM_SUBGROUP, "rms_norm_subgroup");
-shader!(RMS_NORM_BACKWARD_SUBGROUP, "rms_norm_backward_subgroup");
-shader!(CROSS_ENTROPY_SUBGROUP, "cross_entropy_subgroup");
-shader!(REDUCE_SUBGROUP, "reduce_subgroup");
-
-/// All kernels, for validation and for warming the pipeline cache.
-pub const ALL: &[&Shader] = &[
-    &ELEMENTWISE,
-    &FILL,
-    &UNARY,
-    &UNARY_BACKWARD,
-    &REDUCE,
-    &COPY,
-    &CAST,
-    &MATMUL,
-    &MATMUL_F16,
-    &MATMUL_SUBGROUP,
-    &MATMUL_TILED,
-    &MATMUL_SPLITK,
-    &MATMUL_ACCUMULATE,
-    &MATMUL_F16_ACCUMULATE,
-    &MATMUL_SUBGROUP_ACCUMULATE,
-    &MATMUL_TILED_ACCUMULATE,
-    &MATMUL_SPLITK_ACCUMULATE,
-    &SOFTMAX,
-    &SOFTMAX_BACKWARD,
-    &FLASH_ATTENTION,
-    &FLASH_ATTENTION_BACKWARD,
-    &FLASH_ATTENTION_SUBGROUP,
-    &FLASH_ATTENTION_BACKWARD_SUBGROUP,
-    &RMS_NORM,
-    &RMS_NORM_BACKWARD,
-    &ROPE,
-    &EMBEDDING,
-    &EMBEDDING_BACKWARD,
-    &CROSS_ENTROPY,
-    &CROSS_ENTROPY_BACKWARD,
-    &SWIGLU,
-    &SWIGLU_BACKWARD,
-    &GATE,
-    &GATE_BACKWARD,
-    &TOP_K,
-    &ADAMW,
-    &SOFTMAX_SUBGROUP,
-    &SOFTMAX_BACKWARD_SUBGROUP,
-    &RMS_NORM_SUBGROUP,
-    &RMS_NORM_BACKWARD_SUBGROUP,
-    &CROSS_ENTROPY_SUBGROUP,
-    &REDUCE_SUBGROUP,
-];
