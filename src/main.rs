@@ -1,5 +1,5 @@
-//! `hydralora`: the command-line program. Today: `info` (the GPU the engine would use) and
-//! `bench` (kernel micro-benchmarks). Training, generation and the demo arrive with the model.
+//! `hydralora`: the command-line program. Parses the arguments (`cli::Cli`), runs one subcommand
+//! (info, demo, train, eval, generate, verify, merge, bench), and exits with status 1 on an error.
 
 use std::process::ExitCode;
 

@@ -42,7 +42,8 @@ pub(crate) enum Op {
         x: Tensor,
         kind: UnaryKind,
     },
-    /// sum over `axis`, kept as size 1.
+    /// Sum over one axis, kept as size 1 (`sum_keepdim`); backward broadcasts the gradient
+    /// back to x's shape, so the axis need not be stored.
     Sum {
         x: Tensor,
     },
