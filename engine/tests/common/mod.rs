@@ -1,14 +1,15 @@
 //! Shared test helpers: the GPU device (a test fails, never skips, without one), host
 //! upload/readback shorthands, proptest settings and shape strategies, and (in
 //! `reference`) the float64 CPU references that GPU results are checked against.
+//! The model and CLI tests of the root crate include this file too (`tests/common/mod.rs`).
 #![allow(dead_code)]
 
 pub mod reference;
 
 use std::sync::OnceLock;
 
-use hydralora::engine::gradcheck::{gradcheck, GradcheckOptions};
-use hydralora::engine::{Device, Result, Tensor};
+use hydralora_engine::gradcheck::{gradcheck, GradcheckOptions};
+use hydralora_engine::{Device, Result, Tensor};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -29,14 +30,14 @@ pub fn device() -> Device {
 
 /// Deterministic pseudo-random values in [lo, hi).
 pub fn values(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
-    let mut rng = hydralora::engine::rng::Rng::new(seed);
+    let mut rng = hydralora_engine::rng::Rng::new(seed);
     (0..n).map(|_| lo + (hi - lo) * rng.next_f32()).collect()
 }
 
 /// Deterministic values whose magnitude is in [lo, hi) and whose sign is random: safe
 /// divisors.
 pub fn values_away_from_zero(n: usize, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
-    let mut rng = hydralora::engine::rng::Rng::new(seed);
+    let mut rng = hydralora_engine::rng::Rng::new(seed);
     (0..n)
         .map(|_| {
             let m = lo + (hi - lo) * rng.next_f32();
@@ -208,70 +209,4 @@ pub fn matmul_ref(
         }
     }
     c
-}
-
-/// Writes into `dir` a copy of the tiny-llama fixture (vocabulary 96) with a character codec
-/// of 93 characters (newline and ' '..='{') + 3 special tokens, so the CLI can train it on
-/// text. `dir` must not exist yet or be empty.
-pub fn char_model_dir(dir: &std::path::Path) {
-    use hydralora::model::codec::{CharCodec, CHAR_CODEC_FILE};
-    let _ = device(); // fail early (not skip) without an adapter
-    let tiny =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-llama");
-    std::fs::create_dir_all(dir).unwrap();
-    for f in ["config.json", "generation_config.json", "model.safetensors"] {
-        std::fs::copy(tiny.join(f), dir.join(f)).unwrap();
-    }
-    let chars: String = std::iter::once('\n')
-        .chain((b' '..=b'{').map(|c| c as char))
-        .collect();
-    assert_eq!(chars.chars().count(), 93);
-    CharCodec::new(chars.chars())
-        .unwrap()
-        .save(dir.join(CHAR_CODEC_FILE))
-        .unwrap();
-}
-
-/// The path of example `name`'s binary from the same `cargo test` build (which builds the
-/// examples): target/<profile>/deps/<test> -> target/<profile>/examples/<name>.
-pub fn example_binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
-    let path = profile_dir
-        .join("examples")
-        .join(name)
-        .with_extension(std::env::consts::EXE_EXTENSION);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the examples first (`cargo test --workspace` does, or `cargo build --examples`)",
-        path.display()
-    );
-    path
-}
-
-/// `n` random sequences of `len` tokens (ids 3..93, from `seed`); the first 3 are the prompt
-/// (label -100). Example i gets category `categories[i % len]`, or none when empty.
-pub fn random_examples(
-    n: usize,
-    len: usize,
-    seed: u64,
-    categories: &[&str],
-) -> Vec<hydralora::model::data::TokenizedExample> {
-    let mut rng = hydralora::engine::rng::Rng::new(seed);
-    (0..n)
-        .map(|i| {
-            let ids: Vec<u32> = (0..len).map(|_| 3 + rng.below(90) as u32).collect();
-            let labels = ids
-                .iter()
-                .enumerate()
-                .map(|(k, &t)| if k < 3 { -100 } else { t as i32 })
-                .collect();
-            hydralora::model::data::TokenizedExample {
-                ids,
-                labels,
-                category: (!categories.is_empty())
-                    .then(|| categories[i % categories.len()].to_string()),
-            }
-        })
-        .collect()
 }
