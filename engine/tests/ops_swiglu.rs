@@ -3,8 +3,8 @@
 
 mod common;
 
-use hydralora::engine::gradcheck::{gradcheck, GradcheckOptions};
-use hydralora::engine::{swiglu, Tensor};
+use hydralora_engine::gradcheck::{gradcheck, GradcheckOptions};
+use hydralora_engine::{swiglu, Tensor};
 use proptest::prelude::*;
 
 proptest! {

@@ -3,7 +3,7 @@
 mod common;
 
 use half::f16;
-use hydralora::engine::{DType, Tensor};
+use hydralora_engine::{DType, Tensor};
 use proptest::prelude::*;
 
 proptest! {

@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use hydralora::engine::{embedding, Tensor};
+use hydralora_engine::{embedding, Tensor};
 use proptest::prelude::*;
 
 fn check(vocab: usize, dim: usize, ids: &[u32], ids_shape: &[usize], seed: u64) {
@@ -134,7 +134,7 @@ fn a_table_split_into_parts_gathers_like_the_whole() {
         .windows(2)
         .map(|w| tensor(&table[w[0] * dim..w[1] * dim], &[w[1] - w[0], dim]))
         .collect();
-    let split = hydralora::engine::embedding_parts(&parts, &ids_t).unwrap();
+    let split = hydralora_engine::embedding_parts(&parts, &ids_t).unwrap();
     assert_eq!(split.shape(), &[2, 4, dim]);
     assert_bits_eq("embedding_parts", &read(&split), &read(&whole));
 }

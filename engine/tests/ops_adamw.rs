@@ -15,7 +15,7 @@ mod common;
 
 use common::reference;
 use common::*;
-use hydralora::engine::{AdamW, AdamWConfig, Gradients, Tensor};
+use hydralora_engine::{AdamW, AdamWConfig, Gradients, Tensor};
 
 const ATOL: f64 = 2e-6;
 

@@ -7,8 +7,8 @@
 mod common;
 
 use common::*;
-use hydralora::engine::gradcheck::gradcheck;
-use hydralora::engine::{add_matmul_scaled, is_recording, no_grad, Error, NoGradGuard, Tensor};
+use hydralora_engine::gradcheck::gradcheck;
+use hydralora_engine::{add_matmul_scaled, is_recording, no_grad, Error, NoGradGuard, Tensor};
 
 #[test]
 fn a_tensor_used_twice_accumulates_both_gradients() {

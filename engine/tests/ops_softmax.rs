@@ -13,7 +13,7 @@ mod common;
 
 use common::reference;
 use common::*;
-use hydralora::engine::{softmax_scaled, CausalMask};
+use hydralora_engine::{softmax_scaled, CausalMask};
 use proptest::prelude::*;
 
 fn check(rows: usize, cols: usize, scale: f32, mask: Option<(usize, usize)>, seed: u64) {

@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use hydralora::engine::shaders::{ALL, COMPOSITION};
+use hydralora_engine::shaders::{ALL, COMPOSITION};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn shaders_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shaders")
 }
 
 #[test]

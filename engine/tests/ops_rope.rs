@@ -12,7 +12,7 @@ mod common;
 
 use common::reference;
 use common::*;
-use hydralora::engine::{rope, rope_inv_freq, RopeTables};
+use hydralora_engine::{rope, rope_inv_freq, RopeTables};
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug)]

@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use hydralora::engine::{
+use hydralora_engine::{
     cross_entropy, embedding, rms_norm, AdamW, AdamWConfig, Device, Tensor, IGNORE_INDEX,
 };
 

@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use hydralora::engine::matmul_t;
+use hydralora_engine::matmul_t;
 use proptest::prelude::*;
 
 /// gamma_n = n u / (1 - n u), with one extra term for the rounding of a product.

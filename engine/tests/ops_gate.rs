@@ -10,7 +10,7 @@ mod common;
 
 use common::reference;
 use common::*;
-use hydralora::engine::{gate_expand, routed_expand};
+use hydralora_engine::{gate_expand, routed_expand};
 use proptest::prelude::*;
 
 fn gamma(n: usize) -> f64 {
@@ -273,7 +273,7 @@ proptest! {
     fn top_k_mask_picks_the_k_largest(t in dim(), n in 1usize..=9, k in 1usize..=10, few_values in any::<bool>(), seed in 0u64..1000) {
         // With few distinct values, ties are common: the lower index must win.
         let g: Vec<f32> = values(t * n, -1.0, 1.0, seed).iter().map(|&v| if few_values { (v * 2.0).round() } else { v }).collect();
-        let mask = hydralora::engine::top_k_mask(&tensor(&g, &[t, n]), k).unwrap();
+        let mask = hydralora_engine::top_k_mask(&tensor(&g, &[t, n]), k).unwrap();
         assert!(!mask.tracks_grad());
         assert_bits_eq("top_k_mask", &read(&mask), &top_k_reference(&g, n, k));
     }

@@ -16,7 +16,7 @@ mod common;
 
 use common::reference::{self, numel};
 use common::*;
-use hydralora::engine::Tensor;
+use hydralora_engine::Tensor;
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -29,7 +29,7 @@ enum Kind {
 
 const KINDS: [Kind; 4] = [Kind::Add, Kind::Sub, Kind::Mul, Kind::Div];
 
-fn apply(kind: Kind, a: &Tensor, b: &Tensor) -> hydralora::engine::Result<Tensor> {
+fn apply(kind: Kind, a: &Tensor, b: &Tensor) -> hydralora_engine::Result<Tensor> {
     match kind {
         Kind::Add => a.add(b),
         Kind::Sub => a.sub(b),

@@ -20,13 +20,13 @@
 mod common;
 
 use common::*;
-use hydralora::engine::gradcheck::gradcheck;
-use hydralora::engine::ops::matmul::{
+use hydralora_engine::gradcheck::gradcheck;
+use hydralora_engine::ops::matmul::{
     matmul_accumulate, matmul_accumulate_with, matmul_scaled_with, matmul_variant, matmul_with,
     subgroups_of_8, MatmulKernel, MatmulVariant,
 };
-use hydralora::engine::{matmul_scaled, no_grad};
-use hydralora::engine::{matmul_t, Error, Tensor};
+use hydralora_engine::{matmul_scaled, no_grad};
+use hydralora_engine::{matmul_t, Error, Tensor};
 
 /// gamma_{k+1}, with a little slack for the f64 reference's own rounding.
 fn gamma(k: usize) -> f64 {

@@ -18,7 +18,7 @@ mod common;
 
 use common::reference::{self, AttnShape};
 use common::*;
-use hydralora::engine::{
+use hydralora_engine::{
     attention_kernel, causal_attention, causal_attention_tokens_first,
     causal_attention_tokens_first_with, causal_attention_with, AttentionKernel, AttnDims, Tensor,
 };

@@ -16,7 +16,7 @@
 mod common;
 
 use common::*;
-use hydralora::engine::Tensor;
+use hydralora_engine::Tensor;
 use proptest::prelude::*;
 
 const ULP: f64 = 1.0 / (1u64 << 23) as f64;
@@ -44,7 +44,7 @@ fn kinds() -> Vec<Kind> {
 }
 
 impl Kind {
-    fn apply(self, x: &Tensor) -> hydralora::engine::Result<Tensor> {
+    fn apply(self, x: &Tensor) -> hydralora_engine::Result<Tensor> {
         match self {
             Kind::Neg => x.neg(),
             Kind::Exp => x.exp(),

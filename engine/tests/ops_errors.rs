@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use hydralora::engine::{
+use hydralora_engine::{
     causal_attention, cross_entropy, embedding, gate_expand, matmul_t, rms_norm, rope,
     rope_inv_freq, softmax_scaled, Device, Error, Result, RopeTables, Tensor,
 };
@@ -125,7 +125,7 @@ fn invalid_arguments_name_the_op_and_the_shape() {
         softmax_scaled(
             &zeros(&[2, 3]),
             1.0,
-            Some(hydralora::engine::CausalMask {
+            Some(hydralora_engine::CausalMask {
                 q_len: 0,
                 offset: 0,
             }),

@@ -11,7 +11,7 @@ mod common;
 
 use common::reference;
 use common::*;
-use hydralora::engine::rms_norm;
+use hydralora_engine::rms_norm;
 use proptest::prelude::*;
 
 fn check(rows: usize, dim: usize, eps: f32, seed: u64) {

@@ -15,7 +15,7 @@ mod common;
 
 use common::reference;
 use common::*;
-use hydralora::engine::{cross_entropy, Tensor, IGNORE_INDEX};
+use hydralora_engine::{cross_entropy, Tensor, IGNORE_INDEX};
 use proptest::prelude::*;
 
 fn e_lse(vocab: usize) -> f64 {

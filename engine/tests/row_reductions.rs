@@ -16,7 +16,7 @@ mod common;
 
 use common::reference;
 use common::*;
-use hydralora::engine::{cross_entropy, rms_norm, softmax_scaled, CausalMask, Device, Tensor};
+use hydralora_engine::{cross_entropy, rms_norm, softmax_scaled, CausalMask, Device, Tensor};
 
 /// The test devices: the fallback always, the subgroup kernels where the adapter has them.
 fn devices() -> Vec<(&'static str, Device)> {

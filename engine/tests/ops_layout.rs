@@ -6,7 +6,7 @@ mod common;
 
 use common::reference::{self, numel};
 use common::*;
-use hydralora::engine::Tensor;
+use hydralora_engine::Tensor;
 use proptest::prelude::*;
 
 fn shape(max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
