@@ -17,34 +17,11 @@
 //
 // Entry points: {nn, nt, tn, tt}{32, 8}: the letters say how A and B are stored
 // (n: as used, t: transposed), the number is ROWS (8 for products with few rows).
-// `wid.z` is batch * splits + split: with split-K each split sums a k range into its
-// own slice of `c`, and `matmul_splitk.wgsl` adds the slices in order.
+// Composed with lib/matmul_params and a weight piece (lib/weights_*): B is read 4
+// consecutive elements at a time through `load_b4`, so it may be stored in any format the
+// weight slot takes (f32, f16), with the same layout rules in elements.
 
-// ACCUMULATE, a constant each variant declares (engine/src/shaders.rs): C += the
-// result (C holds a sum so far, e.g. a gradient) instead of C = it.
-
-struct MatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_batch: u32, // strides of A, in f32: between batches (0: shared), rows m, columns k
-    a_row: u32,
-    a_col: u32,
-    b_batch: u32, // strides of B: between batches, rows k, columns n
-    b_row: u32,
-    b_col: u32,
-    c_batch: u32, // strides of C: between slices (batch * splits + split), rows m, columns n
-    c_row: u32,
-    c_col: u32,
-    splits: u32,  // k splits per batch (1: none)
-    k_chunk: u32, // k per split, a multiple of 4
-    group: u32,   // tile order: row blocks per group (see `tile`)
-    alpha: f32,   // C = alpha * the product (the bits of an f32)
-}
-
-@group(0) @binding(0) var<storage, read> p: MatmulParams;
 @group(0) @binding(1) var<storage, read> a: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> b: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<vec4<f32>>;
 
 // One lane's 8 columns of one row of C.
@@ -57,8 +34,8 @@ alias Rows8 = array<vec4<f32>, 8>;
 struct Tile {
     row0: u32,  // first row of the workgroup's tile
     col0: u32,  // first of this lane's 8 columns
-    a_off: u32, // this batch's A, B, in vec4s
-    b_off: u32,
+    a_off: u32, // this batch's A, in vec4s
+    b_off: u32, // this batch's B, in elements
     c_off: u32, // this slice's C, in f32
     kv0: u32,   // k range of this split, in vec4s (4 k)
     kv1: u32,
@@ -84,7 +61,7 @@ fn tile(wid: vec3<u32>, lane: u32, rows: u32) -> Tile {
     let split = wid.z % p.splits;
     let batch = wid.z / p.splits;
     t.a_off = batch * (p.a_batch / 4u);
-    t.b_off = batch * (p.b_batch / 4u);
+    t.b_off = batch * p.b_batch;
     t.c_off = wid.z * p.c_batch;
     t.kv0 = split * (p.k_chunk / 4u);
     t.kv1 = min(t.kv0 + p.k_chunk / 4u, (p.k + 3u) / 4u);
@@ -147,47 +124,46 @@ fn fma_block(acc: array<Row, 8>, s: Rows8, bk: Bk) -> array<Row, 8> {
 }
 
 // B stored as used ([K, N]): this lane's two column groups at k = 4 kv + 0..3 (rows past
-// K, when K % 4 != 0, are clamped here and zeroed on the A side).
+// K, when K % 4 != 0, are clamped here and zeroed on the A side). Offsets in elements.
 fn load_b_n(t: Tile, kv: u32) -> Bk {
-    let nv = p.n / 4u;
-    let rv = p.b_row / 4u;
-    let g0 = t.b_off + min(t.col0 / 4u, nv - 1u);
-    let g1 = t.b_off + min(t.col0 / 4u + 1u, nv - 1u);
+    let g0 = t.b_off + min(t.col0, p.n - 4u);
+    let g1 = t.b_off + min(t.col0 + 4u, p.n - 4u);
     let last = p.k - 1u;
-    let k0 = min(kv * 4u, last) * rv;
-    let k1 = min(kv * 4u + 1u, last) * rv;
-    let k2 = min(kv * 4u + 2u, last) * rv;
-    let k3 = min(kv * 4u + 3u, last) * rv;
+    let k0 = min(kv * 4u, last) * p.b_row;
+    let k1 = min(kv * 4u + 1u, last) * p.b_row;
+    let k2 = min(kv * 4u + 2u, last) * p.b_row;
+    let k3 = min(kv * 4u + 3u, last) * p.b_row;
     return Bk(
-        array(b[g0 + k0], b[g1 + k0]),
-        array(b[g0 + k1], b[g1 + k1]),
-        array(b[g0 + k2], b[g1 + k2]),
-        array(b[g0 + k3], b[g1 + k3]),
+        array(load_b4(g0 + k0), load_b4(g1 + k0)),
+        array(load_b4(g0 + k1), load_b4(g1 + k1)),
+        array(load_b4(g0 + k2), load_b4(g1 + k2)),
+        array(load_b4(g0 + k3), load_b4(g1 + k3)),
     );
 }
 
-// Offsets of this lane's 8 columns of B stored transposed ([N, K]), in vec4s.
+// Offsets of this lane's 8 columns of B stored transposed ([N, K]), in elements.
 fn b_cols_k(t: Tile) -> array<u32, 8> {
-    let cv = p.b_col / 4u;
+    let s = p.b_col;
     let last = p.n - 1u;
     return array(
-        t.b_off + min(t.col0, last) * cv, t.b_off + min(t.col0 + 1u, last) * cv,
-        t.b_off + min(t.col0 + 2u, last) * cv, t.b_off + min(t.col0 + 3u, last) * cv,
-        t.b_off + min(t.col0 + 4u, last) * cv, t.b_off + min(t.col0 + 5u, last) * cv,
-        t.b_off + min(t.col0 + 6u, last) * cv, t.b_off + min(t.col0 + 7u, last) * cv,
+        t.b_off + min(t.col0, last) * s, t.b_off + min(t.col0 + 1u, last) * s,
+        t.b_off + min(t.col0 + 2u, last) * s, t.b_off + min(t.col0 + 3u, last) * s,
+        t.b_off + min(t.col0 + 4u, last) * s, t.b_off + min(t.col0 + 5u, last) * s,
+        t.b_off + min(t.col0 + 6u, last) * s, t.b_off + min(t.col0 + 7u, last) * s,
     );
 }
 
 // B stored transposed: each column's 4 k values, transposed into [k][column group].
 fn load_b_k(cols: array<u32, 8>, kv: u32) -> Bk {
-    let c0 = b[cols[0] + kv];
-    let c1 = b[cols[1] + kv];
-    let c2 = b[cols[2] + kv];
-    let c3 = b[cols[3] + kv];
-    let c4 = b[cols[4] + kv];
-    let c5 = b[cols[5] + kv];
-    let c6 = b[cols[6] + kv];
-    let c7 = b[cols[7] + kv];
+    let k = kv * 4u;
+    let c0 = load_b4(cols[0] + k);
+    let c1 = load_b4(cols[1] + k);
+    let c2 = load_b4(cols[2] + k);
+    let c3 = load_b4(cols[3] + k);
+    let c4 = load_b4(cols[4] + k);
+    let c5 = load_b4(cols[5] + k);
+    let c6 = load_b4(cols[6] + k);
+    let c7 = load_b4(cols[7] + k);
     return Bk(
         array(vec4(c0.x, c1.x, c2.x, c3.x), vec4(c4.x, c5.x, c6.x, c7.x)),
         array(vec4(c0.y, c1.y, c2.y, c3.y), vec4(c4.y, c5.y, c6.y, c7.y)),

@@ -9,34 +9,7 @@
 // Any strides, any shape (edges are zero-padded in workgroup memory). On real GPUs this
 // beats the barrier-free kernels; on a CPU driver (lavapipe) the two barriers per k step
 // are coroutine switches and it is slower, so the host does not pick it there.
-// `wid.z` is batch * splits + split, as in `matmul.wgsl`.
-
-// ACCUMULATE, a constant each variant declares (engine/src/shaders.rs): C += the
-// result (C holds a sum so far, e.g. a gradient) instead of C = it.
-
-struct MatmulParams {
-    m: u32,
-    n: u32,
-    k: u32,
-    a_batch: u32,
-    a_row: u32,
-    a_col: u32,
-    b_batch: u32,
-    b_row: u32,
-    b_col: u32,
-    c_batch: u32,
-    c_row: u32,
-    c_col: u32,
-    splits: u32,
-    k_chunk: u32,
-    group: u32, // unused here
-    alpha: f32,   // C = alpha * the product (the bits of an f32)
-}
-
-@group(0) @binding(0) var<storage, read> p: MatmulParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// Composed with lib/matmul_params, lib/matmul_scalar and a weight piece (lib/weights_*).
 
 const TILE: u32 = 64u;
 const BK: u32 = 16u;
@@ -88,7 +61,7 @@ fn matmul_tiled(
             let kb = k0 + bk;
             var bv = 0.0;
             if col < p.n && kb < k_end {
-                bv = b[b_base + kb * p.b_row + col * p.b_col];
+                bv = load_b(b_base + kb * p.b_row + col * p.b_col);
             }
             b_tile[bk * 16u + bc / 4u][bc % 4u] = bv;
         }
@@ -103,21 +76,5 @@ fn matmul_tiled(
         }
         workgroupBarrier();
     }
-    let c_base = wid.z * p.c_batch;
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + 4u * lid.y + i;
-        if row < p.m {
-            for (var j = 0u; j < 4u; j++) {
-                let col = col0 + 4u * lid.x + j;
-                if col < p.n {
-                    let at = c_base + row * p.c_row + col * p.c_col;
-                    if ACCUMULATE {
-                        c[at] += p.alpha * acc[i][j];
-                    } else {
-                        c[at] = p.alpha * acc[i][j];
-                    }
-                }
-            }
-        }
-    }
+    store_block(wid.z, row0 + 4u * lid.y, col0 + 4u * lid.x, acc);
 }

@@ -1,11 +1,16 @@
-//! Frozen weights stored as f16: matmul widens them exactly and accumulates in f32; a model
+//! Frozen weights stored as f16: every matmul kernel widens them exactly and accumulates in
+//! f32 (the kernel-by-kernel cases are in matmul_variants.rs; here, random shapes); a model
 //! with f16 weights keeps its logits close and trains its adapter; the weights take half
 //! the memory.
 
 mod common;
 
 use half::f16;
-use hydralora::engine::{matmul_t, DType, Tensor};
+use hydralora::engine::ops::matmul::{
+    matmul_accumulate, matmul_accumulate_with, matmul_with, subgroups_of_8, MatmulKernel,
+    MatmulVariant,
+};
+use hydralora::engine::{matmul_t, no_grad, DType, Error, Tensor};
 use hydralora::model::adapter::{attach, AdapterConfig};
 use hydralora::model::train::{TrainSettings, Trainer};
 use hydralora::model::verify::max_abs_error;
@@ -14,24 +19,73 @@ use proptest::prelude::*;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-llama");
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+/// The dims of a product: any small size, or a multiple of 4 (the subgroup kernel's vec4
+/// loads), about half the time each.
+fn dim() -> impl Strategy<Value = usize> {
+    prop_oneof![1usize..40, (1usize..10).prop_map(|x| 4 * x)]
+}
 
-    /// A x op(B) with B in f16 equals the f64 product with B's f16 values (widening is
-    /// exact), within f32 accumulation error: 1e-5 abs + K u relative to sum |a b|.
+/// Whether the subgroup kernel takes op(A) [m, k] x op(B) [k, n]: N and the contiguous dim
+/// of each operand multiples of 4, K too unless the product is A^T B.
+fn subgroup_aligned([m, k, n]: [usize; 3], ta: bool, tb: bool) -> bool {
+    n % 4 == 0 && (!ta || m % 4 == 0) && (k % 4 == 0 || (ta && !tb))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// op(A) op(B) with B in f16 equals the f64 product with B's f16 values (widening is
+    /// exact), on every kernel (or the automatic choice), split or not, written or summed
+    /// into a prior C. Bound: a K-term f32 dot product in any order is within
+    /// gamma_{K+1} sum |a b| of the exact value (gamma_n = n u / (1 - n u)); summing into C
+    /// adds one rounding, u |C|.
     #[test]
-    fn matmul_with_f16_weights(m in 1usize..40, k in 1usize..50, n in 1usize..40, tb in any::<bool>(), batch in 1usize..3, seed in 0u64..1000) {
+    fn matmul_with_f16_weights(
+        m in dim(), k in dim(), n in dim(), ta in any::<bool>(), tb in any::<bool>(),
+        batch in 1usize..3, kernel in 0usize..4, splits in 1usize..4, summed in any::<bool>(),
+        seed in 0u64..1000,
+    ) {
         let dev = common::device();
         let a = common::values(batch * m * k, -1.0, 1.0, seed);
         let b16: Vec<f16> = common::values(k * n, -1.0, 1.0, seed + 1).iter().map(|&x| f16::from_f32(x)).collect();
         let b32: Vec<f32> = b16.iter().map(|h| h.to_f32()).collect();
-        let ta = Tensor::from_slice(&dev, &a, &[batch, m, k]).unwrap();
-        let tb_shape = if tb { [n, k] } else { [k, n] };
-        let bt = Tensor::from_f16(&dev, &b16, &tb_shape).unwrap();
+        let a_shape = if ta { [batch, k, m] } else { [batch, m, k] };
+        let ta_t = Tensor::from_slice(&dev, &a, &a_shape).unwrap();
+        let b_shape = if tb { [n, k] } else { [k, n] };
+        let bt = Tensor::from_f16(&dev, &b16, &b_shape).unwrap();
         prop_assert_eq!(bt.dtype(), DType::F16);
-        let c = matmul_t(&ta, &bt, false, tb).unwrap().to_vec_f32().unwrap();
-        let reference = common::matmul_ref(&a, &b32, batch, m, k, n, false, tb, true, false);
-        common::assert_close("f16 matmul", &c, &reference, 1e-5, 4.0 * k as f64 * f32::EPSILON as f64);
+        // None: the automatic choice.
+        let variant = MatmulKernel::ALL.get(kernel).map(|&k| MatmulVariant::new(k, splits));
+        let prior = common::values(batch * m * n, -1.0, 1.0, seed + 2);
+        let c = match (variant, summed) {
+            (None, false) => matmul_t(&ta_t, &bt, ta, tb),
+            (None, true) => no_grad(|| matmul_accumulate(common::tensor(&prior, &[batch, m, n]), &ta_t, &bt, ta, tb)),
+            (Some(v), false) => matmul_with(&ta_t, &bt, ta, tb, v),
+            (Some(v), true) => no_grad(|| matmul_accumulate_with(common::tensor(&prior, &[batch, m, n]), &ta_t, &bt, ta, tb, v)),
+        };
+        let subgroup = variant.is_some_and(|v| v.kernel == MatmulKernel::Subgroup);
+        let runs = !subgroup || (subgroups_of_8(&dev) && subgroup_aligned([m, k, n], ta, tb));
+        if !runs {
+            prop_assert!(matches!(c, Err(Error::Unsupported(_))), "{:?}", c.map(|t| t.shape().to_vec()));
+            return Ok(());
+        }
+        let c = c.unwrap().to_vec_f32().unwrap();
+        let product = common::matmul_ref(&a, &b32, batch, m, k, n, ta, tb, true, false);
+        let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+        let magnitude = common::matmul_ref(&abs(&a), &abs(&b32), batch, m, k, n, ta, tb, true, false);
+        let nu = (k + 1) as f64 * common::U;
+        let gamma = nu / (1.0 - nu) * 1.01;
+        let (want, bound): (Vec<f64>, Vec<f64>) = product
+            .iter()
+            .zip(&magnitude)
+            .zip(&prior)
+            .map(|((&r, &s), &c0)| match summed {
+                false => (r, gamma * s + 1e-30),
+                true => (r + c0 as f64, gamma * s + 2.0 * common::U * (r + c0 as f64).abs() + 1e-30),
+            })
+            .unzip();
+        let what = format!("{variant:?} summed {summed} [{m}, {k}, {n}] ta {ta} tb {tb} batch {batch}");
+        common::assert_within(&what, &c, &want, &bound);
     }
 }
 

@@ -14,6 +14,9 @@
 //! (`var<storage, read>`), then the read-only inputs, then the read-write outputs, in that
 //! order.
 
+use crate::ops::matmul::MatmulKernel;
+use crate::tensor::DType;
+
 /// One compute shader module: a composed variant, or a user's own source (custom ops).
 #[derive(Debug)]
 pub struct Shader {
@@ -65,22 +68,30 @@ shaders! {
     COPY = "copy" { "copy" }
     /// Casts between f32 and f16.
     CAST = "cast" { "cast" }
-    /// The general matmul, writing C.
-    MATMUL = "matmul" { const "const ACCUMULATE: bool = false;", "matmul" }
-    /// The general matmul, adding into C.
-    MATMUL_ACCUMULATE = "matmul+accumulate" { const "const ACCUMULATE: bool = true;", "matmul" }
-    /// The general matmul with f16 weights, writing C.
-    MATMUL_F16 = "matmul_f16" { const "const ACCUMULATE: bool = false;", "matmul_f16" }
-    /// The general matmul with f16 weights, adding into C.
-    MATMUL_F16_ACCUMULATE = "matmul_f16+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_f16" }
-    /// The subgroup matmul, writing C.
-    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "matmul_subgroup" }
-    /// The subgroup matmul, adding into C.
-    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_subgroup" }
-    /// The tiled matmul, writing C.
-    MATMUL_TILED = "matmul_tiled" { const "const ACCUMULATE: bool = false;", "matmul_tiled" }
-    /// The tiled matmul, adding into C.
-    MATMUL_TILED_ACCUMULATE = "matmul_tiled+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_tiled" }
+    /// The general matmul, f32 weights, writing C.
+    MATMUL = "matmul" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul" }
+    /// The general matmul, f32 weights, adding into C.
+    MATMUL_ACCUMULATE = "matmul+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul" }
+    /// The general matmul, f16 weights, writing C.
+    MATMUL_F16 = "matmul+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul" }
+    /// The general matmul, f16 weights, adding into C.
+    MATMUL_F16_ACCUMULATE = "matmul+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul" }
+    /// The tiled matmul, f32 weights, writing C.
+    MATMUL_TILED = "matmul_tiled" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul_tiled" }
+    /// The tiled matmul, f32 weights, adding into C.
+    MATMUL_TILED_ACCUMULATE = "matmul_tiled+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul_tiled" }
+    /// The tiled matmul, f16 weights, writing C.
+    MATMUL_TILED_F16 = "matmul_tiled+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul_tiled" }
+    /// The tiled matmul, f16 weights, adding into C.
+    MATMUL_TILED_F16_ACCUMULATE = "matmul_tiled+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul_tiled" }
+    /// The subgroup matmul, f32 weights, writing C.
+    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f32", "matmul_subgroup" }
+    /// The subgroup matmul, f32 weights, adding into C.
+    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f32", "matmul_subgroup" }
+    /// The subgroup matmul, f16 weights, writing C.
+    MATMUL_SUBGROUP_F16 = "matmul_subgroup+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f16", "matmul_subgroup" }
+    /// The subgroup matmul, f16 weights, adding into C.
+    MATMUL_SUBGROUP_F16_ACCUMULATE = "matmul_subgroup+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f16", "matmul_subgroup" }
     /// Split-K's reduction, writing C.
     MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "matmul_splitk" }
     /// Split-K's reduction, adding into C.
@@ -135,4 +146,25 @@ shaders! {
     CROSS_ENTROPY_SUBGROUP = "cross_entropy_subgroup" { "cross_entropy_subgroup" }
     /// Sums along an axis, subgroup reductions.
     REDUCE_SUBGROUP = "reduce_subgroup" { "reduce_subgroup" }
+}
+
+/// The matmul variant of `kernel` whose B (the weights) is stored as `weights` (f32 or
+/// f16), writing C or, with `accumulate`, adding into it.
+pub fn matmul(kernel: MatmulKernel, weights: DType, accumulate: bool) -> &'static Shader {
+    use MatmulKernel::{General, Subgroup, Tiled};
+    match (kernel, weights, accumulate) {
+        (General, DType::F32, false) => &MATMUL,
+        (General, DType::F32, true) => &MATMUL_ACCUMULATE,
+        (General, DType::F16, false) => &MATMUL_F16,
+        (General, DType::F16, true) => &MATMUL_F16_ACCUMULATE,
+        (Tiled, DType::F32, false) => &MATMUL_TILED,
+        (Tiled, DType::F32, true) => &MATMUL_TILED_ACCUMULATE,
+        (Tiled, DType::F16, false) => &MATMUL_TILED_F16,
+        (Tiled, DType::F16, true) => &MATMUL_TILED_F16_ACCUMULATE,
+        (Subgroup, DType::F32, false) => &MATMUL_SUBGROUP,
+        (Subgroup, DType::F32, true) => &MATMUL_SUBGROUP_ACCUMULATE,
+        (Subgroup, DType::F16, false) => &MATMUL_SUBGROUP_F16,
+        (Subgroup, DType::F16, true) => &MATMUL_SUBGROUP_F16_ACCUMULATE,
+        (_, other, _) => unreachable!("matmul weights are f32 or f16, not {other:?}"),
+    }
 }

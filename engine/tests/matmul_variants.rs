@@ -7,6 +7,11 @@
 //! existing tensor (`matmul_accumulate`, how backward adds up input gradients) on every
 //! kernel and split: in place when nothing else holds the sum, a copy otherwise.
 //!
+//! Every kernel reads B (the weights) through the same weight slot, so each of these runs
+//! with B stored as f32 and as f16. The f16 cases draw B, round it to f16, and use the
+//! rounded values as the reference's B: widening f16 to f32 is exact, so the f32 bound
+//! below holds unchanged.
+//!
 //! Tolerance: a K-term f32 dot product, whatever the order of its additions (split-K
 //! included) and with or without fused multiply-add, is within gamma_{K+1} sum_k |a_k b_k|
 //! of the exact value, gamma_n = n u / (1 - n u), u = 2^-24 (Higham, "Accuracy and
@@ -20,13 +25,14 @@
 mod common;
 
 use common::*;
+use half::f16;
 use hydralora_engine::gradcheck::gradcheck;
 use hydralora_engine::ops::matmul::{
     matmul_accumulate, matmul_accumulate_with, matmul_scaled_with, matmul_variant, matmul_with,
     subgroups_of_8, MatmulKernel, MatmulVariant,
 };
 use hydralora_engine::{matmul_scaled, no_grad};
-use hydralora_engine::{matmul_t, Error, Tensor};
+use hydralora_engine::{matmul_t, DType, Error, Tensor};
 
 /// gamma_{k+1}, with a little slack for the f64 reference's own rounding.
 fn gamma(k: usize) -> f64 {
@@ -69,7 +75,12 @@ struct Case {
     ta: bool,
     tb: bool,
     batching: Batching,
+    /// How B is stored: f32, or f16 (the weight slot widens it).
+    weights: DType,
 }
+
+/// The storage formats of B every kernel takes.
+const WEIGHTS: [DType; 2] = [DType::F32, DType::F16];
 
 impl Case {
     fn new(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Case {
@@ -80,11 +91,16 @@ impl Case {
             ta,
             tb,
             batching: Batching::None,
+            weights: DType::F32,
         }
     }
 
     fn batched(self, batching: Batching) -> Case {
         Case { batching, ..self }
+    }
+
+    fn weights(self, weights: DType) -> Case {
+        Case { weights, ..self }
     }
 
     /// Stored shapes of A and B.
@@ -134,7 +150,17 @@ fn inputs(case: &Case, seed: u64) -> Inputs {
     let na: usize = sa.iter().product();
     let nb: usize = sb.iter().product();
     let av = values(na, -1.0, 1.0, seed);
-    let bv = values(nb, -1.0, 1.0, seed + 1);
+    let mut bv = values(nb, -1.0, 1.0, seed + 1);
+    let b = match case.weights {
+        DType::F32 => tensor(&bv, &sb),
+        DType::F16 => {
+            let halves: Vec<f16> = bv.iter().map(|&x| f16::from_f32(x)).collect();
+            bv = halves.iter().map(|h| h.to_f32()).collect();
+            Tensor::from_f16(&device(), &halves, &sb).unwrap()
+        }
+        other => unreachable!("{other:?} weights"),
+    };
+    assert_eq!(b.dtype(), case.weights);
     let r = |a: &[f32], b: &[f32]| {
         matmul_ref(
             a,
@@ -158,7 +184,7 @@ fn inputs(case: &Case, seed: u64) -> Inputs {
         .collect();
     Inputs {
         a: tensor(&av, &sa),
-        b: tensor(&bv, &sb),
+        b,
         reference,
         bound,
     }
@@ -197,6 +223,13 @@ fn check(case: Case, variant: MatmulVariant, seed: u64) {
 
 const KERNELS: [MatmulKernel; 3] = MatmulKernel::ALL;
 
+/// Every kernel with every storage format of B.
+fn kernels_and_weights() -> impl Iterator<Item = (MatmulKernel, DType)> {
+    KERNELS
+        .into_iter()
+        .flat_map(|k| WEIGHTS.into_iter().map(move |w| (k, w)))
+}
+
 /// All four transpose flag combinations.
 const FLAGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), (true, true)];
 
@@ -204,14 +237,14 @@ const FLAGS: [(bool, bool); 4] = [(false, false), (false, true), (true, false), 
 fn odd_sizes_every_layout_every_kernel() {
     let sizes = [1, 3, 5, 33, 65, 127];
     let mut seed = 1;
-    for kernel in KERNELS {
+    for (kernel, weights) in kernels_and_weights() {
         for (ta, tb) in FLAGS {
             // Every size in each role at least once, with the others varied.
             for (i, &m) in sizes.iter().enumerate() {
                 let k = sizes[(i + 2) % sizes.len()];
                 let n = sizes[(i + 4) % sizes.len()];
                 check(
-                    Case::new(m, k, n, ta, tb),
+                    Case::new(m, k, n, ta, tb).weights(weights),
                     MatmulVariant::new(kernel, 1),
                     seed,
                 );
@@ -239,11 +272,11 @@ fn aligned_sizes_every_layout_every_kernel() {
         (36, 6, 68),
     ];
     let mut seed = 100;
-    for kernel in KERNELS {
+    for (kernel, weights) in kernels_and_weights() {
         for (ta, tb) in FLAGS {
             for &(m, k, n) in &shapes {
                 check(
-                    Case::new(m, k, n, ta, tb),
+                    Case::new(m, k, n, ta, tb).weights(weights),
                     MatmulVariant::new(kernel, 1),
                     seed,
                 );
@@ -256,7 +289,7 @@ fn aligned_sizes_every_layout_every_kernel() {
 #[test]
 fn batched_and_shared_operands_every_kernel() {
     let mut seed = 200;
-    for kernel in KERNELS {
+    for (kernel, weights) in kernels_and_weights() {
         for (ta, tb) in FLAGS {
             for batching in [
                 Batching::Both(3),
@@ -265,7 +298,9 @@ fn batched_and_shared_operands_every_kernel() {
             ] {
                 // One odd case (the subgroup kernel refuses it) and one aligned.
                 for (m, k, n) in [(5, 33, 3), (36, 40, 68)] {
-                    let case = Case::new(m, k, n, ta, tb).batched(batching);
+                    let case = Case::new(m, k, n, ta, tb)
+                        .batched(batching)
+                        .weights(weights);
                     check(case, MatmulVariant::new(kernel, 1), seed);
                     seed += 2;
                 }
@@ -277,7 +312,7 @@ fn batched_and_shared_operands_every_kernel() {
 #[test]
 fn large_product_every_kernel() {
     // Above 500 in every dim: odd (general and tiled) and aligned (all three).
-    for kernel in KERNELS {
+    for (kernel, weights) in kernels_and_weights() {
         for (i, (ta, tb)) in FLAGS.into_iter().enumerate() {
             let (m, k, n) = if i % 2 == 0 {
                 (513, 515, 517)
@@ -285,7 +320,7 @@ fn large_product_every_kernel() {
                 (516, 600, 520)
             };
             check(
-                Case::new(m, k, n, ta, tb),
+                Case::new(m, k, n, ta, tb).weights(weights),
                 MatmulVariant::new(kernel, 1),
                 300 + i as u64,
             );
@@ -296,12 +331,12 @@ fn large_product_every_kernel() {
 #[test]
 fn split_k_every_kernel_and_layout() {
     let mut seed = 400;
-    for kernel in KERNELS {
+    for (kernel, weights) in kernels_and_weights() {
         for (ta, tb) in FLAGS {
             for splits in [2, 3, 7] {
                 // k not a multiple of the split: the last split is short.
                 for (m, k, n) in [(5, 129, 3), (8, 260, 36), (36, 1000, 8), (8, 131, 36)] {
-                    let case = Case::new(m, k, n, ta, tb);
+                    let case = Case::new(m, k, n, ta, tb).weights(weights);
                     check(case, MatmulVariant::new(kernel, splits), seed);
                     check(
                         case.batched(Batching::Both(2)),
@@ -317,19 +352,19 @@ fn split_k_every_kernel_and_layout() {
 
 #[test]
 fn split_k_is_deterministic() {
-    let case = Case::new(8, 2048, 64, true, false);
-    let x = inputs(&case, 500);
-    for kernel in KERNELS {
+    for (kernel, weights) in kernels_and_weights() {
         if kernel == MatmulKernel::Subgroup && !subgroup_here() {
             continue;
         }
+        let case = Case::new(8, 2048, 64, true, false).weights(weights);
+        let x = inputs(&case, 500);
         let v = MatmulVariant::new(kernel, 16);
         let first = read(&matmul_with(&x.a, &x.b, true, false, v).unwrap());
         for _ in 0..3 {
             let again = read(&matmul_with(&x.a, &x.b, true, false, v).unwrap());
-            assert_bits_eq(&format!("{v} rerun"), &again, &first);
+            assert_bits_eq(&format!("{v} {weights:?} rerun"), &again, &first);
         }
-        assert_within(&format!("{v}"), &first, &x.reference, &x.bound);
+        assert_within(&format!("{v} {case:?}"), &first, &x.reference, &x.bound);
     }
 }
 
@@ -351,7 +386,10 @@ fn lora_shapes_every_kernel_and_the_automatic_choice() {
     let mut seed = 600;
     // T = 254 (not a multiple of 4): the weight gradients still take the subgroup kernel.
     for (t, d, r) in [(256, 64, 8), (512, 128, 16), (96, 36, 4), (254, 36, 8)] {
-        for case in lora_cases(t, d, r) {
+        for case in lora_cases(t, d, r)
+            .into_iter()
+            .flat_map(|c| WEIGHTS.map(|w| c.weights(w)))
+        {
             for kernel in KERNELS {
                 for splits in [1, 4] {
                     check(case, MatmulVariant::new(kernel, splits), seed);
@@ -370,8 +408,13 @@ fn automatic_choice_every_layout() {
     let mut seed = 700;
     for (ta, tb) in FLAGS {
         for (m, k, n) in [(3, 5, 1), (127, 65, 33), (64, 64, 64), (8, 1024, 36)] {
-            for batching in [Batching::None, Batching::Both(2), Batching::BShared(2)] {
-                let case = Case::new(m, k, n, ta, tb).batched(batching);
+            for (batching, weights) in [Batching::None, Batching::Both(2), Batching::BShared(2)]
+                .into_iter()
+                .flat_map(|b| WEIGHTS.map(|w| (b, w)))
+            {
+                let case = Case::new(m, k, n, ta, tb)
+                    .batched(batching)
+                    .weights(weights);
                 let x = inputs(&case, seed);
                 let v = matmul_variant(&x.a, &x.b, ta, tb).unwrap();
                 let c = matmul_t(&x.a, &x.b, ta, tb).unwrap();
@@ -382,7 +425,8 @@ fn automatic_choice_every_layout() {
                     &x.reference,
                     &x.bound,
                 );
-                // Where the subgroup kernel runs, it is the choice for shapes it takes.
+                // Where the subgroup kernel runs, it is the choice for shapes it takes,
+                // whatever B's storage format.
                 if subgroup_here() && case.subgroup_aligned() {
                     assert_eq!(v.kernel, MatmulKernel::Subgroup, "{case:?}");
                 }
@@ -419,16 +463,17 @@ fn subgroup_kernel_refuses_what_it_cannot_run() {
 #[test]
 fn empty_inner_dim_gives_zeros_on_every_kernel() {
     let a = Tensor::zeros(&device(), &[8, 0]).unwrap();
-    let b = Tensor::zeros(&device(), &[0, 12]).unwrap();
-    for kernel in KERNELS {
+    let b32 = Tensor::zeros(&device(), &[0, 12]).unwrap();
+    let b16 = Tensor::from_f16(&device(), &[], &[0, 12]).unwrap();
+    for (kernel, b) in KERNELS.into_iter().flat_map(|k| [(k, &b32), (k, &b16)]) {
         if kernel == MatmulKernel::Subgroup && !subgroup_here() {
             continue;
         }
         for splits in [1, 3] {
             let v = MatmulVariant::new(kernel, splits);
-            let c = matmul_with(&a, &b, false, false, v).unwrap();
+            let c = matmul_with(&a, b, false, false, v).unwrap();
             assert_eq!(c.shape(), &[8, 12]);
-            assert!(read(&c).iter().all(|&x| x == 0.0), "{v}");
+            assert!(read(&c).iter().all(|&x| x == 0.0), "{v} {:?}", b.dtype());
         }
     }
 }
@@ -447,7 +492,7 @@ fn prior_plus_product(prior: &[f32], x: &Inputs) -> Vec<f64> {
 #[test]
 fn accumulate_into_a_sum_every_kernel_and_split() {
     let mut seed = 900;
-    for kernel in KERNELS {
+    for (kernel, weights) in kernels_and_weights() {
         for (ta, tb) in FLAGS {
             for splits in [1, 3] {
                 for case in [
@@ -455,6 +500,7 @@ fn accumulate_into_a_sum_every_kernel_and_split() {
                     Case::new(5, 129, 3, ta, tb),
                     Case::new(8, 260, 36, ta, tb).batched(Batching::Both(2)),
                 ] {
+                    let case = case.weights(weights);
                     let variant = MatmulVariant::new(kernel, splits);
                     let x = inputs(&case, seed);
                     let shape = expected_shape(&case);
@@ -515,7 +561,10 @@ fn scaled_products_every_kernel_and_their_gradients() {
     let alpha = -0.37f32;
     let mut seed = 1100;
     for (ta, tb) in FLAGS {
-        for case in [Case::new(36, 40, 68, ta, tb), Case::new(8, 260, 36, ta, tb)] {
+        for case in [Case::new(36, 40, 68, ta, tb), Case::new(8, 260, 36, ta, tb)]
+            .into_iter()
+            .flat_map(|c| WEIGHTS.map(|w| c.weights(w)))
+        {
             let x = inputs(&case, seed);
             let want: Vec<f64> = x.reference.iter().map(|r| alpha as f64 * r).collect();
             let bound: Vec<f64> = x

@@ -42,6 +42,9 @@ pub struct BenchConfig {
     pub hydra: AdapterConfig,
     /// `bench.adamw` (`lr` 2e-4, `betas` [0.9, 0.999], `eps` 1e-8, `weight_decay` 0 unless given).
     pub adamw: AdamWConfig,
+    /// Store the frozen layer weights as f16 ([`Llama::store_frozen_weights_f16`]); not read
+    /// from the file (false), set by `bench step --f16-weights`. Adapter methods only.
+    pub f16_weights: bool,
 }
 
 impl BenchConfig {
@@ -104,6 +107,7 @@ impl BenchConfig {
                 eps: num(&adamw_v, "eps").unwrap_or(1e-8) as f32,
                 weight_decay: num(&adamw_v, "weight_decay").unwrap_or(0.0) as f32,
             },
+            f16_weights: false,
         })
     }
 }
@@ -222,6 +226,9 @@ impl StepRunner {
         targets: Option<Vec<String>>,
     ) -> Result<StepRunner> {
         let mut model = random_model(device, &cfg.model, cfg.seed)?;
+        if cfg.f16_weights {
+            model.store_frozen_weights_f16()?;
+        }
         let adapter = match method {
             BenchMethod::Lora => Some(cfg.lora.clone()),
             BenchMethod::Hydra => Some(cfg.hydra.clone()),

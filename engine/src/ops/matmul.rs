@@ -84,7 +84,7 @@ impl std::fmt::Display for MatmulVariant {
     }
 }
 
-/// Strides (in f32) of one operand as the kernels read it: between batches (0: shared),
+/// Strides (in elements) of one operand as the kernels read it: between batches (0: shared),
 /// along the rows and along the columns of `op(x)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Strides {
@@ -94,10 +94,12 @@ pub(crate) struct Strides {
 }
 
 /// One product as the kernels see it: `batch` products C[m, n] = alpha A[m, k] B[k, n] with
-/// strided operands; C is contiguous [batch, m, n].
+/// strided operands; C is contiguous [batch, m, n]. A is f32; B (the weights) is stored as
+/// `weights` (f32 or f16), which picks the kernel's weight-load piece.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Problem {
     pub alpha: f32,
+    pub weights: DType,
     pub batch: usize,
     pub m: usize,
     pub n: usize,
@@ -186,6 +188,7 @@ fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<u
     let b_batch = if b_shared || batch_eff == 1 { 0 } else { k * n };
     let problem = Problem {
         alpha: 1.0,
+        weights: b.dtype(),
         batch: batch_eff,
         m: m_eff,
         n,
@@ -480,7 +483,8 @@ struct SubgroupPlan {
 
 /// The subgroup kernel's layout letter for an operand with these strides: `n` when the
 /// kernel's inner dim (k for A, n for B) is contiguous, `t` when the outer one is; the other
-/// stride (and the batch stride) must be a multiple of 4 for vec4 loads.
+/// stride (and the batch stride) must be a multiple of 4 for vec4 loads. Strides count
+/// elements, so the rule holds for f16 weights too: their vec4 is two whole 32-bit words.
 fn subgroup_layout(s: Strides, inner_contiguous: bool) -> Option<char> {
     if s.batch % 4 != 0 {
         return None;
@@ -501,7 +505,12 @@ fn subgroup_plan(p: &Problem) -> Option<SubgroupPlan> {
         return None;
     }
     let mut best: Option<(f64, SubgroupPlan)> = None;
-    for transposed in [false, true] {
+    // C^T would make B the kernel's A, which has no weight slot: f32 weights only.
+    let orders: &[bool] = match p.weights {
+        DType::F32 => &[false, true],
+        _ => &[false],
+    };
+    for &transposed in orders {
         let (m, n, a, b) = if transposed {
             let a = Strides {
                 batch: p.b.batch,
@@ -581,6 +590,183 @@ fn too_many_groups(device: &Device, out_shape: &[usize], groups: [u32; 3]) -> Re
     Ok(())
 }
 
+/// The params block of every matmul kernel (`shaders/lib/matmul_params.wgsl`), field for
+/// field: sizes, then the strides (in elements) of A, B and C, the K split, the subgroup
+/// kernel's tile order and the scale.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct MatmulParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_batch: u32,
+    a_row: u32,
+    a_col: u32,
+    b_batch: u32,
+    b_row: u32,
+    b_col: u32,
+    c_batch: u32,
+    c_row: u32,
+    c_col: u32,
+    splits: u32,
+    k_chunk: u32,
+    group: u32,
+    alpha: f32,
+}
+
+impl MatmulParams {
+    /// `[m, n, k]` with the strides of `[a, b, c]`, K cut as `splits`, `group` row blocks per
+    /// tile group (the subgroup kernel's tile order).
+    fn new(
+        [m, n, k]: [usize; 3],
+        [a, b, c]: [Strides; 3],
+        splits: KSplits,
+        group: usize,
+        alpha: f32,
+    ) -> MatmulParams {
+        let u = |x: usize| x as u32;
+        MatmulParams {
+            m: u(m),
+            n: u(n),
+            k: u(k),
+            a_batch: u(a.batch),
+            a_row: u(a.row),
+            a_col: u(a.col),
+            b_batch: u(b.batch),
+            b_row: u(b.row),
+            b_col: u(b.col),
+            c_batch: u(c.batch),
+            c_row: u(c.row),
+            c_col: u(c.col),
+            splits: u(splits.count),
+            k_chunk: u(splits.chunk),
+            group: u(group),
+            alpha,
+        }
+    }
+}
+
+/// The params block of split-K's reduction (`shaders/matmul_splitk.wgsl`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SplitKParams {
+    numel: u32,  // elements of the output: batch * m * n
+    slice: u32,  // m * n
+    splits: u32, // partial sums per output element
+}
+
+/// How K is cut: `count` ranges of `chunk` (the last may be shorter), none empty.
+#[derive(Clone, Copy, Debug)]
+struct KSplits {
+    count: usize,
+    chunk: usize,
+}
+
+/// About `asked` K ranges of a length `kernel` accepts (the subgroup kernel steps 4 k at a
+/// time), fewer if the scratch of partial sums would not fit one binding.
+fn plan_k_splits(device: &Device, p: &Problem, kernel: MatmulKernel, asked: usize) -> KSplits {
+    let step = if kernel == MatmulKernel::Subgroup {
+        4
+    } else {
+        1
+    };
+    let cut = |ranges: usize| {
+        let chunk = p.k.max(1).div_ceil(ranges.max(1)).next_multiple_of(step);
+        KSplits {
+            count: p.k.max(1).div_ceil(chunk),
+            chunk,
+        }
+    };
+    let splits = cut(asked);
+    let slice_bytes = 4 * (p.m * p.n).max(1) as u64;
+    let max_slices = (device.info().max_binding_bytes() / slice_bytes) as usize;
+    if splits.count > 1 && p.batch * splits.count > max_slices {
+        return cut(max_slices / p.batch.max(1));
+    }
+    splits
+}
+
+/// One kernel dispatch: entry point, params and grid; `swapped` when the kernel's A is the
+/// product's B (the subgroup kernel computing C^T).
+struct Launch {
+    entry: &'static str,
+    params: MatmulParams,
+    groups: [usize; 3],
+    swapped: bool,
+}
+
+/// The general and tiled kernels: C as it is, one workgroup per 32x32 (64x64) tile.
+fn strided_launch(p: &Problem, kernel: MatmulKernel, splits: KSplits) -> Launch {
+    let (entry, tile) = match kernel {
+        MatmulKernel::Tiled => ("matmul_tiled", 64),
+        _ => ("matmul", 32),
+    };
+    let c = Strides {
+        batch: p.m * p.n,
+        row: p.n,
+        col: 1,
+    };
+    Launch {
+        entry,
+        params: MatmulParams::new([p.m, p.n, p.k], [p.a, p.b, c], splits, 1, p.alpha),
+        groups: [
+            p.n.div_ceil(tile),
+            p.m.div_ceil(tile),
+            p.batch * splits.count,
+        ],
+        swapped: false,
+    }
+}
+
+/// The subgroup kernel, as `subgroup_plan` lays the product out.
+fn subgroup_launch(p: &Problem, splits: KSplits) -> Result<Launch> {
+    let s = subgroup_plan(p).ok_or_else(|| {
+        Error::Unsupported("matmul: the subgroup kernel cannot run this shape".into())
+    })?;
+    // C^T [n, m] written into C [m, n]: rows of the kernel are columns of C.
+    let (row, col) = if s.transposed { (1, p.n) } else { (p.n, 1) };
+    let c = Strides {
+        batch: p.m * p.n,
+        row,
+        col,
+    };
+    Ok(Launch {
+        entry: s.entry,
+        params: MatmulParams::new([s.m, s.n, p.k], [s.a, s.b, c], splits, s.group, p.alpha),
+        groups: [
+            s.tiles.min(65535),
+            s.tiles.div_ceil(65535),
+            p.batch * splits.count,
+        ],
+        swapped: s.transposed,
+    })
+}
+
+/// Adds the K splits' partial sums [batch, splits, m, n] into `out` [batch, m, n], in order.
+fn reduce_splits(device: &Device, partial: &Tensor, out: &Tensor, splits: usize, sum_into: bool) {
+    let [_, m, n] = partial.shape() else {
+        unreachable!("partial sums are [slices, m, n]")
+    };
+    let params = SplitKParams {
+        numel: out.numel() as u32,
+        slice: (m * n) as u32,
+        splits: splits as u32,
+    };
+    let shader = match sum_into {
+        true => &shaders::MATMUL_SPLITK_ACCUMULATE,
+        false => &shaders::MATMUL_SPLITK,
+    };
+    device.dispatch(
+        shader,
+        "splitk_reduce",
+        bytemuck::cast_slice(bytemuck::bytes_of(&params)),
+        &[partial.binding()],
+        &[out.binding()],
+        grid(device, out.numel(), 256),
+    );
+}
+
+/// Runs `p` on `variant` into `output`.
 fn run(
     a: &Tensor,
     b: &Tensor,
@@ -591,131 +777,51 @@ fn run(
     variant: MatmulVariant,
 ) -> Result<Tensor> {
     let device = a.device();
-    let mut variant = variant;
-    // f16 weights (the second operand) run on the general kernel's f16 twin.
-    let f16_b = b.dtype() == DType::F16;
-    if p.k == 0 || f16_b {
-        // Nothing to sum: the general kernel writes the zeros (the subgroup kernel's vec4
-        // bindings cannot bind an empty operand).
-        variant = MatmulVariant::new(MatmulKernel::General, 1);
-    }
+    // Nothing to sum: the general kernel writes the zeros (the subgroup kernel's vec4
+    // bindings cannot bind an empty operand).
+    let kernel = match p.k {
+        0 => MatmulKernel::General,
+        _ => variant.kernel,
+    };
     let (out, accumulate) = match output {
         Output::New(shape) => (Tensor::empty(device, &shape, DType::F32)?, false),
         Output::SumInto(acc) => (acc, true),
     };
     out.expect_bindable(OP)?;
-    let out_shape = out.shape().to_vec();
-    // K splits of a length the kernel accepts (the subgroup kernel steps 4 k at a time),
-    // none of them empty.
-    let align = if variant.kernel == MatmulKernel::Subgroup {
-        4
-    } else {
-        1
+    let splits = plan_k_splits(device, p, kernel, variant.splits);
+    // With split-K each split writes a fresh slice and the reduction sums into `out`.
+    let partial = match splits.count {
+        1 => None,
+        count => Some(Tensor::empty(
+            device,
+            &[p.batch * count, p.m, p.n],
+            DType::F32,
+        )?),
     };
-    let mut k_chunk = p.k.max(1).next_multiple_of(align);
-    let mut splits = 1;
-    if variant.splits > 1 && p.k > 0 {
-        k_chunk = p.k.div_ceil(variant.splits).next_multiple_of(align);
-        splits = p.k.div_ceil(k_chunk);
-    }
-    // The scratch of partial sums must fit one binding: fewer splits if it would not.
-    let max_slices = (device.info().max_binding_bytes() / (4 * (p.m * p.n).max(1) as u64)) as usize;
-    if splits > 1 && p.batch * splits > max_slices {
-        let fit = (max_slices / p.batch.max(1)).max(1);
-        k_chunk = p.k.div_ceil(fit).next_multiple_of(align);
-        splits = p.k.div_ceil(k_chunk);
-    }
-    let slices = p.batch * splits;
-    let partial = if splits > 1 {
-        let t = Tensor::empty(device, &[slices, p.m, p.n], DType::F32)?;
+    if let Some(t) = &partial {
         t.expect_bindable(OP)?;
-        Some(t)
-    } else {
-        None
+    }
+    let launch = match kernel {
+        MatmulKernel::General | MatmulKernel::Tiled => strided_launch(p, kernel, splits),
+        MatmulKernel::Subgroup => subgroup_launch(p, splits)?,
+    };
+    let groups = launch.groups.map(|g| g as u32);
+    too_many_groups(device, out.shape(), groups)?;
+    let operands = match launch.swapped {
+        true => [b.binding(), a.binding()],
+        false => [a.binding(), b.binding()],
     };
     let target = partial.as_ref().unwrap_or(&out);
-    // With split-K the slices are fresh and the reduction does the summing into `out`.
-    let sum_into_c = accumulate && partial.is_none();
-    let pick = |plain, summing| if sum_into_c { summing } else { plain };
-    let mn = p.m * p.n;
-    // The kernel's A and B: swapped when the subgroup kernel computes C^T.
-    let mut operands = [a.binding(), b.binding()];
-    let (entry, shader, groups, params): (&'static str, _, [usize; 3], _) = match variant.kernel {
-        MatmulKernel::General | MatmulKernel::Tiled => {
-            let tile = if variant.kernel == MatmulKernel::Tiled {
-                64
-            } else {
-                32
-            };
-            let params = [
-                p.m, p.n, p.k, p.a.batch, p.a.row, p.a.col, p.b.batch, p.b.row, p.b.col, mn, p.n,
-                1, splits, k_chunk, 1,
-            ];
-            let groups = [p.n.div_ceil(tile), p.m.div_ceil(tile), slices];
-            if variant.kernel == MatmulKernel::Tiled {
-                let shader = pick(&shaders::MATMUL_TILED, &shaders::MATMUL_TILED_ACCUMULATE);
-                ("matmul_tiled", shader, groups, params)
-            } else if f16_b {
-                let shader = pick(&shaders::MATMUL_F16, &shaders::MATMUL_F16_ACCUMULATE);
-                ("matmul", shader, groups, params)
-            } else {
-                (
-                    "matmul",
-                    pick(&shaders::MATMUL, &shaders::MATMUL_ACCUMULATE),
-                    groups,
-                    params,
-                )
-            }
-        }
-        MatmulKernel::Subgroup => {
-            let s = subgroup_plan(p).ok_or_else(|| {
-                Error::Unsupported("matmul: the subgroup kernel cannot run this shape".into())
-            })?;
-            // C^T [n, m] written into C [m, n]: rows of the kernel are columns of C.
-            let (c_row, c_col) = if s.transposed {
-                operands.swap(0, 1);
-                (1, p.n)
-            } else {
-                (p.n, 1)
-            };
-            let params = [
-                s.m, s.n, p.k, s.a.batch, s.a.row, s.a.col, s.b.batch, s.b.row, s.b.col, mn, c_row,
-                c_col, splits, k_chunk, s.group,
-            ];
-            let groups = [s.tiles.min(65535), s.tiles.div_ceil(65535), slices];
-            let shader = pick(
-                &shaders::MATMUL_SUBGROUP,
-                &shaders::MATMUL_SUBGROUP_ACCUMULATE,
-            );
-            (s.entry, shader, groups, params)
-        }
-    };
-    let groups = groups.map(|g| g as u32);
-    too_many_groups(device, &out_shape, groups)?;
-    // The 15 sizes and strides, then alpha's bits (the params block's last field, an f32).
-    let mut words = params.map(|x| x as u32).to_vec();
-    words.push(p.alpha.to_bits());
     device.dispatch(
-        shader,
-        entry,
-        &words,
+        shaders::matmul(kernel, p.weights, accumulate && partial.is_none()),
+        launch.entry,
+        bytemuck::cast_slice(bytemuck::bytes_of(&launch.params)),
         &operands,
         &[target.binding()],
         groups,
     );
     if let Some(partial) = &partial {
-        let numel = p.batch * mn;
-        device.dispatch(
-            match accumulate {
-                true => &shaders::MATMUL_SPLITK_ACCUMULATE,
-                false => &shaders::MATMUL_SPLITK,
-            },
-            "splitk_reduce",
-            &[numel as u32, mn as u32, splits as u32],
-            &[partial.binding()],
-            &[out.binding()],
-            grid(device, numel, 256),
-        );
+        reduce_splits(device, partial, &out, splits.count, accumulate);
     }
     if accumulate {
         return Ok(out); // backward only: never part of a graph
@@ -741,5 +847,79 @@ impl Tensor {
     /// `self @ rhs^T`: the shape of a linear layer with weight `rhs` [out, in].
     pub fn matmul_nt(&self, rhs: &Tensor) -> Result<Tensor> {
         matmul_t(self, rhs, false, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Size and (field, offset) list of the WGSL struct `name` as naga lays it out.
+    fn wgsl_layout(source: &str, name: &str) -> (usize, Vec<(String, usize)>) {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let (_, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no struct {name}"));
+        let naga::TypeInner::Struct { members, span } = &ty.inner else {
+            panic!("{name} is not a struct");
+        };
+        let fields = members
+            .iter()
+            .map(|m| (m.name.clone().unwrap(), m.offset as usize))
+            .collect();
+        (*span as usize, fields)
+    }
+
+    /// The Rust struct's size and (field, offset) list.
+    macro_rules! layout {
+        ($t:ty { $($f:ident),+ }) => {
+            (
+                std::mem::size_of::<$t>(),
+                vec![$((stringify!($f).to_string(), std::mem::offset_of!($t, $f))),+],
+            )
+        };
+    }
+
+    #[test]
+    fn params_structs_match_their_wgsl_layout() {
+        let matmul = layout!(MatmulParams {
+            m,
+            n,
+            k,
+            a_batch,
+            a_row,
+            a_col,
+            b_batch,
+            b_row,
+            b_col,
+            c_batch,
+            c_row,
+            c_col,
+            splits,
+            k_chunk,
+            group,
+            alpha
+        });
+        for shader in [
+            &shaders::MATMUL,
+            &shaders::MATMUL_TILED,
+            &shaders::MATMUL_SUBGROUP,
+        ] {
+            assert_eq!(
+                wgsl_layout(shader.source, "MatmulParams"),
+                matmul,
+                "{}",
+                shader.name
+            );
+        }
+        let splitk = layout!(SplitKParams {
+            numel,
+            slice,
+            splits
+        });
+        let wgsl = wgsl_layout(shaders::MATMUL_SPLITK.source, "SplitKParams");
+        assert_eq!(wgsl, splitk);
     }
 }

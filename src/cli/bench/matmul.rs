@@ -1,5 +1,6 @@
-//! `hydralora bench matmul`: f32 matmul throughput through `Tensor::matmul` (and the
-//! transposed forms the LoRA layers use), GFLOP/s = 2 m n k / median seconds.
+//! `hydralora bench matmul`: matmul throughput through `Tensor::matmul` (and the
+//! transposed forms the LoRA layers use), GFLOP/s = 2 m n k / median seconds. A is f32; B
+//! (the weights) f32 or, with `--weights f16`, f16.
 
 use clap::{Args, ValueEnum};
 use hydralora::engine::ops::matmul::{matmul_variant, matmul_with, MatmulKernel, MatmulVariant};
@@ -39,6 +40,9 @@ pub struct MatmulArgs {
     /// the others pin one (shapes it cannot run are reported and skipped).
     #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
     kernel: KernelChoice,
+    /// How B (the second operand, the weights) is stored; compute is f32 either way.
+    #[arg(long, value_enum, default_value_t = WeightsChoice::F32)]
+    weights: WeightsChoice,
     /// K splits for a pinned --kernel (1: no split-K); `auto` chooses its own.
     #[arg(long, default_value_t = 1, value_parser = positive)]
     splits: usize,
@@ -48,6 +52,13 @@ pub struct MatmulArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// How B is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum WeightsChoice {
+    F32,
+    F16,
 }
 
 /// Which kernel runs the products.
@@ -227,15 +238,18 @@ pub fn run(args: MatmulArgs) -> CliResult {
     ]);
     if format == Format::Table {
         emit(&format!(
-            "f32 matmul on {} ({}, {}); {} timed runs after 1 warm-up, each synchronized",
-            info.name, info.backend, info.device_type, args.repeats
+            "matmul, f32 A and {:?} B, on {} ({}, {}); {} timed runs after 1 warm-up, each synchronized",
+            args.weights, info.name, info.backend, info.device_type, args.repeats
         ));
         emit(&table.header());
     }
     for (i, case) in cases.iter().enumerate() {
         let (a_shape, b_shape) = case.stored();
         let a = Tensor::rand_uniform(&device, &a_shape, -1.0, 1.0, 2 * i as u64)?;
-        let b = Tensor::rand_uniform(&device, &b_shape, -1.0, 1.0, 2 * i as u64 + 1)?;
+        let mut b = Tensor::rand_uniform(&device, &b_shape, -1.0, 1.0, 2 * i as u64 + 1)?;
+        if args.weights == WeightsChoice::F16 {
+            b = b.to_f16()?;
+        }
         let (ta, tb) = (case.ta, case.tb);
         let variant = match pinned {
             Some(v) => v,
@@ -272,6 +286,7 @@ pub fn run(args: MatmulArgs) -> CliResult {
                 "case": case.kind,
                 "shape": case.shape(),
                 "kernel": variant.to_string(),
+                "weights": format!("{:?}", args.weights).to_lowercase(),
                 "m": case.m,
                 "n": case.n,
                 "k": case.k,

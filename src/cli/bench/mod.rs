@@ -21,7 +21,8 @@ pub struct BenchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// f32 matmul throughput: square N x N x N products, or the skinny shapes of LoRA.
+    /// Matmul throughput (f32, or f16 weights): square N x N x N products, or the skinny
+    /// shapes of LoRA.
     Matmul(matmul::MatmulArgs),
     /// One training step (forward, backward, AdamW) on a benchmark config: s/step, tokens/s,
     /// FLOPs, GFLOP/s, pool memory.

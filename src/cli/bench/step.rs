@@ -40,6 +40,9 @@ pub struct StepArgs {
     /// (`--targets`, else `--method`'s from the config), and print the time ratio.
     #[arg(long, value_enum, conflicts_with = "profile")]
     versus: Option<MethodArg>,
+    /// Keep the frozen layer weights in f16 (as `train --f16-weights`); adapter methods only.
+    #[arg(long)]
+    f16_weights: bool,
 }
 
 impl MethodArg {
@@ -53,7 +56,11 @@ impl MethodArg {
 }
 
 pub fn run_step(a: StepArgs) -> CliResult {
-    let cfg = BenchConfig::from_file(&a.config)?;
+    let mut cfg = BenchConfig::from_file(&a.config)?;
+    if a.f16_weights && [Some(a.method), a.versus].contains(&Some(MethodArg::Full)) {
+        return Err("--f16-weights keeps frozen weights in f16: not with --method full".into());
+    }
+    cfg.f16_weights = a.f16_weights;
     let device = Device::new()?;
     if let Some(versus) = a.versus {
         let targets = a.targets.clone().or_else(|| match a.method {
@@ -87,8 +94,15 @@ pub fn run_step(a: StepArgs) -> CliResult {
         r.tokens_per_step
     );
     println!(
-        "method:             {} on {:?}, {} trainable parameters",
-        r.method, r.targets, r.trainable_params
+        "method:             {} on {:?}, {} trainable parameters{}",
+        r.method,
+        r.targets,
+        r.trainable_params,
+        if a.f16_weights {
+            ", frozen weights in f16"
+        } else {
+            ""
+        }
     );
     println!(
         "time per step:      median {:.3} s, min {:.3} s ({} timed steps)",

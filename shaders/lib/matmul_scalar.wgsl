@@ -1,0 +1,29 @@
+// A and C of the matmul kernels that load and store one f32 at a time (general, tiled):
+// their bindings and the store of one invocation's 4x4 block of C. B comes through the
+// weight slot (lib/weights_*.wgsl).
+
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+
+// Stores acc (rows row0 .. row0 + 3, columns col0 .. col0 + 3 of the slice `wid.z`),
+// scaled by alpha, added to what C holds when accumulating; rows and columns past the
+// edge are not stored.
+fn store_block(slice: u32, row0: u32, col0: u32, acc: array<vec4<f32>, 4>) {
+    let c_base = slice * p.c_batch;
+    for (var i = 0u; i < 4u; i++) {
+        let row = row0 + i;
+        if row < p.m {
+            for (var j = 0u; j < 4u; j++) {
+                let col = col0 + j;
+                if col < p.n {
+                    let at = c_base + row * p.c_row + col * p.c_col;
+                    if ACCUMULATE {
+                        c[at] += p.alpha * acc[i][j];
+                    } else {
+                        c[at] = p.alpha * acc[i][j];
+                    }
+                }
+            }
+        }
+    }
+}
