@@ -52,19 +52,19 @@ macro_rules! shaders {
 
 shaders! {
     /// Binary ops with broadcasting.
-    ELEMENTWISE = "elementwise" { "elementwise" }
+    ELEMENTWISE = "elementwise" { "lib/ids", "elementwise" }
     /// Fill a tensor with a constant.
-    FILL = "fill" { "fill" }
+    FILL = "fill" { "lib/ids", "fill" }
     /// Unary ops.
-    UNARY = "unary" { "unary" }
+    UNARY = "unary" { "lib/ids", "unary" }
     /// Gradients of the unary ops.
-    UNARY_BACKWARD = "unary_backward" { "unary_backward" }
+    UNARY_BACKWARD = "unary_backward" { "lib/ids", "unary_backward" }
     /// Sums along an axis (workgroup tree).
     REDUCE = "reduce" { "reduce" }
     /// Strided copies.
-    COPY = "copy" { "copy" }
+    COPY = "copy" { "lib/ids", "copy" }
     /// Casts between f32 and f16.
-    CAST = "cast" { "cast" }
+    CAST = "cast" { "lib/ids", "cast" }
     /// The general matmul, writing C.
     MATMUL = "matmul" { const "const ACCUMULATE: bool = false;", "matmul" }
     /// The general matmul, adding into C.
@@ -82,9 +82,9 @@ shaders! {
     /// The tiled matmul, adding into C.
     MATMUL_TILED_ACCUMULATE = "matmul_tiled+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_tiled" }
     /// Split-K's reduction, writing C.
-    MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "matmul_splitk" }
+    MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "lib/ids", "matmul_splitk" }
     /// Split-K's reduction, adding into C.
-    MATMUL_SPLITK_ACCUMULATE = "matmul_splitk+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_splitk" }
+    MATMUL_SPLITK_ACCUMULATE = "matmul_splitk+accumulate" { const "const ACCUMULATE: bool = true;", "lib/ids", "matmul_splitk" }
     /// Softmax over rows (workgroup tree).
     SOFTMAX = "softmax" { "softmax" }
     /// Softmax's backward (workgroup tree).
@@ -102,27 +102,27 @@ shaders! {
     /// RMS norm's backward (workgroup tree).
     RMS_NORM_BACKWARD = "rms_norm_backward" { "rms_norm_backward" }
     /// Rotary position embedding.
-    ROPE = "rope" { "rope" }
+    ROPE = "rope" { "lib/ids", "rope" }
     /// Embedding lookup.
-    EMBEDDING = "embedding" { "embedding" }
+    EMBEDDING = "embedding" { "lib/ids", "embedding" }
     /// Embedding's backward.
-    EMBEDDING_BACKWARD = "embedding_backward" { "embedding_backward" }
+    EMBEDDING_BACKWARD = "embedding_backward" { "lib/ids", "embedding_backward" }
     /// Cross-entropy (workgroup tree).
     CROSS_ENTROPY = "cross_entropy" { "cross_entropy" }
     /// Cross-entropy's backward.
     CROSS_ENTROPY_BACKWARD = "cross_entropy_backward" { "cross_entropy_backward" }
     /// SwiGLU.
-    SWIGLU = "swiglu" { "swiglu" }
+    SWIGLU = "swiglu" { "lib/ids", "swiglu" }
     /// SwiGLU's backward.
-    SWIGLU_BACKWARD = "swiglu_backward" { "swiglu_backward" }
+    SWIGLU_BACKWARD = "swiglu_backward" { "lib/ids", "swiglu_backward" }
     /// HydraLoRA's gated expansion.
-    GATE = "gate" { "gate" }
+    GATE = "gate" { "lib/ids", "gate" }
     /// The gated expansion's backward.
-    GATE_BACKWARD = "gate_backward" { "gate_backward" }
+    GATE_BACKWARD = "gate_backward" { "lib/ids", "gate_backward" }
     /// Top-k routing.
-    TOP_K = "top_k" { "top_k" }
+    TOP_K = "top_k" { "lib/ids", "top_k" }
     /// AdamW.
-    ADAMW = "adamw" { "adamw" }
+    ADAMW = "adamw" { "lib/ids", "adamw" }
     /// Softmax, subgroup reductions.
     SOFTMAX_SUBGROUP = "softmax_subgroup" { "softmax_subgroup" }
     /// Softmax's backward, subgroup reductions.
