@@ -60,7 +60,9 @@ shaders! {
     /// Gradients of the unary ops.
     UNARY_BACKWARD = "unary_backward" { "lib/ids", "unary_backward" }
     /// Sums along an axis (workgroup tree).
-    REDUCE = "reduce" { "reduce" }
+    REDUCE = "reduce" { "lib/ids", "lib/rows_tree", "reduce" }
+    /// Sums along an axis, subgroup reductions.
+    REDUCE_SUBGROUP = "reduce+subgroup" { "lib/ids", "lib/rows_subgroup", "reduce" }
     /// Strided copies.
     COPY = "copy" { "lib/ids", "copy" }
     /// Casts between f32 and f16.
@@ -86,9 +88,13 @@ shaders! {
     /// Split-K's reduction, adding into C.
     MATMUL_SPLITK_ACCUMULATE = "matmul_splitk+accumulate" { const "const ACCUMULATE: bool = true;", "lib/ids", "matmul_splitk" }
     /// Softmax over rows (workgroup tree).
-    SOFTMAX = "softmax" { "softmax" }
+    SOFTMAX = "softmax" { "lib/ids", "lib/rows_tree", "softmax" }
+    /// Softmax over rows, subgroup reductions.
+    SOFTMAX_SUBGROUP = "softmax+subgroup" { "lib/ids", "lib/rows_subgroup", "softmax" }
     /// Softmax's backward (workgroup tree).
-    SOFTMAX_BACKWARD = "softmax_backward" { "softmax_backward" }
+    SOFTMAX_BACKWARD = "softmax_backward" { "lib/ids", "lib/rows_tree", "softmax_backward" }
+    /// Softmax's backward, subgroup reductions.
+    SOFTMAX_BACKWARD_SUBGROUP = "softmax_backward+subgroup" { "lib/ids", "lib/rows_subgroup", "softmax_backward" }
     /// Flash attention forward.
     FLASH_ATTENTION = "flash_attention" { "flash_attention" }
     /// Flash attention backward.
@@ -98,9 +104,13 @@ shaders! {
     /// Flash attention backward, subgroup flavour.
     FLASH_ATTENTION_BACKWARD_SUBGROUP = "flash_attention_backward_subgroup" { "flash_attention_backward_subgroup" }
     /// RMS norm (workgroup tree).
-    RMS_NORM = "rms_norm" { "rms_norm" }
+    RMS_NORM = "rms_norm" { "lib/ids", "lib/rows_tree", "rms_norm" }
+    /// RMS norm, subgroup reductions.
+    RMS_NORM_SUBGROUP = "rms_norm+subgroup" { "lib/ids", "lib/rows_subgroup", "rms_norm" }
     /// RMS norm's backward (workgroup tree).
-    RMS_NORM_BACKWARD = "rms_norm_backward" { "rms_norm_backward" }
+    RMS_NORM_BACKWARD = "rms_norm_backward" { "lib/ids", "lib/rows_tree", "rms_norm_backward" }
+    /// RMS norm's backward, subgroup reductions.
+    RMS_NORM_BACKWARD_SUBGROUP = "rms_norm_backward+subgroup" { "lib/ids", "lib/rows_subgroup", "rms_norm_backward" }
     /// Rotary position embedding.
     ROPE = "rope" { "lib/ids", "rope" }
     /// Embedding lookup.
@@ -108,9 +118,11 @@ shaders! {
     /// Embedding's backward.
     EMBEDDING_BACKWARD = "embedding_backward" { "lib/ids", "embedding_backward" }
     /// Cross-entropy (workgroup tree).
-    CROSS_ENTROPY = "cross_entropy" { "cross_entropy" }
+    CROSS_ENTROPY = "cross_entropy" { "lib/ce_params", "lib/ids", "lib/rows_tree", "cross_entropy" }
+    /// Cross-entropy, subgroup reductions.
+    CROSS_ENTROPY_SUBGROUP = "cross_entropy+subgroup" { "lib/ce_params", "lib/ids", "lib/rows_subgroup", "cross_entropy" }
     /// Cross-entropy's backward.
-    CROSS_ENTROPY_BACKWARD = "cross_entropy_backward" { "cross_entropy_backward" }
+    CROSS_ENTROPY_BACKWARD = "cross_entropy_backward" { "lib/ce_params", "lib/ids", "cross_entropy_backward" }
     /// SwiGLU.
     SWIGLU = "swiglu" { "lib/ids", "swiglu" }
     /// SwiGLU's backward.
@@ -123,16 +135,4 @@ shaders! {
     TOP_K = "top_k" { "lib/ids", "top_k" }
     /// AdamW.
     ADAMW = "adamw" { "lib/ids", "adamw" }
-    /// Softmax, subgroup reductions.
-    SOFTMAX_SUBGROUP = "softmax_subgroup" { "softmax_subgroup" }
-    /// Softmax's backward, subgroup reductions.
-    SOFTMAX_BACKWARD_SUBGROUP = "softmax_backward_subgroup" { "softmax_backward_subgroup" }
-    /// RMS norm, subgroup reductions.
-    RMS_NORM_SUBGROUP = "rms_norm_subgroup" { "rms_norm_subgroup" }
-    /// RMS norm's backward, subgroup reductions.
-    RMS_NORM_BACKWARD_SUBGROUP = "rms_norm_backward_subgroup" { "rms_norm_backward_subgroup" }
-    /// Cross-entropy, subgroup reductions.
-    CROSS_ENTROPY_SUBGROUP = "cross_entropy_subgroup" { "cross_entropy_subgroup" }
-    /// Sums along an axis, subgroup reductions.
-    REDUCE_SUBGROUP = "reduce_subgroup" { "reduce_subgroup" }
 }

@@ -37,9 +37,10 @@ pub(crate) fn rows_grid(device: &Device, n: usize) -> [u32; 3] {
     }
 }
 
-/// A row reduction's kernel file: its subgroup twin where the device runs those
-/// ([`Device::subgroup_reductions`]), else the workgroup-tree original (same entry points,
-/// params and bindings).
+/// A row reduction's variant: its subgroup flavour where the device runs those
+/// ([`Device::subgroup_reductions`]), else its workgroup-tree flavour. Both are one kernel
+/// file with `shaders/lib/rows_subgroup.wgsl` or `rows_tree.wgsl`, so they have the same
+/// entry points, params and bindings.
 pub(crate) fn row_shader(
     device: &Device,
     tree: &'static Shader,
