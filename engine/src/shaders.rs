@@ -76,9 +76,9 @@ shaders! {
     /// The general matmul with f16 weights, adding into C.
     MATMUL_F16_ACCUMULATE = "matmul_f16+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_f16" }
     /// The subgroup matmul, writing C.
-    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "matmul_subgroup" }
+    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "lib/lanes8", "matmul_subgroup" }
     /// The subgroup matmul, adding into C.
-    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_subgroup" }
+    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "lib/lanes8", "matmul_subgroup" }
     /// The tiled matmul, writing C.
     MATMUL_TILED = "matmul_tiled" { const "const ACCUMULATE: bool = false;", "matmul_tiled" }
     /// The tiled matmul, adding into C.
@@ -96,13 +96,17 @@ shaders! {
     /// Softmax's backward, subgroup reductions.
     SOFTMAX_BACKWARD_SUBGROUP = "softmax_backward+subgroup" { "lib/ids", "lib/rows_subgroup", "softmax_backward" }
     /// Flash attention forward.
-    FLASH_ATTENTION = "flash_attention" { "flash_attention" }
+    FLASH_ATTENTION = "flash_attention" { "lib/ids", "lib/flash", "flash_attention" }
     /// Flash attention backward.
-    FLASH_ATTENTION_BACKWARD = "flash_attention_backward" { "flash_attention_backward" }
-    /// Flash attention forward, subgroup flavour.
-    FLASH_ATTENTION_SUBGROUP = "flash_attention_subgroup" { "flash_attention_subgroup" }
-    /// Flash attention backward, subgroup flavour.
-    FLASH_ATTENTION_BACKWARD_SUBGROUP = "flash_attention_backward_subgroup" { "flash_attention_backward_subgroup" }
+    FLASH_ATTENTION_BACKWARD = "flash_attention_backward" { "lib/ids", "lib/flash", "flash_attention_backward" }
+    /// Flash attention forward, subgroup layout (8-lane subgroups).
+    FLASH_ATTENTION_SUBGROUP = "flash_attention_subgroup" {
+        "lib/ids", "lib/flash", "lib/lanes8", "lib/flash_lanes", "flash_attention_subgroup"
+    }
+    /// Flash attention backward, subgroup layout (8-lane subgroups).
+    FLASH_ATTENTION_BACKWARD_SUBGROUP = "flash_attention_backward_subgroup" {
+        "lib/ids", "lib/flash", "lib/lanes8", "lib/flash_lanes", "flash_attention_backward_subgroup"
+    }
     /// RMS norm (workgroup tree).
     RMS_NORM = "rms_norm" { "lib/ids", "lib/rows_tree", "rms_norm" }
     /// RMS norm, subgroup reductions.
