@@ -1,6 +1,7 @@
 // AdamW in place, PyTorch semantics: decoupled weight decay, then bias-corrected moments.
 //   p *= 1 - lr wd;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps),  bc_i = 1 - b_i^step
+// Pieces: lib/ids (flat_id).
 
 struct AdamParams {
     numel: u32,
@@ -21,7 +22,7 @@ struct AdamParams {
 
 @compute @workgroup_size(256)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = flat_id(gid, groups, 256u);
     if i >= p.numel { return; }
     let g = grad[i];
     let mi = m[i] + (g - m[i]) * (1.0 - p.beta1);

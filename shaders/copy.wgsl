@@ -1,5 +1,6 @@
 // Strided copy of 32-bit words: out[out_offset + sum c_d out_strides_d] = x[in_offset + sum c_d in_strides_d]
 // for every coordinate c of `dims`. Transpose, narrow, concat and expand are all this kernel.
+// Pieces: lib/ids (flat_id).
 
 struct CopyParams {
     numel: u32,
@@ -16,7 +17,7 @@ struct CopyParams {
 
 @compute @workgroup_size(256)
 fn copy_strided(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = flat_id(gid, groups, 256u);
     if i >= p.numel { return; }
     var rest = i;
     var src = p.in_offset;

@@ -1,10 +1,7 @@
 // Cross-entropy backward: dlogits = (softmax(logits) - onehot(label)) * g, where g is the
 // upstream gradient divided by the number of counted rows; ignored rows get zeros.
-
-struct CeParams {
-    rows: u32,
-    vocab: u32,
-}
+//
+// Pieces: lib/ce_params, lib/ids.
 
 @group(0) @binding(0) var<storage, read> p: CeParams;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;        // [rows, vocab]
@@ -15,12 +12,12 @@ struct CeParams {
 
 @compute @workgroup_size(256)
 fn cross_entropy_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = flat_id(gid, groups, 256u);
     if i >= p.rows * p.vocab { return; }
     let row = i / p.vocab;
     let c = i % p.vocab;
     let label = labels[row];
-    if label == -100 {
+    if label == IGNORE {
         dlogits[i] = 0.0;
         return;
     }

@@ -1,5 +1,6 @@
-// Elementwise kernels: broadcasting binary ops, unary ops, fill.
+// Binary ops (add, sub, mul, div), broadcasting or on one shape.
 // Bindings follow the engine's convention: 0 = params, then reads, then writes.
+// Pieces: lib/ids (flat_id).
 
 const MAX_RANK: u32 = 6u;
 
@@ -23,11 +24,6 @@ struct BinaryParams {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
-// The flat index of this invocation in a 2-D grid of 256-wide workgroups.
-fn flat_id(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * groups.x * 256u;
-}
-
 fn apply(op: u32, x: f32, y: f32) -> f32 {
     switch op {
         case 0u: { return x + y; }
@@ -39,7 +35,7 @@ fn apply(op: u32, x: f32, y: f32) -> f32 {
 
 @compute @workgroup_size(256)
 fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups);
+    let i = flat_id(gid, groups, 256u);
     if i >= bp.numel { return; }
     if bp.broadcast == 0u {
         out[i] = apply(bp.op, a[i], b[i]);
@@ -62,7 +58,7 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 // are read once per four (loads are the slow part on CPU drivers).
 @compute @workgroup_size(256)
 fn binary_same(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let base = 4u * flat_id(gid, groups);
+    let base = 4u * flat_id(gid, groups, 256u);
     let n = bp.numel;
     let op = bp.op;
     for (var j = 0u; j < 4u; j++) {

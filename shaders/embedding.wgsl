@@ -1,6 +1,7 @@
 // Embedding gather: out[n, :] = table[ids[n] - row_offset, :] for the ids this table part
 // holds (rows row_offset .. row_offset + rows); other rows of out are left as they are, so
 // a table too large for one binding is gathered part by part into a zeroed output.
+// Pieces: lib/ids (flat_id).
 
 struct GatherParams {
     n: u32,
@@ -16,7 +17,7 @@ struct GatherParams {
 
 @compute @workgroup_size(256)
 fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = flat_id(gid, groups, 256u);
     if i >= p.n * p.dim { return; }
     let id = ids[i / p.dim];
     if id >= p.row_offset && id - p.row_offset < p.rows {

@@ -1,6 +1,7 @@
 // Embedding backward, a deterministic scatter-add without atomics: the host groups the
 // positions by id (CSR: uniq ids, offsets, positions in order); invocation (u, c) adds the
 // rows of dy for id uniq[u] in that fixed order. Rows of ids never seen are zeroed before.
+// Pieces: lib/ids (flat_id).
 
 struct ScatterParams {
     uniq: u32,
@@ -16,7 +17,7 @@ struct ScatterParams {
 
 @compute @workgroup_size(256)
 fn scatter_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = flat_id(gid, groups, 256u);
     if i >= p.uniq * p.dim { return; }
     let u = i / p.dim;
     let c = i % p.dim;

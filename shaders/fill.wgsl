@@ -1,4 +1,5 @@
 // Fill: y = value everywhere (zeros for gradients, constants for masks).
+// Pieces: lib/ids (flat_id).
 
 struct FillParams {
     numel: u32,
@@ -10,7 +11,7 @@ struct FillParams {
 
 @compute @workgroup_size(256)
 fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = flat_id(gid, groups, 256u);
     if i >= p.numel { return; }
     y[i] = p.value;
 }

@@ -8,28 +8,9 @@
 //   flash_backward_dkv: one invocation per key row j of a kv head, over every query i (of
 //                       every query head in its group, in head then position order) that
 //                       sees it: dv_j = sum_i P_ij dO_i, dk_j = scale sum_i dS_ij q_i.
+//
+// Pieces: lib/ids, lib/flash (FlashParams, MAXD, q_at, kv_at, query_row).
 
-struct FlashParams {
-    b: u32,
-    hq: u32,
-    hkv: u32,
-    t: u32,      // queries per head
-    s: u32,      // keys per head (>= t)
-    d: u32,      // head dim (<= MAXD)
-    scale: f32,
-    // Strides in f32 of q, o, dO (and dq) between batches, heads and positions, then of k,
-    // v (dk, dv): heads first [B, H, T, D] or tokens first [B, T, H, D].
-    q_sb: u32,
-    q_sh: u32,
-    q_st: u32,
-    kv_sb: u32,
-    kv_sh: u32,
-    kv_st: u32,
-}
-
-const MAXD: u32 = 128u;
-
-@group(0) @binding(0) var<storage, read> p: FlashParams;
 @group(0) @binding(1) var<storage, read> q: array<f32>;        // [B, Hq, T, D]
 @group(0) @binding(2) var<storage, read> k: array<f32>;        // [B, Hkv, S, D]
 @group(0) @binding(3) var<storage, read> v: array<f32>;        // [B, Hkv, S, D]
@@ -41,37 +22,26 @@ const MAXD: u32 = 128u;
 @group(0) @binding(7) var<storage, read_write> out_a: array<f32>;
 @group(0) @binding(8) var<storage, read_write> out_b: array<f32>;
 
-fn q_at(b: u32, h: u32, t: u32) -> u32 { return b * p.q_sb + h * p.q_sh + t * p.q_st; }
-fn kv_at(b: u32, hk: u32, j: u32) -> u32 { return b * p.kv_sb + hk * p.kv_sh + j * p.kv_st; }
-
-fn index_of(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * groups.x * 64u;
-}
-
 @compute @workgroup_size(64)
 fn flash_backward_dq(@builtin(global_invocation_id) gid: vec3<u32>,
                      @builtin(num_workgroups) groups: vec3<u32>) {
-    let row = index_of(gid, groups); // b * Hq T + h T + t
+    let row = flat_id(gid, groups, 64u); // b * Hq T + h T + t
     if row >= p.b * p.hq * p.t { return; }
     let d = p.d;
-    let bh = row / p.t;
-    let b = bh / p.hq;
-    let hk = (bh % p.hq) / (p.hq / p.hkv);
-    let qa = q_at(b, bh % p.hq, row % p.t);
-    let n = min(row % p.t + (p.s - p.t) + 1u, p.s); // keys 0..n are visible
+    let r = query_row(row);
     var qr: array<f32, MAXD>;  // scale q_i
     var gr: array<f32, MAXD>;  // dO_i
     var acc: array<f32, MAXD>; // sum_j dS_ij k_j
     var delta = 0.0;
     for (var c = 0u; c < d; c++) {
-        qr[c] = p.scale * q[qa + c];
-        gr[c] = dout[qa + c];
+        qr[c] = p.scale * q[r.qa + c];
+        gr[c] = dout[r.qa + c];
         acc[c] = 0.0;
-        delta = fma(gr[c], aux[qa + c], delta);
+        delta = fma(gr[c], aux[r.qa + c], delta);
     }
     let l = lse[row];
-    for (var j = 0u; j < n; j++) {
-        let ka = kv_at(b, hk, j);
+    for (var j = 0u; j < r.keys; j++) {
+        let ka = kv_at(r.b, r.hk, j);
         var s = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < d; c++) {
@@ -81,14 +51,14 @@ fn flash_backward_dq(@builtin(global_invocation_id) gid: vec3<u32>,
         let ds = exp(s - l) * (dp - delta);
         for (var c = 0u; c < d; c++) { acc[c] = fma(ds, k[ka + c], acc[c]); }
     }
-    for (var c = 0u; c < d; c++) { out_a[qa + c] = p.scale * acc[c]; }
+    for (var c = 0u; c < d; c++) { out_a[r.qa + c] = p.scale * acc[c]; }
     out_b[row] = delta;
 }
 
 @compute @workgroup_size(64)
 fn flash_backward_dkv(@builtin(global_invocation_id) gid: vec3<u32>,
                       @builtin(num_workgroups) groups: vec3<u32>) {
-    let krow = index_of(gid, groups); // b * Hkv S + hk S + j
+    let krow = flat_id(gid, groups, 64u); // b * Hkv S + hk S + j
     if krow >= p.b * p.hkv * p.s { return; }
     let d = p.d;
     let j = krow % p.s;

@@ -2,6 +2,7 @@
 // inputs so that all B heads run as one matmul. `gate_expand` reads the gates g; the dense
 // router's `routed_expand` reads the router logits and takes g = softmax(logits) itself,
 // so the softmax costs no dispatch and no [T, N] tensor of its own.
+// Pieces: lib/ids (flat_id).
 
 struct GateParams {
     tokens: u32,
@@ -16,7 +17,7 @@ struct GateParams {
 
 @compute @workgroup_size(256)
 fn gate_expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let id = gid.x + gid.y * groups.x * 256u;
+    let id = flat_id(gid, groups, 256u);
     let width = p.heads * p.rank;
     if id >= p.tokens * width { return; }
     let t = id / width;
@@ -31,7 +32,7 @@ fn gate_expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
 // (row max subtracted) once, then its N r outputs.
 @compute @workgroup_size(64)
 fn routed_expand(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let t = gid.x + gid.y * groups.x * 64u;
+    let t = flat_id(gid, groups, 64u);
     if t >= p.tokens { return; }
     let width = p.rank + p.heads;
     let row = t * width + p.rank; // the logits

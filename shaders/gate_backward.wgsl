@@ -2,6 +2,7 @@
 //   dg[t, i] = sum_j dz[t, i r + j] h[t, j]      dh[t, j] = sum_i dz[t, i r + j] g[t, i]
 // `routed_expand_backward` (g = softmax(logits), recomputed here) goes on through the
 // softmax: dlogits[t, i] = g[t, i] (dg[t, i] - sum_k g[t, k] dg[t, k]).
+// Pieces: lib/ids (flat_id).
 
 struct GateParams {
     tokens: u32,
@@ -19,7 +20,7 @@ struct GateParams {
 
 @compute @workgroup_size(64)
 fn gate_expand_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let t = gid.x + gid.y * groups.x * 64u;
+    let t = flat_id(gid, groups, 64u);
     if t >= p.tokens { return; }
     let width = p.heads * p.rank;
     for (var i = 0u; i < p.heads; i++) {
@@ -40,7 +41,7 @@ fn gate_expand_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 // columns; otherwise each gradient's other columns are zero.
 @compute @workgroup_size(64)
 fn routed_expand_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let t = gid.x + gid.y * groups.x * 64u;
+    let t = flat_id(gid, groups, 64u);
     if t >= p.tokens { return; }
     let width = p.rank + p.heads;
     let row = t * width + p.rank; // the logits, and their gradient

@@ -1,5 +1,6 @@
 // Second pass of split-K matmul: out[b, i] = sum over s of part[b, s, i], the splits added
 // in order s = 0, 1, ... so the result is the same on every run (no float atomics).
+// Pieces: lib/ids (flat_id).
 
 // ACCUMULATE, a constant each variant declares (engine/src/shaders.rs): C += the
 // result (C holds a sum so far, e.g. a gradient) instead of C = it.
@@ -16,7 +17,7 @@ struct SplitKParams {
 
 @compute @workgroup_size(256)
 fn splitk_reduce(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.x + gid.y * groups.x * 256u;
+    let i = flat_id(gid, groups, 256u);
     if i >= p.numel { return; }
     let batch = i / p.slice;
     let within = i % p.slice;

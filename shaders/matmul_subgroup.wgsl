@@ -28,8 +28,6 @@
 alias Row = array<vec4<f32>, 2>;
 // One lane's B values for one loop iteration: [k offset t][column group g] = 4 columns.
 alias Bk = array<array<vec4<f32>, 2>, 4>;
-// Eight rows of A: each row's 4 k values of this loop iteration, the same in every lane.
-alias Rows8 = array<vec4<f32>, 8>;
 
 struct Tile {
     row0: u32,  // first row of the workgroup's tile
@@ -66,16 +64,6 @@ fn tile(wid: vec3<u32>, lane: u32, rows: u32) -> Tile {
     t.kv0 = split * (p.k_chunk / 4u);
     t.kv1 = min(t.kv0 + p.k_chunk / 4u, (p.k + 3u) / 4u);
     return t;
-}
-
-// Every lane's vec4 `v`, in lane order.
-fn broadcast8(v: vec4<f32>) -> Rows8 {
-    return Rows8(
-        subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u),
-        subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u),
-        subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u),
-        subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u),
-    );
 }
 
 // A stored transposed ([K, M]): lane l loaded rows 4l..4l+3 at k offsets 0..3 (v0..v3).

@@ -1,6 +1,8 @@
 // RMS norm backward. With r = rstd, xh = x r and g = dy w:
 //   dx = r (g - xh mean(g xh))          (one workgroup per row)
 //   dw = sum over rows of dy xh         (one invocation per column, rows in order)
+//
+// Pieces: lib/ids, and a row-reduction flavour (lib/rows_tree or lib/rows_subgroup).
 
 struct NormParams {
     rows: u32,
@@ -15,32 +17,25 @@ struct NormParams {
 @group(0) @binding(5) var<storage, read_write> out: array<f32>; // dx [rows, dim] or dw [dim]
 
 const WG: u32 = 128u;
-var<workgroup> red: array<f32, 128>;
 
-@compute @workgroup_size(128)
+@compute @workgroup_size(WG)
 fn rms_norm_input_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-                       @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * groups.x;
+                       at: Lane) {
+    let row = group_id(wid, groups);
     if row >= p.rows { return; }
     let base = row * p.dim;
     let r = rstd[row];
     var dot = 0.0;
-    for (var c = lid; c < p.dim; c += WG) { dot += dy[base + c] * w[c] * x[base + c] * r; }
-    red[lid] = dot;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if lid < s { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let mean_gxh = red[0] / f32(p.dim);
-    for (var c = lid; c < p.dim; c += WG) {
+    for (var c = at.lid; c < p.dim; c += WG) { dot += dy[base + c] * w[c] * x[base + c] * r; }
+    let mean_gxh = workgroup_sum(dot, at) / f32(p.dim);
+    for (var c = at.lid; c < p.dim; c += WG) {
         out[base + c] = r * (dy[base + c] * w[c] - x[base + c] * r * mean_gxh);
     }
 }
 
-@compute @workgroup_size(128)
-fn rms_norm_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
+@compute @workgroup_size(WG)
+fn rms_norm_weight_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let c = flat_id(gid, groups, WG);
     if c >= p.dim { return; }
     var acc = 0.0;
     for (var row = 0u; row < p.rows; row++) {

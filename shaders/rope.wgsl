@@ -3,6 +3,7 @@
 //   y[i + d/2] = x[i + d/2] cos + x[i] sin
 // Row r of x (a head vector) has position index t = (r / t_div) % t_mod into the tables.
 // sign = -1 rotates backwards, which is the backward pass.
+// Pieces: lib/ids (flat_id).
 
 struct RopeParams {
     rows: u32,
@@ -20,7 +21,7 @@ struct RopeParams {
 
 @compute @workgroup_size(256)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let id = gid.x + gid.y * groups.x * 256u;
+    let id = flat_id(gid, groups, 256u);
     if id >= p.rows * p.half { return; }
     let row = id / p.half;
     let i = id % p.half;

@@ -1,4 +1,5 @@
 // SwiGLU backward: with s = sigmoid(g), dg = dy u s (1 + g (1 - s)), du = dy g s.
+// Pieces: lib/ids (flat_id).
 
 struct SwigluParams {
     numel: u32,
@@ -13,7 +14,7 @@ struct SwigluParams {
 
 @compute @workgroup_size(256)
 fn swiglu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let base = 4u * (gid.x + gid.y * groups.x * 256u);
+    let base = 4u * (flat_id(gid, groups, 256u));
     for (var j = 0u; j < 4u; j++) {
         let i = base + j;
         if i < p.numel {

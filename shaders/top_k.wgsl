@@ -1,5 +1,6 @@
 // Top-k mask of each row of g [rows, n]: 1 for the k largest entries (ties: the lower index
 // wins), 0 elsewhere. Not differentiable; used to renormalise routing over k heads.
+// Pieces: lib/ids (flat_id).
 
 struct TopKParams {
     rows: u32,
@@ -13,7 +14,7 @@ struct TopKParams {
 
 @compute @workgroup_size(256)
 fn top_k_mask(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let id = gid.x + gid.y * groups.x * 256u;
+    let id = flat_id(gid, groups, 256u);
     if id >= p.rows * p.n { return; }
     let base = (id / p.n) * p.n;
     let i = id % p.n;

@@ -1,4 +1,5 @@
 // Unary kernels, forward: y = f(x). Op codes match engine/src/ops/elementwise.rs: UnaryKind.
+// Pieces: lib/ids (flat_id).
 
 struct UnaryParams {
     op: u32,
@@ -10,17 +11,13 @@ struct UnaryParams {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
-fn flat_id(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * groups.x * 256u;
-}
-
 fn sigmoid(v: f32) -> f32 {
     return 1.0 / (1.0 + exp(-v));
 }
 
 @compute @workgroup_size(256)
 fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups);
+    let i = flat_id(gid, groups, 256u);
     if i >= p.numel { return; }
     let v = x[i];
     var r: f32;

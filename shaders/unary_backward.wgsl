@@ -1,4 +1,5 @@
 // Unary kernels, backward: dx = dy * f'(x), using the saved output y where that is cheaper.
+// Pieces: lib/ids (flat_id).
 
 struct UnaryParams {
     op: u32,
@@ -12,13 +13,9 @@ struct UnaryParams {
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dx: array<f32>;
 
-fn flat_id(gid: vec3<u32>, groups: vec3<u32>) -> u32 {
-    return gid.x + gid.y * groups.x * 256u;
-}
-
 @compute @workgroup_size(256)
 fn unary_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = flat_id(gid, groups);
+    let i = flat_id(gid, groups, 256u);
     if i >= p.numel { return; }
     let v = x[i];
     let g = dy[i];

@@ -55,19 +55,21 @@ macro_rules! shaders {
 
 shaders! {
     /// Binary ops with broadcasting.
-    ELEMENTWISE = "elementwise" { "elementwise" }
+    ELEMENTWISE = "elementwise" { "lib/ids", "elementwise" }
     /// Fill a tensor with a constant.
-    FILL = "fill" { "fill" }
+    FILL = "fill" { "lib/ids", "fill" }
     /// Unary ops.
-    UNARY = "unary" { "unary" }
+    UNARY = "unary" { "lib/ids", "unary" }
     /// Gradients of the unary ops.
-    UNARY_BACKWARD = "unary_backward" { "unary_backward" }
+    UNARY_BACKWARD = "unary_backward" { "lib/ids", "unary_backward" }
     /// Sums along an axis (workgroup tree).
-    REDUCE = "reduce" { "reduce" }
+    REDUCE = "reduce" { "lib/ids", "lib/rows_tree", "reduce" }
+    /// Sums along an axis, subgroup reductions.
+    REDUCE_SUBGROUP = "reduce+subgroup" { "lib/ids", "lib/rows_subgroup", "reduce" }
     /// Strided copies.
-    COPY = "copy" { "copy" }
+    COPY = "copy" { "lib/ids", "copy" }
     /// Casts between f32 and f16.
-    CAST = "cast" { "cast" }
+    CAST = "cast" { "lib/ids", "cast" }
     /// The general matmul, f32 weights, writing C.
     MATMUL = "matmul" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul" }
     /// The general matmul, f32 weights, adding into C.
@@ -85,67 +87,69 @@ shaders! {
     /// The tiled matmul, f16 weights, adding into C.
     MATMUL_TILED_F16_ACCUMULATE = "matmul_tiled+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul_tiled" }
     /// The subgroup matmul, f32 weights, writing C.
-    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f32", "matmul_subgroup" }
+    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f32", "lib/lanes8", "matmul_subgroup" }
     /// The subgroup matmul, f32 weights, adding into C.
-    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f32", "matmul_subgroup" }
+    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f32", "lib/lanes8", "matmul_subgroup" }
     /// The subgroup matmul, f16 weights, writing C.
-    MATMUL_SUBGROUP_F16 = "matmul_subgroup+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f16", "matmul_subgroup" }
+    MATMUL_SUBGROUP_F16 = "matmul_subgroup+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f16", "lib/lanes8", "matmul_subgroup" }
     /// The subgroup matmul, f16 weights, adding into C.
-    MATMUL_SUBGROUP_F16_ACCUMULATE = "matmul_subgroup+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f16", "matmul_subgroup" }
+    MATMUL_SUBGROUP_F16_ACCUMULATE = "matmul_subgroup+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f16", "lib/lanes8", "matmul_subgroup" }
     /// Split-K's reduction, writing C.
-    MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "matmul_splitk" }
+    MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "lib/ids", "matmul_splitk" }
     /// Split-K's reduction, adding into C.
-    MATMUL_SPLITK_ACCUMULATE = "matmul_splitk+accumulate" { const "const ACCUMULATE: bool = true;", "matmul_splitk" }
+    MATMUL_SPLITK_ACCUMULATE = "matmul_splitk+accumulate" { const "const ACCUMULATE: bool = true;", "lib/ids", "matmul_splitk" }
     /// Softmax over rows (workgroup tree).
-    SOFTMAX = "softmax" { "softmax" }
+    SOFTMAX = "softmax" { "lib/ids", "lib/rows_tree", "softmax" }
+    /// Softmax over rows, subgroup reductions.
+    SOFTMAX_SUBGROUP = "softmax+subgroup" { "lib/ids", "lib/rows_subgroup", "softmax" }
     /// Softmax's backward (workgroup tree).
-    SOFTMAX_BACKWARD = "softmax_backward" { "softmax_backward" }
-    /// Flash attention forward.
-    FLASH_ATTENTION = "flash_attention" { "flash_attention" }
-    /// Flash attention backward.
-    FLASH_ATTENTION_BACKWARD = "flash_attention_backward" { "flash_attention_backward" }
-    /// Flash attention forward, subgroup flavour.
-    FLASH_ATTENTION_SUBGROUP = "flash_attention_subgroup" { "flash_attention_subgroup" }
-    /// Flash attention backward, subgroup flavour.
-    FLASH_ATTENTION_BACKWARD_SUBGROUP = "flash_attention_backward_subgroup" { "flash_attention_backward_subgroup" }
-    /// RMS norm (workgroup tree).
-    RMS_NORM = "rms_norm" { "rms_norm" }
-    /// RMS norm's backward (workgroup tree).
-    RMS_NORM_BACKWARD = "rms_norm_backward" { "rms_norm_backward" }
-    /// Rotary position embedding.
-    ROPE = "rope" { "rope" }
-    /// Embedding lookup.
-    EMBEDDING = "embedding" { "embedding" }
-    /// Embedding's backward.
-    EMBEDDING_BACKWARD = "embedding_backward" { "embedding_backward" }
-    /// Cross-entropy (workgroup tree).
-    CROSS_ENTROPY = "cross_entropy" { "cross_entropy" }
-    /// Cross-entropy's backward.
-    CROSS_ENTROPY_BACKWARD = "cross_entropy_backward" { "cross_entropy_backward" }
-    /// SwiGLU.
-    SWIGLU = "swiglu" { "swiglu" }
-    /// SwiGLU's backward.
-    SWIGLU_BACKWARD = "swiglu_backward" { "swiglu_backward" }
-    /// HydraLoRA's gated expansion.
-    GATE = "gate" { "gate" }
-    /// The gated expansion's backward.
-    GATE_BACKWARD = "gate_backward" { "gate_backward" }
-    /// Top-k routing.
-    TOP_K = "top_k" { "top_k" }
-    /// AdamW.
-    ADAMW = "adamw" { "adamw" }
-    /// Softmax, subgroup reductions.
-    SOFTMAX_SUBGROUP = "softmax_subgroup" { "softmax_subgroup" }
+    SOFTMAX_BACKWARD = "softmax_backward" { "lib/ids", "lib/rows_tree", "softmax_backward" }
     /// Softmax's backward, subgroup reductions.
-    SOFTMAX_BACKWARD_SUBGROUP = "softmax_backward_subgroup" { "softmax_backward_subgroup" }
+    SOFTMAX_BACKWARD_SUBGROUP = "softmax_backward+subgroup" { "lib/ids", "lib/rows_subgroup", "softmax_backward" }
+    /// Flash attention forward.
+    FLASH_ATTENTION = "flash_attention" { "lib/ids", "lib/flash", "flash_attention" }
+    /// Flash attention backward.
+    FLASH_ATTENTION_BACKWARD = "flash_attention_backward" { "lib/ids", "lib/flash", "flash_attention_backward" }
+    /// Flash attention forward, subgroup layout (8-lane subgroups).
+    FLASH_ATTENTION_SUBGROUP = "flash_attention_subgroup" {
+        "lib/ids", "lib/flash", "lib/lanes8", "lib/flash_lanes", "flash_attention_subgroup"
+    }
+    /// Flash attention backward, subgroup layout (8-lane subgroups).
+    FLASH_ATTENTION_BACKWARD_SUBGROUP = "flash_attention_backward_subgroup" {
+        "lib/ids", "lib/flash", "lib/lanes8", "lib/flash_lanes", "flash_attention_backward_subgroup"
+    }
+    /// RMS norm (workgroup tree).
+    RMS_NORM = "rms_norm" { "lib/ids", "lib/rows_tree", "rms_norm" }
     /// RMS norm, subgroup reductions.
-    RMS_NORM_SUBGROUP = "rms_norm_subgroup" { "rms_norm_subgroup" }
+    RMS_NORM_SUBGROUP = "rms_norm+subgroup" { "lib/ids", "lib/rows_subgroup", "rms_norm" }
+    /// RMS norm's backward (workgroup tree).
+    RMS_NORM_BACKWARD = "rms_norm_backward" { "lib/ids", "lib/rows_tree", "rms_norm_backward" }
     /// RMS norm's backward, subgroup reductions.
-    RMS_NORM_BACKWARD_SUBGROUP = "rms_norm_backward_subgroup" { "rms_norm_backward_subgroup" }
+    RMS_NORM_BACKWARD_SUBGROUP = "rms_norm_backward+subgroup" { "lib/ids", "lib/rows_subgroup", "rms_norm_backward" }
+    /// Rotary position embedding.
+    ROPE = "rope" { "lib/ids", "rope" }
+    /// Embedding lookup.
+    EMBEDDING = "embedding" { "lib/ids", "embedding" }
+    /// Embedding's backward.
+    EMBEDDING_BACKWARD = "embedding_backward" { "lib/ids", "embedding_backward" }
+    /// Cross-entropy (workgroup tree).
+    CROSS_ENTROPY = "cross_entropy" { "lib/ce_params", "lib/ids", "lib/rows_tree", "cross_entropy" }
     /// Cross-entropy, subgroup reductions.
-    CROSS_ENTROPY_SUBGROUP = "cross_entropy_subgroup" { "cross_entropy_subgroup" }
-    /// Sums along an axis, subgroup reductions.
-    REDUCE_SUBGROUP = "reduce_subgroup" { "reduce_subgroup" }
+    CROSS_ENTROPY_SUBGROUP = "cross_entropy+subgroup" { "lib/ce_params", "lib/ids", "lib/rows_subgroup", "cross_entropy" }
+    /// Cross-entropy's backward.
+    CROSS_ENTROPY_BACKWARD = "cross_entropy_backward" { "lib/ce_params", "lib/ids", "cross_entropy_backward" }
+    /// SwiGLU.
+    SWIGLU = "swiglu" { "lib/ids", "swiglu" }
+    /// SwiGLU's backward.
+    SWIGLU_BACKWARD = "swiglu_backward" { "lib/ids", "swiglu_backward" }
+    /// HydraLoRA's gated expansion.
+    GATE = "gate" { "lib/ids", "gate" }
+    /// The gated expansion's backward.
+    GATE_BACKWARD = "gate_backward" { "lib/ids", "gate_backward" }
+    /// Top-k routing.
+    TOP_K = "top_k" { "lib/ids", "top_k" }
+    /// AdamW.
+    ADAMW = "adamw" { "lib/ids", "adamw" }
 }
 
 /// The matmul variant of `kernel` whose B (the weights) is stored as `weights` (f32 or

@@ -1,14 +1,16 @@
-//! The row reductions (softmax, rms_norm, cross-entropy, sum) on both of their kernels: the
-//! subgroup twins (`*_subgroup.wgsl`, the default where the device has SUBGROUP) and the
-//! workgroup-tree originals (the fallback), each on its own device so that neither test
-//! changes the other's choice. Both are checked against float64 with the same bounds; the
-//! shapes put rows past one workgroup's 128 (or 64) lanes, and softmax rows past 4096 so
-//! that a CPU device runs the workgroup kernel rather than the per-row one. Each path must
-//! also repeat its results bit for bit.
+//! The row reductions (softmax, rms_norm, cross-entropy, sum) on both flavours of their
+//! kernels: subgroup reductions (`+subgroup` variants, the default where the device has
+//! SUBGROUP) and workgroup trees (the fallback), each on its own device so that neither test
+//! changes the other's choice. Every entry point of both runs (rms_norm's weight gradient
+//! too, and on a CPU device the per-row softmax and its backward for rows up to 4096) and is
+//! checked against float64 with the same bounds; the shapes put rows past one workgroup's
+//! 128 (or 64) lanes, and softmax rows past 4096 so that a CPU device also runs the
+//! workgroup kernel. Each path must also repeat its results bit for bit.
 //!
 //! Bounds (u = 2^-24; the sums have no cancellation unless said): softmax as in
 //! ops_softmax.rs; rms_norm forward rtol 2 (dim + 16) u, dx an absolute bound
-//! 2 r (|dy w| + |x| r mean|dy w x r|) (dim + 24) u (it cancels); cross-entropy per row
+//! 2 r (|dy w| + |x| r mean|dy w x r|) (dim + 24) u (it cancels), dw as in ops_norm.rs
+//! (2 gamma_(rows + dim + 16) sum |dy x r|); cross-entropy per row
 //! lse error (V + 40) u + 2^-21 + 6 u (ln V + 8), the mean twice that plus gamma_N of the
 //! losses; a sum gamma_n sum |x|, doubled.
 
@@ -88,21 +90,27 @@ fn rms_norm_case(path: &str, dev: &Device, rows: usize, dim: usize) {
     let what = format!("{path}: rms_norm [{rows}, {dim}]");
     let run = || {
         let px = on(dev, &x, &[rows, dim]).into_param();
-        let pw = on(dev, &w, &[dim]);
+        let pw = on(dev, &w, &[dim]).into_param();
         let y = rms_norm(&px, &pw, eps).unwrap();
         let g = y.backward_with(on(dev, &dy, &[rows, dim])).unwrap();
-        (read(&y), read(g.get(&px).unwrap()))
+        (
+            read(&y),
+            read(g.get(&px).unwrap()),
+            read(g.get(&pw).unwrap()),
+        )
     };
-    let (y, dx) = run();
-    let (y2, dx2) = run();
+    let (y, dx, dw) = run();
+    let (y2, dx2, dw2) = run();
     assert_bits_eq(&format!("{what} repeat"), &y, &y2);
     assert_bits_eq(&format!("{what} repeat dx"), &dx, &dx2);
+    assert_bits_eq(&format!("{what} repeat dw"), &dw, &dw2);
     let expected = reference::rms_norm(&x, &w, dim, eps as f64);
     let rtol = 2.0 * (dim + 16) as f64 * U;
     assert_close(&format!("{what} forward"), &y, &expected, 1e-30, rtol);
     let dy64 = reference::f64s(&dy);
-    let (want, _) = reference::rms_norm_backward(&x, &w, &dy64, dim, eps as f64);
+    let (want, want_dw) = reference::rms_norm_backward(&x, &w, &dy64, dim, eps as f64);
     let mut bound = vec![0.0; rows * dim];
+    let mut dw_abs = vec![0.0; dim];
     for r in 0..rows {
         let row = &x[r * dim..(r + 1) * dim];
         let ms = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / dim as f64;
@@ -116,9 +124,15 @@ fn rms_norm_case(path: &str, dev: &Device, rows: usize, dim: usize) {
             bound[r * dim + j] =
                 2.0 * rstd * (g + (row[j] as f64).abs() * rstd * mean_abs) * (dim + 24) as f64 * U
                     + 1e-30;
+            dw_abs[j] += (dy64[r * dim + j] * row[j] as f64 * rstd).abs();
         }
     }
     assert_within(&format!("{what} dx"), &dx, &want, &bound);
+    let dw_bound: Vec<f64> = dw_abs
+        .iter()
+        .map(|s| 2.0 * (rows + dim + 16) as f64 * U * s + 1e-30)
+        .collect();
+    assert_within(&format!("{what} dw"), &dw, &want_dw, &dw_bound);
 }
 
 fn cross_entropy_case(path: &str, dev: &Device, rows: usize, vocab: usize) {

@@ -106,6 +106,51 @@ fn every_variant_is_its_constants_then_its_files_and_every_file_is_used() {
     );
 }
 
+#[test]
+fn both_flavours_of_a_row_kernel_have_the_same_entry_points_and_bindings() {
+    let interface = |source: &str| {
+        let module = naga::front::wgsl::parse_str(source).unwrap();
+        let entries: BTreeSet<_> = module
+            .entry_points
+            .iter()
+            .map(|ep| (ep.name.clone(), ep.workgroup_size))
+            .collect();
+        let bindings: BTreeSet<_> = module
+            .global_variables
+            .iter()
+            .filter_map(|(_, var)| {
+                let binding = var.binding.as_ref()?;
+                Some((
+                    binding.group,
+                    binding.binding,
+                    var.name.clone(),
+                    format!("{:?}", var.space),
+                ))
+            })
+            .collect();
+        (entries, bindings)
+    };
+    let mut pairs = 0;
+    for shader in ALL {
+        let Some(stem) = shader.name.strip_suffix("+subgroup") else {
+            continue;
+        };
+        let tree = ALL
+            .iter()
+            .find(|s| s.name == stem)
+            .unwrap_or_else(|| panic!("{} has no tree flavour named {stem}", shader.name));
+        assert_eq!(
+            interface(shader.source),
+            interface(tree.source),
+            "{} and {stem}",
+            shader.name
+        );
+        pairs += 1;
+    }
+    // softmax, softmax_backward, rms_norm, rms_norm_backward, cross_entropy, reduce
+    assert_eq!(pairs, 6);
+}
+
 /// Every `.wgsl` file under `dir`, as a path relative to `shaders/` without `.wgsl`.
 fn collect_wgsl(dir: &Path, prefix: &str, out: &mut BTreeSet<String>) {
     for entry in std::fs::read_dir(dir).unwrap() {

@@ -21,12 +21,13 @@ use crate::shaders::Shader;
 pub(crate) const MAX_RANK: usize = 6;
 
 /// Workgroups for `items` invocations of `wg` threads; spills into y past the per-dimension
-/// limit (kernels compute `gid.x + gid.y * groups.x * wg`).
+/// limit (kernels compute `flat_id(gid, groups, wg)`, `shaders/lib/ids.wgsl`).
 pub(crate) fn grid(device: &Device, items: usize, wg: usize) -> [u32; 3] {
     rows_grid(device, items.div_ceil(wg))
 }
 
-/// `n` workgroups laid out in x, then y (kernels compute `wid.x + wid.y * groups.x`).
+/// `n` workgroups laid out in x, then y (kernels compute `group_id(wid, groups)`,
+/// `shaders/lib/ids.wgsl`).
 pub(crate) fn rows_grid(device: &Device, n: usize) -> [u32; 3] {
     let max = device.info().limits.max_compute_workgroups_per_dimension as usize;
     if n <= max {
@@ -36,9 +37,10 @@ pub(crate) fn rows_grid(device: &Device, n: usize) -> [u32; 3] {
     }
 }
 
-/// A row reduction's kernel file: its subgroup twin where the device runs those
-/// ([`Device::subgroup_reductions`]), else the workgroup-tree original (same entry points,
-/// params and bindings).
+/// A row reduction's variant: its subgroup flavour where the device runs those
+/// ([`Device::subgroup_reductions`]), else its workgroup-tree flavour. Both are one kernel
+/// file with `shaders/lib/rows_subgroup.wgsl` or `rows_tree.wgsl`, so they have the same
+/// entry points, params and bindings.
 pub(crate) fn row_shader(
     device: &Device,
     tree: &'static Shader,

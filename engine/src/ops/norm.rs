@@ -54,13 +54,14 @@ pub(crate) fn rms_norm_backward(
     let dev = x.device();
     let params = [rows as u32, dim as u32];
     let reads = || [x.binding(), w.binding(), rstd.binding(), dy.binding()];
+    let shader = row_shader(
+        dev,
+        &shaders::RMS_NORM_BACKWARD,
+        &shaders::RMS_NORM_BACKWARD_SUBGROUP,
+    );
     let dx = Tensor::empty(dev, x.shape(), DType::F32)?;
     dev.dispatch(
-        row_shader(
-            dev,
-            &shaders::RMS_NORM_BACKWARD,
-            &shaders::RMS_NORM_BACKWARD_SUBGROUP,
-        ),
+        shader,
         "rms_norm_input_grad",
         &params,
         &reads(),
@@ -69,7 +70,7 @@ pub(crate) fn rms_norm_backward(
     );
     let dw = Tensor::empty(dev, w.shape(), DType::F32)?;
     dev.dispatch(
-        &shaders::RMS_NORM_BACKWARD,
+        shader,
         "rms_norm_weight_grad",
         &params,
         &reads(),

@@ -98,10 +98,10 @@ pub(crate) fn softmax_backward(y: &Tensor, dy: &Tensor, scale: f32) -> Result<Te
     Ok(dx)
 }
 
-/// Which kernel takes the rows: one invocation per row on a CPU device for rows up to a few
-/// thousand (barriers cost most there; `shaders[0]`'s `entries[1]`), else one workgroup per
-/// row (`entries[0]`), reduced with subgroup operations where the device runs those
-/// (`shaders[1]`) or as a tree (`shaders[0]`).
+/// Which kernel takes the rows: the variant of the device's reduction flavour (`shaders`:
+/// tree, subgroup; see [`row_shader`]), and in it one invocation per row on a CPU device for
+/// rows up to a few thousand (barriers cost most there; `entries[1]`), else one workgroup
+/// per row (`entries[0]`).
 fn row_kernel(
     device: &crate::Device,
     shaders: [&'static Shader; 2],
@@ -109,10 +109,10 @@ fn row_kernel(
     rows: usize,
     cols: usize,
 ) -> (&'static Shader, &'static str, [u32; 3]) {
+    let shader = row_shader(device, shaders[0], shaders[1]);
     if device.is_cpu() && cols <= 4096 {
-        (shaders[0], entries[1], grid(device, rows, 64))
+        (shader, entries[1], grid(device, rows, 64))
     } else {
-        let shader = row_shader(device, shaders[0], shaders[1]);
         (shader, entries[0], rows_grid(device, rows))
     }
 }
