@@ -1,6 +1,7 @@
 //! Fine-tuning: schedules, the training step, evaluation and checkpoints.
 
 pub mod checkpoint;
+pub mod memory;
 pub mod schedule;
 pub mod trainer;
 pub mod worker;

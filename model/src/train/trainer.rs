@@ -12,11 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::adapter::{balance_loss, load_adapter, record_gates, save_adapter, trainable_params};
 use crate::data::{Batch, Loader, LoaderState, TokenizedExample};
 use crate::error::{ModelError, Result};
+use crate::llama::weights::{write_atomically, write_safetensors, WeightFile};
 use crate::llama::Llama;
-use crate::memory::{check_training_fits, RunShape};
 use crate::train::checkpoint;
+use crate::train::memory::{check_training_fits, RunShape};
 use crate::train::schedule::{LrSchedule, ScheduleKind};
-use crate::weights::{write_atomically, write_safetensors, WeightFile};
 
 /// What one run trains.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

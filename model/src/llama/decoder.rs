@@ -9,10 +9,10 @@ use hydralora_engine::{
     no_grad, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables, Tensor, IGNORE_INDEX,
 };
 
-use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
-use crate::linear::Linear;
-use crate::weights::Checkpoint;
+use crate::llama::config::LlamaConfig;
+use crate::llama::linear::Linear;
+use crate::llama::weights::Checkpoint;
 
 /// The seven linear layers an adapter can target, in Hugging Face module names.
 pub const TARGET_MODULES: [&str; 7] = [
@@ -176,7 +176,7 @@ impl Llama {
         mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Llama> {
         config.validate()?;
-        crate::memory::check_weights_fit(device, &config)?;
+        crate::train::memory::check_weights_fit(device, &config)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
@@ -495,7 +495,7 @@ impl Llama {
             .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
             .collect();
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io("create", dir, e))?;
-        crate::weights::save_checkpoint(dir, &self.config, &views)
+        crate::llama::weights::save_checkpoint(dir, &self.config, &views)
     }
 
     /// Overwrites the weights in place from a checkpoint folder of the same architecture.

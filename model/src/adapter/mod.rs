@@ -2,6 +2,8 @@
 //! parameters, router statistics, and the adapter files the ecosystem uses (PEFT for LoRA;
 //! the official HydraLoRA layout: `lora_A`, `lora_B0..lora_B{N-1}`, `lora_route`, `lora_nums`).
 
+pub mod merge;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -9,9 +11,9 @@ use hydralora_engine::{no_grad, rng::Rng, Tensor};
 use serde_json::{json, Value};
 
 use crate::error::{ModelError, Result};
-use crate::linear::{Adapter, Dropout};
+use crate::llama::linear::{Adapter, Dropout};
+use crate::llama::weights::{write_atomically, write_safetensors, WeightFile};
 use crate::llama::{Layer, Llama, TARGET_MODULES};
-use crate::weights::{write_atomically, write_safetensors, WeightFile};
 
 /// The adapter's settings file in an adapter folder (PEFT's name).
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";

@@ -14,8 +14,8 @@ use hydralora_engine::{
     Tensor,
 };
 
-use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::llama::config::LlamaConfig;
 use crate::llama::{Llama, TARGET_MODULES};
 
 /// Bytes of one training step at its peak (the end of backward), by what holds them.
@@ -288,7 +288,7 @@ pub fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
     let Some(budget) = device.memory_budget() else {
         return Ok(());
     };
-    let need: u64 = crate::weights::llama_tensor_shapes(c)
+    let need: u64 = crate::llama::weights::llama_tensor_shapes(c)
         .iter()
         .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
         .sum();
