@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use hydralora::engine::gradcheck::{gradcheck, GradcheckOptions};
 use hydralora::engine::Tensor;
-use hydralora::model::adapter::merge::merge_lora;
+use hydralora::model::adapter::merge_lora;
 use hydralora::model::adapter::{
     attach, load_adapter, save_adapter, trainable_count, trainable_params, AdapterConfig,
 };
@@ -349,7 +349,7 @@ proptest! {
 #[test]
 fn dropout_masks_have_the_right_statistics() {
     let p = 0.3;
-    let mask = hydralora::model::llama::linear::dropout_mask(100_000, p, 7);
+    let mask = hydralora::model::adapter::dropout_mask(100_000, p, 7);
     let zeros = mask.iter().filter(|&&m| m == 0.0).count() as f64 / mask.len() as f64;
     let mean = mask.iter().map(|&m| m as f64).sum::<f64>() / mask.len() as f64;
     // 5 standard deviations of a binomial fraction over 100k draws.

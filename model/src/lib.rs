@@ -162,7 +162,7 @@
 //!
 //! [`adapter::save_adapter`] writes `adapter_config.json` and `adapter_model.safetensors`.
 //! A LoRA adapter is in PEFT's format (`...q_proj.lora_A.weight`, `...lora_B.weight`), so
-//! `peft` loads it, and [`adapter::merge::merge_lora`] folds it into the base weights. A HydraLoRA
+//! `peft` loads it, and [`adapter::merge_lora`] folds it into the base weights. A HydraLoRA
 //! adapter uses the official HydraLoRA layout: one `lora_A`, heads `lora_B0` ..
 //! `lora_B{N-1}`, the router `lora_route`, and `lora_nums` = N in the config.
 //!
@@ -283,15 +283,14 @@ pub mod report;
 pub mod train;
 pub mod verify;
 
-pub use adapter::{AdapterConfig, Method};
+pub use adapter::{Adapter, AdapterConfig, Dropout, Method};
 pub use error::{ModelError, Result};
 pub use llama::codec::{CharCodec, HfCodec, TextCodec};
 pub use llama::config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use llama::generate::{generate, SamplingConfig};
-pub use llama::linear::{Adapter, Dropout, Linear};
 pub use llama::tokenizer::{DecodeStream, Tokenizer};
 pub use llama::weights::{
     llama_tensor_shapes, save_checkpoint, write_atomically, write_safetensors, Checkpoint,
     WeightFile,
 };
-pub use llama::{KvCache, Layer, Llama, TARGET_MODULES};
+pub use llama::{KvCache, Layer, Linear, Llama, TARGET_MODULES};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use hydralora::engine::Device;
 use hydralora::model::adapter::load_adapter;
-use hydralora::model::adapter::merge::merge_lora;
+use hydralora::model::adapter::merge_lora;
 use hydralora::model::data::{read_jsonl, tokenize, Example, PromptTemplate, ReadOptions};
 use hydralora::model::demo::exact_match;
 use hydralora::model::llama::codec::{load_codec, TextCodec};

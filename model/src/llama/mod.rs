@@ -17,5 +17,5 @@ pub use codec::{load_codec, CharCodec, HfCodec, TextCodec, CHAR_CODEC_FILE};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use decoder::{KvCache, Layer, Llama, TARGET_MODULES};
 pub use generate::{generate, SamplingConfig};
-pub use linear::{Adapter, Dropout, Linear};
+pub use linear::Linear;
 pub use tokenizer::{DecodeStream, Tokenizer};
