@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::error::{ModelError, Result};
-use crate::llama::TARGET_MODULES;
+use crate::llama::layer::TARGET_MODULES;
 
 /// LoRA (one B, no router) or HydraLoRA (a shared A, N heads B_i and a router).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

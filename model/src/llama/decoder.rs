@@ -6,88 +6,15 @@ use std::path::Path;
 
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, embedding_parts,
-    no_grad, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables, Tensor, IGNORE_INDEX,
+    human_bytes, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables,
+    Tensor, IGNORE_INDEX,
 };
 
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
+use crate::llama::layer::{Layer, TARGET_MODULES};
 use crate::llama::linear::Linear;
-use crate::llama::weights::Checkpoint;
-
-/// The seven linear layers an adapter can target, in Hugging Face module names.
-pub const TARGET_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
-
-/// One decoder layer's weights. Shapes use H = `hidden_size`, I = `intermediate_size`,
-/// nh / nkv = query / key-value heads and hd = `head_dim`.
-#[derive(Debug)]
-pub struct Layer {
-    /// `input_layernorm`, the RMS norm weight before attention, `[H]`.
-    pub input_norm: Tensor, // [H]
-    /// Query projection, `[nh hd, H]`.
-    pub q_proj: Linear, // [nh hd, H]
-    /// Key projection, `[nkv hd, H]`.
-    pub k_proj: Linear, // [nkv hd, H]
-    /// Value projection, `[nkv hd, H]`.
-    pub v_proj: Linear, // [nkv hd, H]
-    /// Attention output projection, `[H, nh hd]`.
-    pub o_proj: Linear, // [H, nh hd]
-    /// `post_attention_layernorm`, the RMS norm weight before the MLP, `[H]`.
-    pub post_norm: Tensor, // [H]
-    /// MLP gate projection, `[I, H]`.
-    pub gate_proj: Linear, // [I, H]
-    /// MLP up projection, `[I, H]`.
-    pub up_proj: Linear, // [I, H]
-    /// MLP down projection, `[H, I]`.
-    pub down_proj: Linear, // [H, I]
-}
-
-impl Layer {
-    /// The linear layer named by its Hugging Face module name (`q_proj`, ..., `down_proj`).
-    pub fn linear(&self, module: &str) -> Option<&Linear> {
-        Some(match module {
-            "q_proj" => &self.q_proj,
-            "k_proj" => &self.k_proj,
-            "v_proj" => &self.v_proj,
-            "o_proj" => &self.o_proj,
-            "gate_proj" => &self.gate_proj,
-            "up_proj" => &self.up_proj,
-            "down_proj" => &self.down_proj,
-            _ => return None,
-        })
-    }
-
-    /// [`Layer::linear`], mutable (to attach or replace an adapter).
-    pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
-        Some(match module {
-            "q_proj" => &mut self.q_proj,
-            "k_proj" => &mut self.k_proj,
-            "v_proj" => &mut self.v_proj,
-            "o_proj" => &mut self.o_proj,
-            "gate_proj" => &mut self.gate_proj,
-            "up_proj" => &mut self.up_proj,
-            "down_proj" => &mut self.down_proj,
-            _ => return None,
-        })
-    }
-
-    /// The Hugging Face prefix of a module of layer `i`, e.g. `model.layers.0.mlp.up_proj`.
-    pub fn module_path(i: usize, module: &str) -> String {
-        let block = if ["gate_proj", "up_proj", "down_proj"].contains(&module) {
-            "mlp"
-        } else {
-            "self_attn"
-        };
-        format!("model.layers.{i}.{block}.{module}")
-    }
-}
+use crate::llama::weights::{llama_tensor_shapes, Checkpoint};
 
 /// Keys and values of the tokens seen so far, per layer: [B, nkv, S, hd] each.
 #[derive(Default)]
@@ -176,7 +103,7 @@ impl Llama {
         mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Llama> {
         config.validate()?;
-        crate::train::memory::check_weights_fit(device, &config)?;
+        check_weights_fit(device, &config)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
@@ -593,6 +520,33 @@ impl Llama {
     pub fn logits(&self, ids: &[u32], batch: usize) -> Result<Tensor> {
         no_grad(|| self.forward(ids, batch, None))
     }
+}
+
+/// Refuses, before anything is uploaded, a model whose weights (f32, as loaded) would take
+/// the device's pool past its memory budget.
+fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
+    let Some(budget) = device.memory_budget() else {
+        return Ok(());
+    };
+    let need: u64 = llama_tensor_shapes(c)
+        .iter()
+        .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
+        .sum();
+    let held = device.pool_stats().in_use;
+    if held + need <= budget {
+        return Ok(());
+    }
+    Err(ModelError::Input(format!(
+        "the model's weights need {} of device memory as loaded (f32), over the memory budget \
+         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory \
+         or raise the budget",
+        human_bytes(need),
+        human_bytes(budget),
+        match held {
+            0 => String::new(),
+            _ => format!(" with {} already held", human_bytes(held)),
+        }
+    )))
 }
 
 /// labels[:, 1:] followed by -100: what logits[:, t] is scored against.

@@ -9,13 +9,15 @@ pub mod codec;
 pub mod config;
 pub mod decoder;
 pub mod generate;
+pub mod layer;
 pub mod linear;
 pub mod tokenizer;
 pub mod weights;
 
 pub use codec::{load_codec, CharCodec, HfCodec, TextCodec, CHAR_CODEC_FILE};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
-pub use decoder::{KvCache, Layer, Llama, TARGET_MODULES};
+pub use decoder::{KvCache, Llama};
 pub use generate::{generate, SamplingConfig};
+pub use layer::{Layer, TARGET_MODULES};
 pub use linear::Linear;
 pub use tokenizer::{DecodeStream, Tokenizer};

@@ -10,8 +10,7 @@
 //! 1.22 on `bench-s`; `tests/memory.rs` asserts both sides (peak <= estimate <= 1.5 x peak).
 
 use hydralora_engine::{
-    attention_kernel_in_use, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Device,
-    Tensor,
+    attention_kernel_in_use, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Tensor,
 };
 
 use crate::error::{ModelError, Result};
@@ -279,33 +278,6 @@ pub fn check_training_fits(
         run.micro_batch,
         run.seq,
         est.breakdown(),
-    )))
-}
-
-/// Refuses, before anything is uploaded, a model whose weights (f32, as loaded) would take
-/// the device's pool past its memory budget.
-pub fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
-    let Some(budget) = device.memory_budget() else {
-        return Ok(());
-    };
-    let need: u64 = crate::llama::weights::llama_tensor_shapes(c)
-        .iter()
-        .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
-        .sum();
-    let held = device.pool_stats().in_use;
-    if held + need <= budget {
-        return Ok(());
-    }
-    Err(ModelError::Input(format!(
-        "the model's weights need {} of device memory as loaded (f32), over the memory budget \
-         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory \
-         or raise the budget",
-        human_bytes(need),
-        human_bytes(budget),
-        match held {
-            0 => String::new(),
-            _ => format!(" with {} already held", human_bytes(held)),
-        }
     )))
 }
 

@@ -3,9 +3,11 @@
 pub mod checkpoint;
 pub mod memory;
 pub mod schedule;
+pub mod settings;
 pub mod trainer;
 pub mod worker;
 
 pub use schedule::{LrSchedule, ScheduleKind};
-pub use trainer::{evaluate, EvalStats, StepStats, TrainSettings, Trainable, Trainer};
+pub use settings::{TrainSettings, Trainable};
+pub use trainer::{evaluate, EvalStats, StepStats, Trainer};
 pub use worker::{Pending, Progress, TrainEvent, TrainerWorker, WorkerOptions, WorkerStatus};
