@@ -232,14 +232,9 @@ pub fn adapter_pair(model: &Llama) -> (AdapterConfig, AdapterConfig) {
     let hydra = AdapterConfig::hydra(4, 8.0, 4, &targets);
     let count = |cfg: &AdapterConfig| -> usize {
         model
-            .layers
-            .iter()
-            .flat_map(|l| {
-                cfg.targets
-                    .iter()
-                    .map(move |t| l.linear(t).expect("a target"))
-            })
-            .map(|lin| {
+            .linears()
+            .filter(|(_, module, _)| cfg.targets.iter().any(|t| t == module))
+            .map(|(_, _, lin)| {
                 cfg.r * lin.d_in()
                     + cfg.experts * cfg.r * lin.d_out()
                     + if cfg.experts > 1 {

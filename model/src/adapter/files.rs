@@ -54,46 +54,41 @@ pub fn adapter_tensors(model: &Llama) -> Vec<AdapterTensor<'_>> {
         return vec![];
     };
     let mut out = Vec::new();
-    for (l, layer) in model.layers.iter().enumerate() {
-        for module in &cfg.targets {
-            let Some(ad) = layer.linear(module).and_then(|lin| lin.adapter.as_ref()) else {
-                continue;
-            };
-            let key = module_key(l, module);
-            let (r, d_in, d_out) = (ad.rank(), ad.down.dim(1), ad.b.dim(0));
-            out.push(AdapterTensor {
-                key: format!("{key}.lora_A.weight"),
-                shape: vec![r, d_in],
-                param: &ad.down,
-                part: if ad.routed {
-                    Part::Rows(0, r)
-                } else {
-                    Part::All
-                },
-            });
-            match cfg.method {
-                Method::Lora => out.push(AdapterTensor {
-                    key: format!("{key}.lora_B.weight"),
-                    shape: ad.b.shape().to_vec(),
-                    param: &ad.b,
-                    part: Part::All,
-                }),
-                Method::Hydra => {
-                    for i in 0..cfg.experts {
-                        out.push(AdapterTensor {
-                            key: format!("{key}.lora_B{i}.weight"),
-                            shape: vec![d_out, r],
-                            param: &ad.b,
-                            part: Part::Columns(i * r, r),
-                        });
-                    }
+    for (l, module, ad) in model.adapters() {
+        let key = module_key(l, module);
+        let (r, d_in, d_out) = (ad.rank(), ad.down.dim(1), ad.b.dim(0));
+        out.push(AdapterTensor {
+            key: format!("{key}.lora_A.weight"),
+            shape: vec![r, d_in],
+            param: &ad.down,
+            part: if ad.routed {
+                Part::Rows(0, r)
+            } else {
+                Part::All
+            },
+        });
+        match cfg.method {
+            Method::Lora => out.push(AdapterTensor {
+                key: format!("{key}.lora_B.weight"),
+                shape: ad.b.shape().to_vec(),
+                param: &ad.b,
+                part: Part::All,
+            }),
+            Method::Hydra => {
+                for i in 0..cfg.experts {
                     out.push(AdapterTensor {
-                        key: format!("{key}.lora_route.weight"),
-                        shape: vec![ad.heads(), d_in],
-                        param: &ad.down,
-                        part: Part::Rows(r, ad.heads()),
+                        key: format!("{key}.lora_B{i}.weight"),
+                        shape: vec![d_out, r],
+                        param: &ad.b,
+                        part: Part::Columns(i * r, r),
                     });
                 }
+                out.push(AdapterTensor {
+                    key: format!("{key}.lora_route.weight"),
+                    shape: vec![ad.heads(), d_in],
+                    param: &ad.down,
+                    part: Part::Rows(r, ad.heads()),
+                });
             }
         }
     }

@@ -95,14 +95,8 @@ fn new_adapter(cfg: &AdapterConfig, down: Tensor, b: Tensor, dropout: Dropout) -
 /// The trainable tensors (what the optimizer updates), in model order.
 pub fn trainable_params(model: &Llama) -> Vec<Tensor> {
     model
-        .layers
-        .iter()
-        .flat_map(|layer| {
-            TARGET_MODULES
-                .iter()
-                .filter_map(move |m| layer.linear(m)?.adapter.as_ref())
-        })
-        .flat_map(|ad| ad.params().into_iter().cloned())
+        .adapters()
+        .flat_map(|(_, _, adapter)| adapter.params().into_iter().cloned())
         .collect()
 }
 
@@ -113,14 +107,11 @@ pub fn trainable_count(model: &Llama) -> usize {
 
 /// Sets the seed of every adapter's dropout masks (the trainer does, per micro-batch).
 pub fn set_dropout_seed(model: &Llama, seed: u64) {
-    for layer in &model.layers {
-        for m in TARGET_MODULES {
-            if let Some(ad) = layer.linear(m).and_then(|l| l.adapter.as_ref()) {
-                ad.dropout
-                    .seed
-                    .store(seed, std::sync::atomic::Ordering::Relaxed);
-                return; // one seed, shared by all
-            }
-        }
+    // One seed, shared by all: setting the first adapter's sets every one's.
+    if let Some((_, _, adapter)) = model.adapters().next() {
+        adapter
+            .dropout
+            .seed
+            .store(seed, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -4,7 +4,7 @@
 use hydralora_engine::{no_grad, Tensor};
 
 use crate::error::Result;
-use crate::llama::{Llama, TARGET_MODULES};
+use crate::llama::Llama;
 
 /// Mean gate weight of each head and the mean routing entropy (nats) of one module's router,
 /// over the tokens of its last forward.
@@ -23,35 +23,20 @@ pub struct RouterStats {
 /// Turns on (or off) the recording of gates in every router, for [`router_stats`] and the
 /// load-balancing loss.
 pub fn record_gates(model: &mut Llama, on: bool) {
-    for layer in &mut model.layers {
-        for m in TARGET_MODULES {
-            if let Some(ad) = layer.linear_mut(m).and_then(|l| l.adapter.as_mut()) {
-                ad.record_gates = on;
-            }
-        }
+    for (_, _, adapter) in model.adapters_mut() {
+        adapter.record_gates = on;
     }
 }
 
 /// The gates each router recorded in the last forward, with their layer and module.
 pub fn recorded_gates(model: &Llama) -> Vec<(usize, &'static str, Tensor)> {
-    let mut out = Vec::new();
-    for (l, layer) in model.layers.iter().enumerate() {
-        for m in TARGET_MODULES {
-            if let Some(g) = layer
-                .linear(m)
-                .and_then(|lin| lin.adapter.as_ref())
-                .and_then(|ad| {
-                    ad.last_gates
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone()
-                })
-            {
-                out.push((l, m, g));
-            }
-        }
-    }
-    out
+    model
+        .adapters()
+        .filter_map(|(l, module, adapter)| {
+            let gates = adapter.last_gates.lock().unwrap_or_else(|e| e.into_inner());
+            Some((l, module, gates.clone()?))
+        })
+        .collect()
 }
 
 /// Router statistics of the last forward (needs [`record_gates`] on), with one readback for

@@ -10,9 +10,10 @@ use hydralora_engine::{
     Tensor, IGNORE_INDEX,
 };
 
+use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
-use crate::llama::layer::{Layer, TARGET_MODULES};
+use crate::llama::layer::Layer;
 use crate::llama::linear::Linear;
 use crate::llama::weights::{llama_tensor_shapes, Checkpoint};
 
@@ -154,6 +155,38 @@ impl Llama {
     /// The device holding the weights.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Every linear layer as (decoder layer, module name, the layer), in model order: layer
+    /// by layer, each in [`TARGET_MODULES`](crate::TARGET_MODULES) order.
+    pub fn linears(&self) -> impl Iterator<Item = (usize, &'static str, &Linear)> {
+        self.layers.iter().enumerate().flat_map(|(l, layer)| {
+            layer
+                .linears()
+                .map(move |(module, linear)| (l, module, linear))
+        })
+    }
+
+    /// [`Llama::linears`], mutable.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = (usize, &'static str, &mut Linear)> {
+        self.layers.iter_mut().enumerate().flat_map(|(l, layer)| {
+            layer
+                .linears_mut()
+                .map(move |(module, linear)| (l, module, linear))
+        })
+    }
+
+    /// Every adapted layer's adapter as (decoder layer, module name, the adapter), in model
+    /// order ([`Llama::linears`] that carry one).
+    pub fn adapters(&self) -> impl Iterator<Item = (usize, &'static str, &Adapter)> {
+        self.linears()
+            .filter_map(|(l, module, linear)| Some((l, module, linear.adapter.as_ref()?)))
+    }
+
+    /// [`Llama::adapters`], mutable.
+    pub fn adapters_mut(&mut self) -> impl Iterator<Item = (usize, &'static str, &mut Adapter)> {
+        self.linears_mut()
+            .filter_map(|(l, module, linear)| Some((l, module, linear.adapter.as_mut()?)))
     }
 
     /// Logits [B, T, V] for token ids [B, T] (row-major in `ids`). With a cache, the tokens
@@ -349,10 +382,10 @@ impl Llama {
                 format!("model.layers.{l}.input_layernorm.weight"),
                 &layer.input_norm,
             ));
-            for m in TARGET_MODULES {
+            for (m, linear) in layer.linears() {
                 out.push((
                     format!("{}.weight", Layer::module_path(l, m)),
-                    &layer.linear(m).expect("a target module").weight,
+                    &linear.weight,
                 ));
             }
             out.push((
@@ -389,8 +422,8 @@ impl Llama {
         for layer in &mut self.layers {
             param(&mut layer.input_norm);
             param(&mut layer.post_norm);
-            for m in TARGET_MODULES {
-                param(&mut layer.linear_mut(m).expect("a target module").weight);
+            for (_, linear) in layer.linears_mut() {
+                param(&mut linear.weight);
             }
         }
         Ok(self
@@ -500,17 +533,14 @@ impl Llama {
     /// matmuls widen them to f32 as they load and accumulate in f32). The embedding, the
     /// norms and lm_head stay f32. Not for weights being trained.
     pub fn store_frozen_weights_f16(&mut self) -> Result<()> {
-        for layer in &mut self.layers {
-            for m in TARGET_MODULES {
-                let linear = layer.linear_mut(m).expect("a target module");
-                if linear.weight.requires_grad() {
-                    return Err(ModelError::Input(format!(
-                        "{m} is being trained: only frozen weights can be stored as f16"
-                    )));
-                }
-                if linear.weight.dtype() == hydralora_engine::DType::F32 {
-                    linear.weight = linear.weight.to_f16()?;
-                }
+        for (_, m, linear) in self.linears_mut() {
+            if linear.weight.requires_grad() {
+                return Err(ModelError::Input(format!(
+                    "{m} is being trained: only frozen weights can be stored as f16"
+                )));
+            }
+            if linear.weight.dtype() == hydralora_engine::DType::F32 {
+                linear.weight = linear.weight.to_f16()?;
             }
         }
         Ok(())

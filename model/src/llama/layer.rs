@@ -41,32 +41,44 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The seven linear layers with their module names, in [`TARGET_MODULES`] order.
+    pub fn linears(&self) -> impl Iterator<Item = (&'static str, &Linear)> {
+        let in_order = [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ];
+        TARGET_MODULES.into_iter().zip(in_order)
+    }
+
+    /// [`Layer::linears`], mutable.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = (&'static str, &mut Linear)> {
+        let in_order = [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ];
+        TARGET_MODULES.into_iter().zip(in_order)
+    }
+
     /// The linear layer named by its Hugging Face module name (`q_proj`, ..., `down_proj`).
     pub fn linear(&self, module: &str) -> Option<&Linear> {
-        Some(match module {
-            "q_proj" => &self.q_proj,
-            "k_proj" => &self.k_proj,
-            "v_proj" => &self.v_proj,
-            "o_proj" => &self.o_proj,
-            "gate_proj" => &self.gate_proj,
-            "up_proj" => &self.up_proj,
-            "down_proj" => &self.down_proj,
-            _ => return None,
-        })
+        self.linears()
+            .find_map(|(name, linear)| (name == module).then_some(linear))
     }
 
     /// [`Layer::linear`], mutable (to attach or replace an adapter).
     pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
-        Some(match module {
-            "q_proj" => &mut self.q_proj,
-            "k_proj" => &mut self.k_proj,
-            "v_proj" => &mut self.v_proj,
-            "o_proj" => &mut self.o_proj,
-            "gate_proj" => &mut self.gate_proj,
-            "up_proj" => &mut self.up_proj,
-            "down_proj" => &mut self.down_proj,
-            _ => return None,
-        })
+        self.linears_mut()
+            .find_map(|(name, linear)| (name == module).then_some(linear))
     }
 
     /// The Hugging Face prefix of a module of layer `i`, e.g. `model.layers.0.mlp.up_proj`.
