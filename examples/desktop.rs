@@ -24,12 +24,12 @@ use eframe::egui::{self, Color32, Pos2, Rect, Sense, Stroke, StrokeKind, Vec2};
 use eframe::egui_wgpu::{self, WgpuSetup, WgpuSetupCreateNew};
 use hydralora::engine::Device;
 use hydralora::model::adapter::{attach, RouterStats};
-use hydralora::model::codec::{CharCodec, TextCodec};
 use hydralora::model::demo::{
     adapter_pair, default_cache_dir, finetune_settings, prepare_tasks, DemoEvent, DemoOptions,
     DemoTasks,
 };
-use hydralora::model::memory::parse_bytes;
+use hydralora::model::llama::codec::{CharCodec, TextCodec};
+use hydralora::model::train::memory::parse_bytes;
 use hydralora::model::train::{Pending, TrainEvent, Trainer, TrainerWorker, WorkerOptions};
 use hydralora::model::{generate, SamplingConfig};
 

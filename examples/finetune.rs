@@ -12,8 +12,8 @@
 
 use hydralora::engine::Device;
 use hydralora::model::adapter::{attach, save_adapter, AdapterConfig};
-use hydralora::model::codec::load_codec;
 use hydralora::model::data::{read_jsonl, tokenize, ReadOptions};
+use hydralora::model::llama::codec::load_codec;
 use hydralora::model::train::{TrainSettings, Trainer};
 use hydralora::model::Llama;
 

@@ -12,7 +12,7 @@ use std::io::Write;
 
 use hydralora::engine::Device;
 use hydralora::model::adapter::load_adapter;
-use hydralora::model::codec::load_codec;
+use hydralora::model::llama::codec::load_codec;
 use hydralora::model::{generate, Llama, SamplingConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use hydralora::engine::gradcheck::{gradcheck, GradcheckOptions};
 use hydralora::engine::Tensor;
+use hydralora::model::adapter::merge_lora;
 use hydralora::model::adapter::{
     attach, load_adapter, save_adapter, trainable_count, trainable_params, AdapterConfig,
 };
-use hydralora::model::merge::merge_lora;
 use hydralora::model::verify::max_abs_error;
-use hydralora::model::{Adapter, Linear, Llama, TARGET_MODULES};
+use hydralora::model::{Adapter, Linear, Llama};
 use proptest::prelude::*;
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-llama");
@@ -31,12 +31,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Gives every B random values so the adapter changes the logits.
 fn randomise_b(model: &Llama, seed: u64) {
-    let adapters = model.layers.iter().flat_map(|l| {
-        TARGET_MODULES
-            .iter()
-            .filter_map(move |m| l.linear(m)?.adapter.as_ref())
-    });
-    for (i, ad) in adapters.enumerate() {
+    for (i, (_, _, ad)) in model.adapters().enumerate() {
         ad.b.write_f32(&common::values(ad.b.numel(), -0.2, 0.2, seed + i as u64))
             .unwrap();
     }
@@ -349,7 +344,7 @@ proptest! {
 #[test]
 fn dropout_masks_have_the_right_statistics() {
     let p = 0.3;
-    let mask = hydralora::model::linear::dropout_mask(100_000, p, 7);
+    let mask = hydralora::model::adapter::dropout_mask(100_000, p, 7);
     let zeros = mask.iter().filter(|&&m| m == 0.0).count() as f64 / mask.len() as f64;
     let mean = mask.iter().map(|&m| m as f64).sum::<f64>() / mask.len() as f64;
     // 5 standard deviations of a binomial fraction over 100k draws.

@@ -4,7 +4,7 @@
 mod common;
 
 use hydralora::engine::rng::Rng;
-use hydralora::model::generate::pick;
+use hydralora::model::llama::generate::pick;
 use hydralora::model::{generate, Llama, SamplingConfig};
 
 fn tiny_model() -> Llama {

@@ -10,7 +10,7 @@ mod common;
 use hydralora::engine::{human_bytes, pool_bytes, Device, Error, Tensor};
 use hydralora::model::adapter::{attach, AdapterConfig};
 use hydralora::model::data::TokenizedExample;
-use hydralora::model::memory::{estimate_training, MemoryEstimate, RunShape};
+use hydralora::model::train::memory::{estimate_training, MemoryEstimate, RunShape};
 use hydralora::model::train::{TrainSettings, Trainable, Trainer};
 use hydralora::model::Llama;
 

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::adapter::{attach, trainable_count, trainable_params, AdapterConfig};
-use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::llama::config::LlamaConfig;
 use crate::llama::Llama;
 
 /// What to train in a step benchmark.
@@ -173,7 +173,7 @@ pub struct StepReport {
     pub peak_pool_bytes_first_step: u64,
     /// Peak bytes held by live tensors during the last step.
     pub peak_pool_bytes_last_step: u64,
-    /// The up-front estimate of the peak ([`crate::memory::estimate_training`]).
+    /// The up-front estimate of the peak ([`crate::train::memory::estimate_training`]).
     pub estimated_peak_bytes: u64,
     /// Pipelines compiled in every step after the first, summed (0 when shapes repeat).
     pub pipelines_after_first_step: usize,
@@ -337,7 +337,7 @@ impl StepRunner {
             ),
         };
         let flops = factor * fwd;
-        let run = crate::memory::RunShape {
+        let run = crate::train::memory::RunShape {
             micro_batch: b,
             seq: t,
             grad_accum: 1,
@@ -366,7 +366,7 @@ impl StepRunner {
             gflops: flops / median / 1e9,
             peak_pool_bytes_first_step: samples[0].peak_bytes,
             peak_pool_bytes_last_step: samples[samples.len() - 1].peak_bytes,
-            estimated_peak_bytes: crate::memory::estimate_training(&self.model, &self.params, run)
+            estimated_peak_bytes: crate::train::memory::estimate_training(&self.model, &self.params, run)
                 .total(),
             pipelines_after_first_step: samples[1..].iter().map(|s| s.pipelines).sum(),
             submits_per_step: per_step(|s| s.submits),

@@ -13,11 +13,11 @@ use serde::Serialize;
 
 use crate::adapter::{self, attach, trainable_count, AdapterConfig};
 use crate::bench::random_model;
-use crate::codec::{CharCodec, TextCodec};
-use crate::config::LlamaConfig;
 use crate::data::{tokenize, Example, TokenizedExample};
 use crate::error::{ModelError, Result};
-use crate::generate::{generate, SamplingConfig};
+use crate::llama::codec::{CharCodec, TextCodec};
+use crate::llama::config::LlamaConfig;
+use crate::llama::generate::{generate, SamplingConfig};
 use crate::llama::Llama;
 use crate::report::{heatmap_svg, line_chart_svg, Series};
 use crate::train::{ScheduleKind, StepStats, TrainSettings, Trainable, Trainer};
@@ -232,14 +232,9 @@ pub fn adapter_pair(model: &Llama) -> (AdapterConfig, AdapterConfig) {
     let hydra = AdapterConfig::hydra(4, 8.0, 4, &targets);
     let count = |cfg: &AdapterConfig| -> usize {
         model
-            .layers
-            .iter()
-            .flat_map(|l| {
-                cfg.targets
-                    .iter()
-                    .map(move |t| l.linear(t).expect("a target"))
-            })
-            .map(|lin| {
+            .linears()
+            .filter(|(_, module, _)| cfg.targets.iter().any(|t| t == module))
+            .map(|(_, _, lin)| {
                 cfg.r * lin.d_in()
                     + cfg.experts * cfg.r * lin.d_out()
                     + if cfg.experts > 1 {
@@ -337,7 +332,7 @@ fn base_model(
         .map_err(|e| ModelError::io("create", &opts.cache_dir, e))?;
     crate::train::checkpoint::replace_dir(&dir, |tmp| {
         model.save(tmp)?;
-        codec.save(tmp.join(crate::codec::CHAR_CODEC_FILE))
+        codec.save(tmp.join(crate::llama::codec::CHAR_CODEC_FILE))
     })?;
     // Reload so the weights are frozen tensors again.
     Ok((Llama::load(device, &dir)?, false))
@@ -496,7 +491,9 @@ pub fn run_demo(
     };
     let json = serde_json::to_string_pretty(&report).expect("the report serialises");
     let path = opts.out_dir.join("results.json");
-    crate::weights::write_atomically(&path, |out| std::io::Write::write_all(out, json.as_bytes()))?;
+    crate::llama::weights::write_atomically(&path, |out| {
+        std::io::Write::write_all(out, json.as_bytes())
+    })?;
     Ok(report)
 }
 

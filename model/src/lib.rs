@@ -5,9 +5,9 @@
 //! fine-tune an adapter on JSONL data, save it in the files PEFT (LoRA) and the HydraLoRA
 //! code read, and generate text.
 //!
-//! Host-side I/O (no GPU): [`config`] reads `config.json` / `generation_config.json`,
-//! [`weights`] reads and writes safetensors checkpoints, [`tokenizer`] wraps `tokenizer.json`,
-//! [`data`] reads and tokenizes data sets. On the GPU: [`Llama`] (the decoder), [`adapter`]
+//! Host-side I/O (no GPU): [`llama::config`] reads `config.json` / `generation_config.json`,
+//! [`llama::weights`] reads and writes safetensors checkpoints, [`llama::tokenizer`] wraps
+//! `tokenizer.json`, [`data`] reads and tokenizes data sets. On the GPU: [`Llama`] (the decoder), [`adapter`]
 //! (attach, save, load), [`train`] (the [`Trainer`](train::Trainer)), [`generate()`].
 //!
 //! ## From a model folder to a saved adapter
@@ -34,7 +34,7 @@
 //! [`Llama::load`] reads `config.json` and `model.safetensors` (or the shards named by
 //! `model.safetensors.index.json`; f32, f16 or bf16 weights), checking every tensor's shape
 //! against the config. [`HfCodec::from_dir`] reads `tokenizer.json` with the config's BOS and
-//! EOS ids ([`codec::load_codec`] also takes the demo's `char_codec.json`).
+//! EOS ids ([`llama::load_codec`] also takes the demo's `char_codec.json`).
 //!
 //! ```no_run
 //! use hydralora_model::{engine::Device, HfCodec, Llama};
@@ -162,7 +162,7 @@
 //!
 //! [`adapter::save_adapter`] writes `adapter_config.json` and `adapter_model.safetensors`.
 //! A LoRA adapter is in PEFT's format (`...q_proj.lora_A.weight`, `...lora_B.weight`), so
-//! `peft` loads it, and [`merge::merge_lora`] folds it into the base weights. A HydraLoRA
+//! `peft` loads it, and [`adapter::merge_lora`] folds it into the base weights. A HydraLoRA
 //! adapter uses the official HydraLoRA layout: one `lora_A`, heads `lora_B0` ..
 //! `lora_B{N-1}`, the router `lora_route`, and `lora_nums` = N in the config.
 //!
@@ -275,31 +275,22 @@ pub use hydralora_engine as engine;
 
 pub mod adapter;
 pub mod bench;
-pub mod codec;
-pub mod config;
 pub mod data;
 pub mod demo;
 pub mod error;
-pub mod generate;
-pub mod linear;
 pub mod llama;
-pub mod memory;
-pub mod merge;
 pub mod report;
-pub mod tokenizer;
 pub mod train;
 pub mod verify;
-pub mod weights;
 
-pub use adapter::{AdapterConfig, Method};
-pub use codec::{CharCodec, HfCodec, TextCodec};
-pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
+pub use adapter::{Adapter, AdapterConfig, Dropout, Method};
 pub use error::{ModelError, Result};
-pub use generate::{generate, SamplingConfig};
-pub use linear::{Adapter, Dropout, Linear};
-pub use llama::{KvCache, Layer, Llama, TARGET_MODULES};
-pub use tokenizer::{DecodeStream, Tokenizer};
-pub use weights::{
+pub use llama::codec::{CharCodec, HfCodec, TextCodec};
+pub use llama::config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
+pub use llama::generate::{generate, SamplingConfig};
+pub use llama::tokenizer::{DecodeStream, Tokenizer};
+pub use llama::weights::{
     llama_tensor_shapes, save_checkpoint, write_atomically, write_safetensors, Checkpoint,
     WeightFile,
 };
+pub use llama::{KvCache, Layer, Linear, Llama, TARGET_MODULES};

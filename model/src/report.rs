@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::Result;
-use crate::weights::write_atomically;
+use crate::llama::weights::write_atomically;
 
 const W: f64 = 720.0;
 const H: f64 = 420.0;

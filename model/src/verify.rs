@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use hydralora_engine::Device;
 
 use crate::error::{ModelError, Result};
+use crate::llama::weights::WeightFile;
 use crate::llama::Llama;
-use crate::weights::WeightFile;
 
 /// The environment variable naming another fixtures folder of the same layout.
 pub const FIXTURES_ENV: &str = "HYDRALORA_FIXTURES";

@@ -4,12 +4,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use hydralora_model::codec::{load_codec, CharCodec, HfCodec, TextCodec, CHAR_CODEC_FILE};
 use hydralora_model::data::{
     encode_prompt, eval_batches, parse_line, read_jsonl, split_eval, tokenize, Batch, Example,
     Format, Loader, LoaderState, PromptTemplate, ReadOptions, ReadReport, TokenizedExample,
     IGNORE_INDEX, MAX_STORED_SKIPPED,
 };
+use hydralora_model::llama::codec::{load_codec, CharCodec, HfCodec, TextCodec, CHAR_CODEC_FILE};
 use hydralora_model::{ModelError, Tokenizer};
 use serde_json::{json, Value};
 use tempfile::TempDir;

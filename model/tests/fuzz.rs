@@ -26,8 +26,10 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use hydralora_model::data::{parse_line, read_jsonl, PromptTemplate, ReadOptions};
+use hydralora_model::llama::weights::{
+    Checkpoint, Dtype, WeightFile, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+};
 use hydralora_model::train::checkpoint::{read_state, STATE_FILE};
-use hydralora_model::weights::{Checkpoint, Dtype, WeightFile, WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
 use hydralora_model::{AdapterConfig, CharCodec, LlamaConfig, Tokenizer};
 use proptest::prelude::*;
 use proptest::sample::Index;

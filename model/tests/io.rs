@@ -6,8 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use hydralora_model::config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
-use hydralora_model::weights::{
+use hydralora_model::llama::config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
+use hydralora_model::llama::weights::{
     llama_tensor_shapes, save_checkpoint, write_atomically, write_safetensors, Checkpoint,
     WeightFile, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };

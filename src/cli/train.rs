@@ -14,12 +14,12 @@ use hydralora::engine::Device;
 use hydralora::model::adapter::{
     attach, gates_by_category, save_adapter, trainable_count, AdapterConfig, Method,
 };
-use hydralora::model::codec::load_codec;
 use hydralora::model::data::{
     read_jsonl, split_eval, tokenize, PromptTemplate, ReadOptions, TokenizedExample,
 };
-use hydralora::model::memory::parse_bytes;
+use hydralora::model::llama::codec::load_codec;
 use hydralora::model::report::{heatmap_svg, line_chart_svg, Series};
+use hydralora::model::train::memory::parse_bytes;
 use hydralora::model::train::{ScheduleKind, TrainSettings, Trainer};
 use hydralora::model::{Llama, TARGET_MODULES};
 use serde::Deserialize;

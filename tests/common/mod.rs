@@ -12,7 +12,7 @@ pub use engine_common::*;
 /// of 93 characters (newline and ' '..='{') + 3 special tokens, so the CLI can train it on
 /// text. `dir` must not exist yet or be empty.
 pub fn char_model_dir(dir: &std::path::Path) {
-    use hydralora::model::codec::{CharCodec, CHAR_CODEC_FILE};
+    use hydralora::model::llama::codec::{CharCodec, CHAR_CODEC_FILE};
     let _ = device(); // fail early (not skip) without an adapter
     let tiny =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/tiny-llama");

@@ -5,8 +5,8 @@ use std::num::NonZeroUsize;
 use std::thread;
 
 use super::Example;
-use crate::codec::TextCodec;
 use crate::error::{ModelError, Result};
+use crate::llama::codec::TextCodec;
 
 /// The label of a position that is not trained on (BOS, prompt, padding): the causal-LM loss
 /// ignores it, as in `transformers`.

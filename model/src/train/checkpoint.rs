@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::LoaderState;
 use crate::error::{ModelError, Result};
-use crate::train::trainer::TrainSettings;
+use crate::train::settings::TrainSettings;
 
 /// The run's position and settings ([`TrainerState`] as JSON) in a checkpoint folder.
 pub const STATE_FILE: &str = "trainer_state.json";

@@ -16,10 +16,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
-use crate::tokenizer::{Tokenizer, TOKENIZER_FILE};
-use crate::weights::write_atomically;
+use crate::llama::config::LlamaConfig;
+use crate::llama::tokenizer::{Tokenizer, TOKENIZER_FILE};
+use crate::llama::weights::write_atomically;
 
 /// The name of a model folder's character codec file.
 pub const CHAR_CODEC_FILE: &str = "char_codec.json";

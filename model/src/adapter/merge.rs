@@ -6,10 +6,10 @@ use std::path::Path;
 use crate::adapter::{
     module_key, AdapterConfig, Method, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
-use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
+use crate::llama::config::LlamaConfig;
+use crate::llama::weights::{llama_tensor_shapes, save_checkpoint, Checkpoint, WeightFile};
 use crate::llama::Layer;
-use crate::weights::{llama_tensor_shapes, save_checkpoint, Checkpoint, WeightFile};
 
 /// Files copied beside the merged weights when the base folder has them.
 const SIDE_FILES: [&str; 4] = [

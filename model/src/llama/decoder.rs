@@ -6,88 +6,16 @@ use std::path::Path;
 
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, embedding_parts,
-    no_grad, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables, Tensor, IGNORE_INDEX,
+    human_bytes, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables,
+    Tensor, IGNORE_INDEX,
 };
 
-use crate::config::LlamaConfig;
+use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
-use crate::linear::Linear;
-use crate::weights::Checkpoint;
-
-/// The seven linear layers an adapter can target, in Hugging Face module names.
-pub const TARGET_MODULES: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
-
-/// One decoder layer's weights. Shapes use H = `hidden_size`, I = `intermediate_size`,
-/// nh / nkv = query / key-value heads and hd = `head_dim`.
-#[derive(Debug)]
-pub struct Layer {
-    /// `input_layernorm`, the RMS norm weight before attention, `[H]`.
-    pub input_norm: Tensor, // [H]
-    /// Query projection, `[nh hd, H]`.
-    pub q_proj: Linear, // [nh hd, H]
-    /// Key projection, `[nkv hd, H]`.
-    pub k_proj: Linear, // [nkv hd, H]
-    /// Value projection, `[nkv hd, H]`.
-    pub v_proj: Linear, // [nkv hd, H]
-    /// Attention output projection, `[H, nh hd]`.
-    pub o_proj: Linear, // [H, nh hd]
-    /// `post_attention_layernorm`, the RMS norm weight before the MLP, `[H]`.
-    pub post_norm: Tensor, // [H]
-    /// MLP gate projection, `[I, H]`.
-    pub gate_proj: Linear, // [I, H]
-    /// MLP up projection, `[I, H]`.
-    pub up_proj: Linear, // [I, H]
-    /// MLP down projection, `[H, I]`.
-    pub down_proj: Linear, // [H, I]
-}
-
-impl Layer {
-    /// The linear layer named by its Hugging Face module name (`q_proj`, ..., `down_proj`).
-    pub fn linear(&self, module: &str) -> Option<&Linear> {
-        Some(match module {
-            "q_proj" => &self.q_proj,
-            "k_proj" => &self.k_proj,
-            "v_proj" => &self.v_proj,
-            "o_proj" => &self.o_proj,
-            "gate_proj" => &self.gate_proj,
-            "up_proj" => &self.up_proj,
-            "down_proj" => &self.down_proj,
-            _ => return None,
-        })
-    }
-
-    /// [`Layer::linear`], mutable (to attach or replace an adapter).
-    pub fn linear_mut(&mut self, module: &str) -> Option<&mut Linear> {
-        Some(match module {
-            "q_proj" => &mut self.q_proj,
-            "k_proj" => &mut self.k_proj,
-            "v_proj" => &mut self.v_proj,
-            "o_proj" => &mut self.o_proj,
-            "gate_proj" => &mut self.gate_proj,
-            "up_proj" => &mut self.up_proj,
-            "down_proj" => &mut self.down_proj,
-            _ => return None,
-        })
-    }
-
-    /// The Hugging Face prefix of a module of layer `i`, e.g. `model.layers.0.mlp.up_proj`.
-    pub fn module_path(i: usize, module: &str) -> String {
-        let block = if ["gate_proj", "up_proj", "down_proj"].contains(&module) {
-            "mlp"
-        } else {
-            "self_attn"
-        };
-        format!("model.layers.{i}.{block}.{module}")
-    }
-}
+use crate::llama::config::LlamaConfig;
+use crate::llama::layer::Layer;
+use crate::llama::linear::Linear;
+use crate::llama::weights::{llama_tensor_shapes, Checkpoint};
 
 /// Keys and values of the tokens seen so far, per layer: [B, nkv, S, hd] each.
 #[derive(Default)]
@@ -176,7 +104,7 @@ impl Llama {
         mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Llama> {
         config.validate()?;
-        crate::memory::check_weights_fit(device, &config)?;
+        check_weights_fit(device, &config)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
@@ -227,6 +155,38 @@ impl Llama {
     /// The device holding the weights.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Every linear layer as (decoder layer, module name, the layer), in model order: layer
+    /// by layer, each in [`TARGET_MODULES`](crate::TARGET_MODULES) order.
+    pub fn linears(&self) -> impl Iterator<Item = (usize, &'static str, &Linear)> {
+        self.layers.iter().enumerate().flat_map(|(l, layer)| {
+            layer
+                .linears()
+                .map(move |(module, linear)| (l, module, linear))
+        })
+    }
+
+    /// [`Llama::linears`], mutable.
+    pub fn linears_mut(&mut self) -> impl Iterator<Item = (usize, &'static str, &mut Linear)> {
+        self.layers.iter_mut().enumerate().flat_map(|(l, layer)| {
+            layer
+                .linears_mut()
+                .map(move |(module, linear)| (l, module, linear))
+        })
+    }
+
+    /// Every adapted layer's adapter as (decoder layer, module name, the adapter), in model
+    /// order ([`Llama::linears`] that carry one).
+    pub fn adapters(&self) -> impl Iterator<Item = (usize, &'static str, &Adapter)> {
+        self.linears()
+            .filter_map(|(l, module, linear)| Some((l, module, linear.adapter.as_ref()?)))
+    }
+
+    /// [`Llama::adapters`], mutable.
+    pub fn adapters_mut(&mut self) -> impl Iterator<Item = (usize, &'static str, &mut Adapter)> {
+        self.linears_mut()
+            .filter_map(|(l, module, linear)| Some((l, module, linear.adapter.as_mut()?)))
     }
 
     /// Logits [B, T, V] for token ids [B, T] (row-major in `ids`). With a cache, the tokens
@@ -422,10 +382,10 @@ impl Llama {
                 format!("model.layers.{l}.input_layernorm.weight"),
                 &layer.input_norm,
             ));
-            for m in TARGET_MODULES {
+            for (m, linear) in layer.linears() {
                 out.push((
                     format!("{}.weight", Layer::module_path(l, m)),
-                    &layer.linear(m).expect("a target module").weight,
+                    &linear.weight,
                 ));
             }
             out.push((
@@ -462,8 +422,8 @@ impl Llama {
         for layer in &mut self.layers {
             param(&mut layer.input_norm);
             param(&mut layer.post_norm);
-            for m in TARGET_MODULES {
-                param(&mut layer.linear_mut(m).expect("a target module").weight);
+            for (_, linear) in layer.linears_mut() {
+                param(&mut linear.weight);
             }
         }
         Ok(self
@@ -495,7 +455,7 @@ impl Llama {
             .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
             .collect();
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io("create", dir, e))?;
-        crate::weights::save_checkpoint(dir, &self.config, &views)
+        crate::llama::weights::save_checkpoint(dir, &self.config, &views)
     }
 
     /// Overwrites the weights in place from a checkpoint folder of the same architecture.
@@ -573,17 +533,14 @@ impl Llama {
     /// matmuls widen them to f32 as they load and accumulate in f32). The embedding, the
     /// norms and lm_head stay f32. Not for weights being trained.
     pub fn store_frozen_weights_f16(&mut self) -> Result<()> {
-        for layer in &mut self.layers {
-            for m in TARGET_MODULES {
-                let linear = layer.linear_mut(m).expect("a target module");
-                if linear.weight.requires_grad() {
-                    return Err(ModelError::Input(format!(
-                        "{m} is being trained: only frozen weights can be stored as f16"
-                    )));
-                }
-                if linear.weight.dtype() == hydralora_engine::DType::F32 {
-                    linear.weight = linear.weight.to_f16()?;
-                }
+        for (_, m, linear) in self.linears_mut() {
+            if linear.weight.requires_grad() {
+                return Err(ModelError::Input(format!(
+                    "{m} is being trained: only frozen weights can be stored as f16"
+                )));
+            }
+            if linear.weight.dtype() == hydralora_engine::DType::F32 {
+                linear.weight = linear.weight.to_f16()?;
             }
         }
         Ok(())
@@ -593,6 +550,33 @@ impl Llama {
     pub fn logits(&self, ids: &[u32], batch: usize) -> Result<Tensor> {
         no_grad(|| self.forward(ids, batch, None))
     }
+}
+
+/// Refuses, before anything is uploaded, a model whose weights (f32, as loaded) would take
+/// the device's pool past its memory budget.
+fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
+    let Some(budget) = device.memory_budget() else {
+        return Ok(());
+    };
+    let need: u64 = llama_tensor_shapes(c)
+        .iter()
+        .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
+        .sum();
+    let held = device.pool_stats().in_use;
+    if held + need <= budget {
+        return Ok(());
+    }
+    Err(ModelError::Input(format!(
+        "the model's weights need {} of device memory as loaded (f32), over the memory budget \
+         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory \
+         or raise the budget",
+        human_bytes(need),
+        human_bytes(budget),
+        match held {
+            0 => String::new(),
+            _ => format!(" with {} already held", human_bytes(held)),
+        }
+    )))
 }
 
 /// labels[:, 1:] followed by -100: what logits[:, t] is scored against.

@@ -10,13 +10,13 @@
 //! 1.22 on `bench-s`; `tests/memory.rs` asserts both sides (peak <= estimate <= 1.5 x peak).
 
 use hydralora_engine::{
-    attention_kernel_in_use, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Device,
-    Tensor,
+    attention_kernel_in_use, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Tensor,
 };
 
-use crate::config::LlamaConfig;
+use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
-use crate::llama::{Llama, TARGET_MODULES};
+use crate::llama::config::LlamaConfig;
+use crate::llama::Llama;
 
 /// Bytes of one training step at its peak (the end of backward), by what holds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,11 +84,11 @@ fn estimate_with(model: &Llama, params: &[Tensor], run: RunShape, weights: u64) 
     let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
     let grads = if run.grad_accum > 1 { 2 } else { 1 };
     let optimizer = params.iter().map(|p| (grads + 2) * f32s(p.numel())).sum();
-    let layers: u64 = model
-        .layers
-        .iter()
-        .map(|layer| layer_activations(c, n) + adapter_activations(layer, n))
-        .sum();
+    let layers = model.layers.len() as u64 * layer_activations(c, n)
+        + model
+            .adapters()
+            .map(|(_, _, adapter)| adapter_activations(adapter, n))
+            .sum::<u64>();
     // Around the layers: the final norm's input, rstd and output; ids, labels, RoPE tables.
     let ends = 2 * f32s(n * c.hidden_size) + 3 * f32s(n) + 2 * f32s(t * c.head_dim() / 2);
     MemoryEstimate {
@@ -136,32 +136,25 @@ pub fn attention_scores(model: &Llama, b: usize, t: usize) -> u64 {
     }
 }
 
-/// What an adapted linear layer keeps beyond the frozen one, per adapted module: the packed
+/// What an adapted linear layer keeps beyond the frozen one: the packed
 /// down-projection x [A; Wg]^T ([r + N]; the adapter's scaled product is summed into the
 /// frozen product's own buffer, so nothing of [d_out]); with dropout the mask, the dropped
 /// input ([d_in] each) and its own down-projection; for HydraLoRA the gate expansion
 /// ([N r]), and with top-k the gates and their mask and renormalisation (six [N]).
-fn adapter_activations(layer: &crate::llama::Layer, n: usize) -> u64 {
+fn adapter_activations(ad: &Adapter, n: usize) -> u64 {
     let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
-    TARGET_MODULES
-        .iter()
-        .filter_map(|m| layer.linear(m))
-        .filter_map(|lin| Some((lin, lin.adapter.as_ref()?)))
-        .map(|(lin, ad)| {
-            let (d_in, down, r, heads) = (lin.d_in(), ad.down.dim(0), ad.rank(), ad.heads());
-            let mut bytes = f32s(n * down);
-            if ad.dropout.p > 0.0 {
-                bytes += 2 * f32s(n * d_in) + f32s(n * down);
-            }
-            if ad.routed {
-                bytes += f32s(n * heads * r);
-                if ad.top_k.is_some() {
-                    bytes += 6 * f32s(n * heads);
-                }
-            }
-            bytes
-        })
-        .sum()
+    let (d_in, down, r, heads) = (ad.down.dim(1), ad.down.dim(0), ad.rank(), ad.heads());
+    let mut bytes = f32s(n * down);
+    if ad.dropout.p > 0.0 {
+        bytes += 2 * f32s(n * d_in) + f32s(n * down);
+    }
+    if ad.routed {
+        bytes += f32s(n * heads * r);
+        if ad.top_k.is_some() {
+            bytes += 6 * f32s(n * heads);
+        }
+    }
+    bytes
 }
 
 /// Gradients alive at once inside one layer's backward: those of the attention term (for
@@ -279,33 +272,6 @@ pub fn check_training_fits(
         run.micro_batch,
         run.seq,
         est.breakdown(),
-    )))
-}
-
-/// Refuses, before anything is uploaded, a model whose weights (f32, as loaded) would take
-/// the device's pool past its memory budget.
-pub fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
-    let Some(budget) = device.memory_budget() else {
-        return Ok(());
-    };
-    let need: u64 = crate::weights::llama_tensor_shapes(c)
-        .iter()
-        .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
-        .sum();
-    let held = device.pool_stats().in_use;
-    if held + need <= budget {
-        return Ok(());
-    }
-    Err(ModelError::Input(format!(
-        "the model's weights need {} of device memory as loaded (f32), over the memory budget \
-         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory \
-         or raise the budget",
-        human_bytes(need),
-        human_bytes(budget),
-        match held {
-            0 => String::new(),
-            _ => format!(" with {} already held", human_bytes(held)),
-        }
     )))
 }
 

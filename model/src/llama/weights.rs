@@ -19,8 +19,8 @@ use serde_json::Value;
 
 pub use safetensors::Dtype;
 
-use crate::config::{read_json_object, LlamaConfig, CONFIG_FILE};
 use crate::error::{ModelError, Result};
+use crate::llama::config::{read_json_object, LlamaConfig, CONFIG_FILE};
 
 /// The name of a single-file checkpoint.
 pub const WEIGHTS_FILE: &str = "model.safetensors";

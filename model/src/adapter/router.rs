@@ -1,0 +1,127 @@
+//! What HydraLoRA's routers do: the gates each one recorded in the last forward, their
+//! statistics, the load-balancing loss, and the mean gates per data category.
+
+use hydralora_engine::{no_grad, Tensor};
+
+use crate::error::Result;
+use crate::llama::Llama;
+
+/// Mean gate weight of each head and the mean routing entropy (nats) of one module's router,
+/// over the tokens of its last forward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouterStats {
+    /// The decoder layer.
+    pub layer: usize,
+    /// The adapted module, e.g. `q_proj`.
+    pub module: String,
+    /// Mean gate weight of each head over the tokens, `[N]` (sums to 1).
+    pub mean_gate: Vec<f32>, // [N]
+    /// Mean entropy of the per-token gate distribution, in nats (ln N when uniform).
+    pub entropy: f32,
+}
+
+/// Turns on (or off) the recording of gates in every router, for [`router_stats`] and the
+/// load-balancing loss.
+pub fn record_gates(model: &mut Llama, on: bool) {
+    for (_, _, adapter) in model.adapters_mut() {
+        adapter.record_gates = on;
+    }
+}
+
+/// The gates each router recorded in the last forward, with their layer and module.
+pub fn recorded_gates(model: &Llama) -> Vec<(usize, &'static str, Tensor)> {
+    model
+        .adapters()
+        .filter_map(|(l, module, adapter)| {
+            let gates = adapter.last_gates.lock().unwrap_or_else(|e| e.into_inner());
+            Some((l, module, gates.clone()?))
+        })
+        .collect()
+}
+
+/// Router statistics of the last forward (needs [`record_gates`] on), with one readback for
+/// every router together.
+pub fn router_stats(model: &Llama) -> Result<Vec<RouterStats>> {
+    let gates = recorded_gates(model);
+    if gates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = hydralora_engine::no_grad(|| {
+        let flat: Vec<Tensor> = gates
+            .iter()
+            .map(|(_, _, g)| g.reshape(&[g.numel()]))
+            .collect::<std::result::Result<_, _>>()?;
+        Tensor::concat(&flat, 0)
+    })?
+    .to_vec_f32()?;
+    let mut offset = 0;
+    gates
+        .into_iter()
+        .map(|(layer, module, g)| {
+            let (t, n) = (g.dim(0), g.dim(1));
+            let host = &all[offset..offset + t * n];
+            offset += t * n;
+            let mut mean_gate = vec![0.0f64; n];
+            let mut entropy = 0.0f64;
+            for row in host.chunks(n) {
+                for (i, &p) in row.iter().enumerate() {
+                    mean_gate[i] += p as f64;
+                    if p > 0.0 {
+                        entropy -= p as f64 * (p as f64).ln();
+                    }
+                }
+            }
+            let t = t.max(1) as f64;
+            Ok(RouterStats {
+                layer,
+                module: module.to_string(),
+                mean_gate: mean_gate.iter().map(|m| (m / t) as f32).collect(),
+                entropy: (entropy / t) as f32,
+            })
+        })
+        .collect()
+}
+
+/// The load-balancing loss over the recorded gates: coef * sum over routers of
+/// N * sum_i (mean_t g[t, i])^2, smallest (= coef per router) when every head gets an equal
+/// share. A `[1]` tensor in the graph; None when no router recorded gates.
+pub fn balance_loss(model: &Llama, coef: f32) -> Result<Option<Tensor>> {
+    let mut total: Option<Tensor> = None;
+    for (_, _, g) in recorded_gates(model) {
+        let n = g.dim(1) as f32;
+        let share = g.mean(0)?; // [N]
+        let term = share.mul(&share)?.sum_all()?.scale(n * coef)?;
+        total = Some(match total {
+            Some(t) => t.add(&term)?,
+            None => term,
+        });
+    }
+    Ok(total)
+}
+
+/// Mean gate weight of each head per category, averaged over every router of the model:
+/// one row per category of `groups` (name, its token ids), one column per head.
+pub fn gates_by_category(
+    model: &mut Llama,
+    groups: &[(String, Vec<Vec<u32>>)],
+) -> Result<Vec<Vec<f32>>> {
+    record_gates(model, true);
+    let mut rows = Vec::with_capacity(groups.len());
+    for (_, sequences) in groups {
+        let mut sum: Vec<f64> = Vec::new();
+        let mut n = 0usize;
+        for ids in sequences {
+            no_grad(|| model.forward(ids, 1, None))?;
+            for s in router_stats(model)? {
+                sum.resize(s.mean_gate.len(), 0.0);
+                for (acc, g) in sum.iter_mut().zip(&s.mean_gate) {
+                    *acc += *g as f64;
+                }
+                n += 1;
+            }
+        }
+        rows.push(sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect());
+    }
+    record_gates(model, false);
+    Ok(rows)
+}
