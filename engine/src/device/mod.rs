@@ -161,7 +161,8 @@ impl Device {
     }
 
     /// Whether the row reductions (softmax, rms_norm, cross-entropy, sum) run their subgroup
-    /// kernels (`*_subgroup.wgsl`): on by default where the device has `SUBGROUP`.
+    /// flavour (the `+subgroup` variants, `shaders/lib/rows_subgroup.wgsl`): on by default
+    /// where the device has `SUBGROUP`.
     pub fn subgroup_reductions(&self) -> bool {
         self.inner.subgroup_rows.load(Ordering::Relaxed)
     }
