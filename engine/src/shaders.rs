@@ -5,7 +5,7 @@
 //! order-independent, so a kernel file calls functions and names structs that a piece
 //! declares (a params struct, a row reduction in its workgroup-tree or subgroup flavour,
 //! a matmul's weight load), and a variant swaps one piece or one constant for another
-//! instead of copying the kernel. The one [`shaders!`] invocation below lists every
+//! instead of copying the kernel. The one `shaders!` invocation below lists every
 //! variant once: it makes the constant, [`ALL`] (validated by naga in the tests) and
 //! [`COMPOSITION`] (which files make each variant), and the variant's name keys the
 //! pipeline cache.

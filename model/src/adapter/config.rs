@@ -54,7 +54,7 @@ pub struct AdapterConfig {
 }
 
 impl AdapterConfig {
-    /// LoRA of rank `r` on `targets`; no dropout, no rsLoRA (validated by [`attach`]).
+    /// LoRA of rank `r` on `targets`; no dropout, no rsLoRA (validated by [`attach`](super::attach)).
     pub fn lora(r: usize, alpha: f32, targets: &[&str]) -> Self {
         AdapterConfig {
             method: Method::Lora,

@@ -29,7 +29,7 @@ pub use router::{
 /// Adds a fresh adapter to every target module: A and the router Kaiming-uniform (bound
 /// 1/sqrt(d_in), as PEFT and the HydraLoRA code), every B zero, so the model is unchanged.
 /// An adapter already on a targeted layer is replaced (attach to a freshly loaded model).
-/// Fails with [`ModelError::Config`] when `cfg` is invalid ([`AdapterConfig::validate`]).
+/// Fails with [`crate::ModelError::Config`] when `cfg` is invalid ([`AdapterConfig::validate`]).
 ///
 /// ```no_run
 /// use hydralora_model::adapter::{attach, trainable_count};
