@@ -5,8 +5,23 @@ use std::collections::HashMap;
 use crate::backward::{no_grad, Gradients};
 use crate::error::{Error, Result};
 use crate::ops::grid;
+use crate::ops::kernel_params::kernel_params;
 use crate::shaders;
 use crate::tensor::{Tensor, TensorId};
+
+kernel_params! {
+    /// The AdamW kernel's params: one step's settings and bias corrections.
+    pub(crate) struct AdamParams for [shaders::ADAMW] {
+        numel: u32,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        bias_correction1: f32,      // 1 - beta1^t
+        bias_correction2_sqrt: f32, // sqrt(1 - beta2^t)
+    }
+}
 
 /// AdamW settings (PyTorch's defaults except the learning rate).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -108,16 +123,16 @@ impl AdamW {
                         mv
                     }
                 };
-                let params = [
-                    p.numel() as u32,
-                    lr.to_bits(),
-                    c.beta1.to_bits(),
-                    c.beta2.to_bits(),
-                    c.eps.to_bits(),
-                    c.weight_decay.to_bits(),
-                    (bias_correction1 as f32).to_bits(),
-                    (bias_correction2_sqrt as f32).to_bits(),
-                ];
+                let params = AdamParams {
+                    numel: p.numel() as u32,
+                    lr,
+                    beta1: c.beta1,
+                    beta2: c.beta2,
+                    eps: c.eps,
+                    weight_decay: c.weight_decay,
+                    bias_correction1: bias_correction1 as f32,
+                    bias_correction2_sqrt: bias_correction2_sqrt as f32,
+                };
                 p.device().dispatch(
                     &shaders::ADAMW,
                     "adamw",

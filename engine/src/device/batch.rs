@@ -7,6 +7,7 @@ use std::sync::{Arc, MutexGuard};
 
 use crate::device::{align_up, Device, ParamsArena, MAX_PROFILED_DISPATCHES};
 use crate::error::{Error, Result};
+use crate::ops::kernel_params::KernelParams;
 use crate::shaders::Shader;
 
 /// Dispatches recorded before a batch is submitted even if nothing asks for a result.
@@ -127,11 +128,12 @@ impl Device {
 
     /// Records one kernel dispatch. Bindings follow the engine's convention: binding 0 is the
     /// params block (`var<storage, read>`), then `reads` (read-only), then `writes` (read-write).
-    pub(crate) fn dispatch(
+    /// `params` is the kernel's params struct, declared with `kernel_params!` beside its op.
+    pub(crate) fn dispatch<P: KernelParams + ?Sized>(
         &self,
         shader: &'static Shader,
         entry: &'static str,
-        params: &[u32],
+        params: &P,
         reads: &[Binding<'_>],
         writes: &[Binding<'_>],
         groups: [u32; 3],
@@ -141,7 +143,7 @@ impl Device {
         }
         let (pipeline, layout) = self.pipeline(shader, entry, reads.len(), writes.len());
         let mut batch = self.lock_batch();
-        let params: &[u8] = bytemuck::cast_slice(params);
+        let params = params.bytes();
         let params_bytes = ParamsArena::block_bytes(params);
         let max_dispatches = if batch.profile.is_some() {
             MAX_PROFILED_DISPATCHES

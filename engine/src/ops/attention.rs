@@ -17,11 +17,37 @@
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::kernel_params::kernel_params;
 use crate::ops::matmul::{matmul_t, subgroups_of_8};
 use crate::ops::softmax::{softmax_scaled, CausalMask};
 use crate::ops::{grid, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// The flash kernels' params, forward and backward, both flavours. Strides are in f32,
+    /// between batches, heads and positions: of q, o, dO (and dq), then of k, v (dk, dv).
+    pub(crate) struct FlashParams for [
+        shaders::FLASH_ATTENTION,
+        shaders::FLASH_ATTENTION_BACKWARD,
+        shaders::FLASH_ATTENTION_SUBGROUP,
+        shaders::FLASH_ATTENTION_BACKWARD_SUBGROUP,
+    ] {
+        b: u32,
+        hq: u32,
+        hkv: u32,
+        t: u32, // queries per head
+        s: u32, // keys per head (>= t)
+        d: u32, // head dim (<= FLASH_MAX_HEAD_DIM)
+        scale: f32,
+        q_sb: u32,
+        q_sh: u32,
+        q_st: u32,
+        kv_sb: u32,
+        kv_sh: u32,
+        kv_st: u32,
+    }
+}
 
 /// The largest head dim the flash kernels take (their per-row registers).
 pub const FLASH_MAX_HEAD_DIM: usize = 128;
@@ -321,7 +347,7 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, dims: &AttnDims, layout: Layout)
 }
 
 /// The params block of both flash shaders.
-fn flash_params(plan: &FlashPlan) -> [u32; 13] {
+fn flash_params(plan: &FlashPlan) -> FlashParams {
     let AttnDims {
         b,
         hq,
@@ -338,22 +364,21 @@ fn flash_params(plan: &FlashPlan) -> [u32; 13] {
     let [q_sb, q_sh, q_st] = strides(hq, t);
     let [kv_sb, kv_sh, kv_st] = strides(hkv, s);
     let u = |x: usize| x as u32;
-    let scale = (1.0 / (d as f32).sqrt()).to_bits();
-    [
-        u(b),
-        u(hq),
-        u(hkv),
-        u(t),
-        u(s),
-        u(d),
-        scale,
-        u(q_sb),
-        u(q_sh),
-        u(q_st),
-        u(kv_sb),
-        u(kv_sh),
-        u(kv_st),
-    ]
+    FlashParams {
+        b: u(b),
+        hq: u(hq),
+        hkv: u(hkv),
+        t: u(t),
+        s: u(s),
+        d: u(d),
+        scale: 1.0 / (d as f32).sqrt(),
+        q_sb: u(q_sb),
+        q_sh: u(q_sh),
+        q_st: u(q_st),
+        kv_sb: u(kv_sb),
+        kv_sh: u(kv_sh),
+        kv_st: u(kv_st),
+    }
 }
 
 /// Which shader, and how many workgroups for `rows` rows of one side (the per-row kernels

@@ -2,9 +2,46 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::kernel_params::kernel_params;
 use crate::ops::{contiguous_strides, grid, pad6, MAX_RANK};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// The binary ops' params (`elementwise.wgsl`).
+    pub(crate) struct BinaryParams for [shaders::ELEMENTWISE] {
+        op: u32, // a BinaryKind
+        numel: u32,
+        broadcast: u32,             // 0: a, b and out share one shape
+        out_dims: [u32; MAX_RANK],  // the output shape, padded in front with 1s
+        a_strides: [u32; MAX_RANK], // 0 on an axis that a broadcasts along
+        b_strides: [u32; MAX_RANK],
+    }
+}
+
+kernel_params! {
+    /// The unary ops' params, forward and backward.
+    pub(crate) struct UnaryParams for [shaders::UNARY, shaders::UNARY_BACKWARD] {
+        op: u32, // UnaryKind::code
+        numel: u32,
+        scalar: f32, // the factor of Scale
+    }
+}
+
+kernel_params! {
+    /// Fill's params.
+    pub(crate) struct FillParams for [shaders::FILL] {
+        numel: u32,
+        value: f32,
+    }
+}
+
+kernel_params! {
+    /// SwiGLU's params, forward and backward.
+    pub(crate) struct SwigluParams for [shaders::SWIGLU, shaders::SWIGLU_BACKWARD] {
+        numel: u32,
+    }
+}
 
 /// Binary op codes, as in `shaders/elementwise.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,10 +156,14 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor>
     let out = Tensor::empty_bindable(name, a.device(), &shape, DType::F32)?;
     let numel = out.numel();
     let same = a.shape() == b.shape();
-    let mut params = vec![kind as u32, numel as u32, u32::from(!same)];
-    params.extend(pad6(&shape, 1));
-    params.extend(pad6(&broadcast_strides(a.shape(), &shape), 0));
-    params.extend(pad6(&broadcast_strides(b.shape(), &shape), 0));
+    let params = BinaryParams {
+        op: kind as u32,
+        numel: numel as u32,
+        broadcast: u32::from(!same),
+        out_dims: pad6(&shape, 1),
+        a_strides: pad6(&broadcast_strides(a.shape(), &shape), 0),
+        b_strides: pad6(&broadcast_strides(b.shape(), &shape), 0),
+    };
     // Same shapes: four elements per invocation; broadcasting: one, with index arithmetic.
     let (entry, items) = if same {
         ("binary_same", numel.div_ceil(4))
@@ -155,7 +196,11 @@ pub(crate) fn unary(x: &Tensor, kind: UnaryKind) -> Result<Tensor> {
     x.device().dispatch(
         &shaders::UNARY,
         "unary",
-        &[code, x.numel() as u32, scalar.to_bits()],
+        &UnaryParams {
+            op: code,
+            numel: x.numel() as u32,
+            scalar,
+        },
         &[x.binding()],
         &[out.binding()],
         grid(x.device(), x.numel(), 256),
@@ -175,7 +220,11 @@ pub(crate) fn unary_backward(
     x.device().dispatch(
         &shaders::UNARY_BACKWARD,
         "unary_backward",
-        &[code, x.numel() as u32, scalar.to_bits()],
+        &UnaryParams {
+            op: code,
+            numel: x.numel() as u32,
+            scalar,
+        },
         &[x.binding(), y.binding(), dy.binding()],
         &[dx.binding()],
         grid(x.device(), x.numel(), 256),
@@ -188,7 +237,10 @@ pub(crate) fn fill(t: &Tensor, value: f32) {
     t.device().dispatch(
         &shaders::FILL,
         "fill",
-        &[t.numel() as u32, value.to_bits()],
+        &FillParams {
+            numel: t.numel() as u32,
+            value,
+        },
         &[],
         &[t.binding()],
         grid(t.device(), t.numel(), 256),
@@ -214,7 +266,7 @@ pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.device().dispatch(
         &shaders::SWIGLU,
         "swiglu",
-        &[n as u32],
+        &SwigluParams { numel: n as u32 },
         &[g.binding(), u.binding()],
         &[y.binding()],
         grid(g.device(), n.div_ceil(4), 256),
@@ -239,7 +291,7 @@ pub(crate) fn swiglu_backward(g: &Tensor, u: &Tensor, dy: &Tensor) -> Result<(Te
     dev.dispatch(
         &shaders::SWIGLU_BACKWARD,
         "swiglu_backward",
-        &[n as u32],
+        &SwigluParams { numel: n as u32 },
         &[g.binding(), u.binding(), dy.binding()],
         &[dg.binding(), du.binding()],
         grid(dev, n.div_ceil(4), 256),

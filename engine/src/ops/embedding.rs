@@ -3,8 +3,27 @@
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::grid;
+use crate::ops::kernel_params::kernel_params;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// The gather's params: `n` ids, rows of `dim`, from one part of the table.
+    pub(crate) struct GatherParams for [shaders::EMBEDDING] {
+        n: u32,
+        dim: u32,
+        rows: u32,       // rows in this part of the table
+        row_offset: u32, // the id of this part's first row
+    }
+}
+
+kernel_params! {
+    /// The scatter-add's params: `uniq` distinct ids, rows of `dim`.
+    pub(crate) struct ScatterParams for [shaders::EMBEDDING_BACKWARD] {
+        uniq: u32,
+        dim: u32,
+    }
+}
 
 /// Rows of `table` [vocab, dim] picked by `ids` (u32, any shape): [..ids shape, dim].
 /// An id outside the table gives a row of zeros (check ids from users before).
@@ -50,12 +69,12 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
         dev.dispatch(
             &shaders::EMBEDDING,
             "gather",
-            &[
-                ids.numel() as u32,
-                dim as u32,
-                part.dim(0) as u32,
-                row_offset as u32,
-            ],
+            &GatherParams {
+                n: ids.numel() as u32,
+                dim: dim as u32,
+                rows: part.dim(0) as u32,
+                row_offset: row_offset as u32,
+            },
             &[part.binding(), ids.binding()],
             &[out.binding()],
             grid(dev, out.numel(), 256),
@@ -105,7 +124,10 @@ pub(crate) fn embedding_backward(
     dev.dispatch(
         &shaders::EMBEDDING_BACKWARD,
         "scatter_add",
-        &[uniq.len() as u32, dim as u32],
+        &ScatterParams {
+            uniq: uniq.len() as u32,
+            dim: dim as u32,
+        },
         &[
             dy.binding(),
             uniq_t.binding(),

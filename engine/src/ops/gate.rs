@@ -5,8 +5,37 @@
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::grid;
+use crate::ops::kernel_params::kernel_params;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// The expansions' params: T tokens, N heads, rank r.
+    pub(crate) struct GateParams for [shaders::GATE] {
+        tokens: u32,
+        heads: u32, // N
+        rank: u32,  // r
+    }
+}
+
+kernel_params! {
+    /// The expansions' backward params.
+    pub(crate) struct GateBackwardParams as "GateParams" for [shaders::GATE_BACKWARD] {
+        tokens: u32,
+        heads: u32,
+        rank: u32,
+        packed: u32, // routed_expand_backward: 1 when dg and dh are one buffer
+    }
+}
+
+kernel_params! {
+    /// Top-k's params: g [rows, n], k kept per row.
+    pub(crate) struct TopKParams for [shaders::TOP_K] {
+        rows: u32,
+        n: u32,
+        k: u32,
+    }
+}
 
 /// g: [T, N] gate weights, h: [T, r] shared activations -> z: [T, N r].
 pub fn gate_expand(g: &Tensor, h: &Tensor) -> Result<Tensor> {
@@ -46,7 +75,11 @@ pub fn routed_expand(logits_src: &Tensor, h_src: &Tensor, rank: usize) -> Result
     logits_src.device().dispatch(
         &shaders::GATE,
         op,
-        &[t as u32, n as u32, rank as u32],
+        &GateParams {
+            tokens: t as u32,
+            heads: n as u32,
+            rank: rank as u32,
+        },
         &[logits_src.binding(), h_src.binding()],
         &[z.binding()],
         grid(logits_src.device(), t, 64),
@@ -81,7 +114,11 @@ fn expand(entry: &'static str, g: &Tensor, h: &Tensor) -> Result<Tensor> {
     g.device().dispatch(
         &shaders::GATE,
         entry,
-        &[t as u32, n as u32, r as u32],
+        &GateParams {
+            tokens: t as u32,
+            heads: n as u32,
+            rank: r as u32,
+        },
         &[g.binding(), h.binding()],
         &[z.binding()],
         grid(g.device(), t * n * r, 256),
@@ -102,7 +139,12 @@ pub(crate) fn gate_expand_backward(
     dev.dispatch(
         &shaders::GATE_BACKWARD,
         "gate_expand_backward",
-        &[t as u32, n as u32, r as u32, 0],
+        &GateBackwardParams {
+            tokens: t as u32,
+            heads: n as u32,
+            rank: r as u32,
+            packed: 0,
+        },
         &[dz.binding(), g.binding(), h.binding()],
         &[dg.binding(), dh.binding()],
         grid(dev, t, 64),
@@ -130,12 +172,12 @@ pub(crate) fn routed_expand_backward(
     dev.dispatch(
         &shaders::GATE_BACKWARD,
         "routed_expand_backward",
-        &[
-            t as u32,
-            (width - rank) as u32,
-            rank as u32,
-            u32::from(packed),
-        ],
+        &GateBackwardParams {
+            tokens: t as u32,
+            heads: (width - rank) as u32,
+            rank: rank as u32,
+            packed: u32::from(packed),
+        },
         &[dz.binding(), logits_src.binding(), h_src.binding()],
         &[
             d_logits_src.binding(),
@@ -162,7 +204,11 @@ pub fn top_k_mask(g: &Tensor, k: usize) -> Result<Tensor> {
     g.device().dispatch(
         &shaders::TOP_K,
         "top_k_mask",
-        &[g.dim(0) as u32, g.dim(1) as u32, k as u32],
+        &TopKParams {
+            rows: g.dim(0) as u32,
+            n: g.dim(1) as u32,
+            k: k as u32,
+        },
         &[g.binding()],
         &[mask.binding()],
         grid(g.device(), g.numel(), 256),

@@ -2,9 +2,29 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::kernel_params::kernel_params;
 use crate::ops::{contiguous_strides, grid, pad6, MAX_RANK};
 use crate::shaders;
 use crate::tensor::{numel, DType, Tensor};
+
+kernel_params! {
+    /// The strided copy's params (offsets and strides in 32-bit words).
+    pub(crate) struct CopyParams for [shaders::COPY] {
+        numel: u32,
+        in_offset: u32,
+        out_offset: u32,
+        dims: [u32; MAX_RANK], // the index space, padded in front with 1s
+        in_strides: [u32; MAX_RANK],
+        out_strides: [u32; MAX_RANK],
+    }
+}
+
+kernel_params! {
+    /// The f32/f16 casts' params.
+    pub(crate) struct CastParams for [shaders::CAST] {
+        numel: u32, // elements
+    }
+}
 
 /// Copies the index space `dims` from `src` (strides, offset) into `dst` (strides, offset), in 32-bit words.
 fn copy_strided(
@@ -16,10 +36,14 @@ fn copy_strided(
     dst_offset: usize,
     dims: &[usize],
 ) {
-    let mut params = vec![numel(dims) as u32, src_offset as u32, dst_offset as u32];
-    params.extend(pad6(dims, 1));
-    params.extend(pad6(src_strides, 0));
-    params.extend(pad6(dst_strides, 0));
+    let params = CopyParams {
+        numel: numel(dims) as u32,
+        in_offset: src_offset as u32,
+        out_offset: dst_offset as u32,
+        dims: pad6(dims, 1),
+        in_strides: pad6(src_strides, 0),
+        out_strides: pad6(dst_strides, 0),
+    };
     src.device().dispatch(
         &shaders::COPY,
         "copy_strided",
@@ -234,7 +258,9 @@ impl Tensor {
         self.device().dispatch(
             &shaders::CAST,
             entry,
-            &[self.numel() as u32],
+            &CastParams {
+                numel: self.numel() as u32,
+            },
             &[self.binding()],
             &[out.binding()],
             grid(self.device(), self.numel().div_ceil(2), 256),

@@ -2,9 +2,22 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::kernel_params::kernel_params;
 use crate::ops::{grid, row_shader, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// Cross-entropy's params, forward and backward: logits [rows, vocab].
+    pub(crate) struct CeParams for [
+        shaders::CROSS_ENTROPY,
+        shaders::CROSS_ENTROPY_SUBGROUP,
+        shaders::CROSS_ENTROPY_BACKWARD,
+    ] {
+        rows: u32,
+        vocab: u32,
+    }
+}
 
 /// The label that contributes no loss (PyTorch's default `ignore_index`).
 pub const IGNORE_INDEX: i32 = -100;
@@ -36,7 +49,10 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
             &shaders::CROSS_ENTROPY_SUBGROUP,
         ),
         "cross_entropy",
-        &[rows as u32, vocab as u32],
+        &CeParams {
+            rows: rows as u32,
+            vocab: vocab as u32,
+        },
         &[logits.binding(), labels.binding()],
         &[row_loss.binding(), lse.binding(), counted.binding()],
         rows_grid(dev, rows),
@@ -68,7 +84,10 @@ pub(crate) fn cross_entropy_backward(
     logits.device().dispatch(
         &shaders::CROSS_ENTROPY_BACKWARD,
         "cross_entropy_backward",
-        &[rows as u32, vocab as u32],
+        &CeParams {
+            rows: rows as u32,
+            vocab: vocab as u32,
+        },
         &[
             logits.binding(),
             labels.binding(),

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod elementwise;
 pub mod embedding;
 pub mod gate;
+pub(crate) mod kernel_params;
 pub mod layout;
 pub mod loss;
 pub mod matmul;

@@ -2,9 +2,28 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::kernel_params::kernel_params;
 use crate::ops::{grid, row_shader, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// RMS norm's params: rows of `dim`, and the epsilon under the root.
+    pub(crate) struct NormParams for [shaders::RMS_NORM, shaders::RMS_NORM_SUBGROUP] {
+        rows: u32,
+        dim: u32,
+        eps: f32,
+    }
+}
+
+kernel_params! {
+    /// RMS norm's backward params (both entry points).
+    pub(crate) struct NormBackwardParams as "NormParams"
+        for [shaders::RMS_NORM_BACKWARD, shaders::RMS_NORM_BACKWARD_SUBGROUP] {
+        rows: u32,
+        dim: u32,
+    }
+}
 
 /// y = w * x / sqrt(mean(x^2) + eps) over the last axis; w: `[dim]`.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
@@ -27,7 +46,11 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
     x.device().dispatch(
         row_shader(x.device(), &shaders::RMS_NORM, &shaders::RMS_NORM_SUBGROUP),
         "rms_norm",
-        &[rows as u32, dim as u32, eps.to_bits()],
+        &NormParams {
+            rows: rows as u32,
+            dim: dim as u32,
+            eps,
+        },
         &[x.binding(), w.binding()],
         &[y.binding(), rstd.binding()],
         rows_grid(x.device(), rows),
@@ -52,7 +75,10 @@ pub(crate) fn rms_norm_backward(
     let dim = w.numel();
     let rows = x.numel() / dim.max(1);
     let dev = x.device();
-    let params = [rows as u32, dim as u32];
+    let params = NormBackwardParams {
+        rows: rows as u32,
+        dim: dim as u32,
+    };
     let reads = || [x.binding(), w.binding(), rstd.binding(), dy.binding()];
     let shader = row_shader(
         dev,

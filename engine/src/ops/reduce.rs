@@ -2,9 +2,19 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::kernel_params::kernel_params;
 use crate::ops::{row_shader, rows_grid};
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// The axis sum's params: x viewed as [outer, len, inner], summed over len.
+    pub(crate) struct SumParams for [shaders::REDUCE, shaders::REDUCE_SUBGROUP] {
+        outer: u32,
+        len: u32,
+        inner: u32,
+    }
+}
 
 /// Sum over `axis`, keeping it as a dim of size 1.
 pub fn sum_keepdim(x: &Tensor, axis: usize) -> Result<Tensor> {
@@ -26,7 +36,11 @@ pub fn sum_keepdim(x: &Tensor, axis: usize) -> Result<Tensor> {
     x.device().dispatch(
         row_shader(x.device(), &shaders::REDUCE, &shaders::REDUCE_SUBGROUP),
         "sum_axis",
-        &[outer as u32, len as u32, inner as u32],
+        &SumParams {
+            outer: outer as u32,
+            len: len as u32,
+            inner: inner as u32,
+        },
         &[x.binding()],
         &[out.binding()],
         rows_grid(x.device(), outer * inner),

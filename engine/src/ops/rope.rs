@@ -5,8 +5,21 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::grid;
+use crate::ops::kernel_params::kernel_params;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// RoPE's params: `rows` head vectors of `2 half`; row r uses table row
+    /// `(r / t_div) % t_mod`, rotated by `sign` times its angle.
+    pub(crate) struct RopeParams for [shaders::ROPE] {
+        rows: u32,
+        half: u32, // head_dim / 2
+        t_div: u32,
+        t_mod: u32, // table rows (positions)
+        sign: f32,  // 1, or -1 for the backward
+    }
+}
 
 /// cos and sin of `position * inv_freq[i]`, each [positions, head_dim / 2].
 #[derive(Clone, Debug)]
@@ -94,13 +107,13 @@ pub(crate) fn rotate(x: &Tensor, tables: &RopeTables, t_div: usize, sign: f32) -
     x.device().dispatch(
         &shaders::ROPE,
         "rope",
-        &[
-            rows as u32,
-            half as u32,
-            t_div as u32,
-            tables.positions() as u32,
-            sign.to_bits(),
-        ],
+        &RopeParams {
+            rows: rows as u32,
+            half: half as u32,
+            t_div: t_div as u32,
+            t_mod: tables.positions() as u32,
+            sign,
+        },
         &[x.binding(), tables.cos.binding(), tables.sin.binding()],
         &[y.binding()],
         grid(x.device(), rows * half, 256),

@@ -2,9 +2,33 @@
 
 use crate::error::{Error, Result};
 use crate::op::Op;
+use crate::ops::kernel_params::kernel_params;
 use crate::ops::{grid, row_shader, rows_grid};
 use crate::shaders::{self, Shader};
 use crate::tensor::{DType, Tensor};
+
+kernel_params! {
+    /// Softmax's params: softmax(scale * x) over rows of `cols`, causally masked when
+    /// `causal` is 1 (row r is query `r % q_len`, seeing keys `0..=r % q_len + offset`).
+    pub(crate) struct SoftmaxParams for [shaders::SOFTMAX, shaders::SOFTMAX_SUBGROUP] {
+        rows: u32,
+        cols: u32,
+        scale: f32,
+        causal: u32,
+        q_len: u32,
+        offset: u32,
+    }
+}
+
+kernel_params! {
+    /// Softmax's backward params.
+    pub(crate) struct SoftmaxBackwardParams as "SoftmaxParams"
+        for [shaders::SOFTMAX_BACKWARD, shaders::SOFTMAX_BACKWARD_SUBGROUP] {
+        rows: u32,
+        cols: u32,
+        scale: f32,
+    }
+}
 
 /// The causal mask of attention scores: row r of a score tensor is query position
 /// `r % q_len`, which sees keys `0..=r % q_len + offset` (offset = tokens already cached).
@@ -52,14 +76,14 @@ pub fn softmax_scaled(x: &Tensor, scale: f32, mask: Option<CausalMask>) -> Resul
     x.device().dispatch(
         shader,
         entry,
-        &[
-            rows as u32,
-            cols as u32,
-            scale.to_bits(),
+        &SoftmaxParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            scale,
             causal,
-            q_len as u32,
-            offset as u32,
-        ],
+            q_len: q_len as u32,
+            offset: offset as u32,
+        },
         &[x.binding()],
         &[y.binding()],
         groups,
@@ -90,7 +114,11 @@ pub(crate) fn softmax_backward(y: &Tensor, dy: &Tensor, scale: f32) -> Result<Te
     y.device().dispatch(
         shader,
         entry,
-        &[rows as u32, cols as u32, scale.to_bits()],
+        &SoftmaxBackwardParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            scale,
+        },
         &[y.binding(), dy.binding()],
         &[dx.binding()],
         groups,
