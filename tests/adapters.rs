@@ -85,7 +85,7 @@ fn hydra_save_then_load_gives_identical_logits() {
 }
 
 #[test]
-fn merged_lora_checkpoint_matches_base_plus_adapter() {
+fn merged_lora_model_matches_base_plus_adapter() {
     let mut model = tiny();
     attach(
         &mut model,

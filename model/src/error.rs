@@ -46,7 +46,7 @@ pub enum ModelError {
         why: String,
     },
 
-    /// A tensor the model needs is not in the checkpoint.
+    /// A tensor the model needs is not in the weight files.
     #[error(
         "tensor `{tensor}` is missing from `{}`{}",
         file.display(),
@@ -55,13 +55,13 @@ pub enum ModelError {
     MissingTensor {
         /// The tensor's name.
         tensor: String,
-        /// The file (or checkpoint folder) searched.
+        /// The file (or model folder) searched.
         file: PathBuf,
         /// The shape the model wanted, when known.
         expected: Option<Vec<usize>>,
     },
 
-    /// The checkpoint holds a tensor the model does not know.
+    /// The weight files hold a tensor the model does not know.
     #[error("unexpected tensor `{tensor}` of shape {shape:?} in `{}`", file.display())]
     UnexpectedTensor {
         /// The tensor's name.
@@ -113,7 +113,7 @@ pub enum ModelError {
         why: String,
     },
 
-    /// A sharded checkpoint's index (`model.safetensors.index.json`) is inconsistent.
+    /// The index of sharded weights (`model.safetensors.index.json`) is inconsistent.
     #[error("`{}`: {why}", file.display())]
     Index {
         /// The index file.

@@ -6,7 +6,7 @@
 //! code read, and generate text.
 //!
 //! Host-side I/O (no GPU): [`llama::config`] reads `config.json` / `generation_config.json`,
-//! [`llama::weights`] reads and writes safetensors checkpoints, [`llama::tokenizer`] wraps
+//! [`llama::weights`] reads and writes safetensors weight files, [`llama::tokenizer`] wraps
 //! `tokenizer.json`, [`data`] reads and tokenizes data sets. On the GPU: [`Llama`] (the decoder), [`adapter`]
 //! (attach, save, load), [`train`] (the [`Trainer`](train::Trainer)), [`generate()`].
 //!
@@ -290,7 +290,7 @@ pub use llama::config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use llama::generate::{generate, SamplingConfig};
 pub use llama::tokenizer::{DecodeStream, Tokenizer};
 pub use llama::weights::{
-    llama_tensor_shapes, save_checkpoint, write_atomically, write_safetensors, Checkpoint,
+    llama_tensor_shapes, save_model_folder, write_atomically, write_safetensors, ModelWeights,
     WeightFile,
 };
 pub use llama::{KvCache, Layer, Linear, Llama, TARGET_MODULES};

@@ -1,6 +1,6 @@
 //! Fuzzing every reader of outside bytes in the model crate (host only, no GPU).
 //!
-//! Readers: safetensors files (`WeightFile::open`, `Checkpoint::open` on a folder and on a
+//! Readers: safetensors files (`WeightFile::open`, `ModelWeights::open` on a folder and on a
 //! sharded index, then every tensor read), `config.json` (`LlamaConfig::from_file`),
 //! `adapter_config.json` (`AdapterConfig::from_file`), `tokenizer.json` (`Tokenizer::from_file`,
 //! then an encode and decode), JSONL data (`read_jsonl`, `parse_line`), `char_codec.json`
@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use hydralora_model::data::{parse_line, read_jsonl, PromptTemplate, ReadOptions};
 use hydralora_model::llama::weights::{
-    Checkpoint, Dtype, WeightFile, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+    Dtype, ModelWeights, WeightFile, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
 use hydralora_model::train::checkpoint::{read_state, STATE_FILE};
 use hydralora_model::{AdapterConfig, CharCodec, LlamaConfig, Tokenizer};
@@ -201,8 +201,8 @@ fn run_reader(reader: Reader, dir: &Path, bytes: &[u8], errors: &mut Vec<String>
             let path = dir.join(WEIGHTS_FILE);
             fs::write(&path, bytes).unwrap();
             note(WeightFile::open(&path).map(drop).map_err(text));
-            match Checkpoint::open(dir) {
-                Ok(ckpt) => read_all_tensors(&ckpt, &mut note),
+            match ModelWeights::open(dir) {
+                Ok(weights) => read_all_tensors(&weights, &mut note),
                 Err(e) => note(Err(e.to_string())),
             }
         }
@@ -212,8 +212,8 @@ fn run_reader(reader: Reader, dir: &Path, bytes: &[u8], errors: &mut Vec<String>
             fs::copy(shard, dir.join("shard-1.safetensors")).unwrap();
             let path = dir.join(WEIGHTS_INDEX_FILE);
             fs::write(&path, bytes).unwrap();
-            match Checkpoint::open(&path) {
-                Ok(ckpt) => read_all_tensors(&ckpt, &mut note),
+            match ModelWeights::open(&path) {
+                Ok(weights) => read_all_tensors(&weights, &mut note),
                 Err(e) => note(Err(e.to_string())),
             }
         }
@@ -224,11 +224,11 @@ fn run_reader(reader: Reader, dir: &Path, bytes: &[u8], errors: &mut Vec<String>
                 Ok(config) => {
                     // The derived sizes of a loaded (validated) config must be computable.
                     let _ = (config.head_dim(), config.q_dim(), config.kv_dim());
-                    // Checking a small checkpoint against it must not list a lying number
+                    // Checking small weights against it must not list a lying number
                     // of layers' tensors.
                     let small = corpus_root().join("safetensors/valid-nan-inf.safetensors");
-                    let ckpt = Checkpoint::open(small).unwrap();
-                    note(ckpt.check_llama(&config).map_err(then));
+                    let weights = ModelWeights::open(small).unwrap();
+                    note(weights.check_llama(&config).map_err(then));
                 }
                 Err(e) => note(Err(e.to_string())),
             }
@@ -286,14 +286,17 @@ fn run_reader(reader: Reader, dir: &Path, bytes: &[u8], errors: &mut Vec<String>
 /// The prefix of errors met after a file loaded (reading its tensors, using the tokenizer).
 const FOLLOW_UP: &str = "after loading: ";
 
-/// Reads every tensor of a loaded checkpoint, as the model loader would.
-fn read_all_tensors(ckpt: &Checkpoint, note: &mut impl FnMut(Result<(), String>)) {
-    let names: Vec<String> = ckpt.names().map(str::to_string).collect();
+/// Reads every tensor of a model's loaded weight files, as the model loader would.
+fn read_all_tensors(weights: &ModelWeights, note: &mut impl FnMut(Result<(), String>)) {
+    let names: Vec<String> = weights.names().map(str::to_string).collect();
     for name in names {
-        let shape = ckpt.shape(&name).map(<[usize]>::to_vec).unwrap_or_default();
-        let r = match ckpt.dtype(&name) {
-            Some(Dtype::I32) => ckpt.read_i32(&name).map(|(s, v)| (s, v.len())),
-            _ => ckpt.read_f32(&name).map(|(s, v)| (s, v.len())),
+        let shape = weights
+            .shape(&name)
+            .map(<[usize]>::to_vec)
+            .unwrap_or_default();
+        let r = match weights.dtype(&name) {
+            Some(Dtype::I32) => weights.read_i32(&name).map(|(s, v)| (s, v.len())),
+            _ => weights.read_f32(&name).map(|(s, v)| (s, v.len())),
         };
         match r {
             Ok((s, len)) => {
@@ -307,7 +310,7 @@ fn read_all_tensors(ckpt: &Checkpoint, note: &mut impl FnMut(Result<(), String>)
             }
             Err(e) => note(Err(format!("{FOLLOW_UP}{e}"))),
         }
-        let r = ckpt.expect_f32(&name, &[1, 2, 3]);
+        let r = weights.expect_f32(&name, &[1, 2, 3]);
         note(r.map(drop).map_err(|e| format!("{FOLLOW_UP}{e}")));
     }
 }
@@ -877,13 +880,13 @@ fn corpus_replays() {
         }
     }
     // NaN and infinity in weights are read as such.
-    let ckpt =
-        Checkpoint::open(corpus_root().join("safetensors/valid-nan-inf.safetensors")).unwrap();
-    let (_, a) = ckpt.read_f32("a.weight").unwrap();
+    let weights =
+        ModelWeights::open(corpus_root().join("safetensors/valid-nan-inf.safetensors")).unwrap();
+    let (_, a) = weights.read_f32("a.weight").unwrap();
     assert!(a[2].is_nan() && a[3] == f32::INFINITY && a[4] == f32::NEG_INFINITY);
-    let (_, b) = ckpt.read_f32("b.weight").unwrap();
+    let (_, b) = weights.read_f32("b.weight").unwrap();
     assert!(b[1].is_nan() && b[2] == f32::INFINITY);
-    let (_, c) = ckpt.read_f32("c.weight").unwrap();
+    let (_, c) = weights.read_f32("c.weight").unwrap();
     assert_eq!(c, [3.0, f32::NEG_INFINITY]);
     println!("fuzz corpus: {replayed} files replayed");
 }

@@ -1,4 +1,4 @@
-//! Host-side I/O tests (no GPU): configs, safetensors checkpoints, atomic writes, tokenizer.
+//! Host-side I/O tests (no GPU): configs, safetensors weight files, atomic writes, tokenizer.
 //!
 //! Fixture cases are read from `$HYDRALORA_FIXTURES` if set, else from the project's
 //! `shared/fixtures`; every folder under it that holds a `config.json` is a case.
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use hydralora_model::llama::config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 use hydralora_model::llama::weights::{
-    llama_tensor_shapes, save_checkpoint, write_atomically, write_safetensors, Checkpoint,
+    llama_tensor_shapes, save_model_folder, write_atomically, write_safetensors, ModelWeights,
     WeightFile, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
 use hydralora_model::{ModelError, Tokenizer};
@@ -133,7 +133,7 @@ fn borrowed(tensors: &Owned) -> Vec<(String, Vec<usize>, &[f32])> {
 }
 
 /// Writes `tensors` as `dir/model.safetensors` next to the small config.json.
-fn write_small_checkpoint(dir: &Path, tensors: &Owned) {
+fn write_small_model(dir: &Path, tensors: &Owned) {
     fs::write(dir.join("config.json"), small_config_json().to_string()).unwrap();
     write_safetensors(dir.join(WEIGHTS_FILE), &borrowed(tensors), &[]).unwrap();
 }
@@ -202,10 +202,10 @@ fn every_fixture_case_has_every_llama_tensor_with_its_shape() {
     for case in fixture_cases() {
         let config = LlamaConfig::from_dir(&case).unwrap();
         GenerationConfig::from_dir(&case).unwrap();
-        let checkpoint = Checkpoint::open(&case).unwrap();
-        checkpoint.check_llama(&config).unwrap();
+        let weights = ModelWeights::open(&case).unwrap();
+        weights.check_llama(&config).unwrap();
         for (name, shape) in llama_tensor_shapes(&config) {
-            let values = checkpoint.expect_f32(&name, &shape).unwrap();
+            let values = weights.expect_f32(&name, &shape).unwrap();
             assert_eq!(values.len(), shape.iter().product::<usize>(), "{name}");
             assert!(
                 values.iter().all(|v| v.is_finite()),
@@ -497,15 +497,15 @@ fn llama3_inv_freq_matches_the_hand_computed_values() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Checkpoints
+// Weight files
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn a_written_checkpoint_reads_back_exactly() {
+fn written_weights_read_back_exactly() {
     let dir = TempDir::new().unwrap();
     let config = small_config();
     let tensors = llama_tensors(&config);
-    save_checkpoint(dir.path(), &config, &borrowed(&tensors)).unwrap();
+    save_model_folder(dir.path(), &config, &borrowed(&tensors)).unwrap();
     assert_eq!(listing(dir.path()), ["config.json", "model.safetensors"]);
 
     let reread = LlamaConfig::from_dir(dir.path()).unwrap();
@@ -516,14 +516,14 @@ fn a_written_checkpoint_reads_back_exactly() {
             ..config.clone()
         }
     );
-    let checkpoint = Checkpoint::open(dir.path()).unwrap();
-    checkpoint.check_llama(&config).unwrap();
-    assert_eq!(checkpoint.len(), tensors.len());
+    let weights = ModelWeights::open(dir.path()).unwrap();
+    weights.check_llama(&config).unwrap();
+    assert_eq!(weights.len(), tensors.len());
     for (name, shape, data) in &tensors {
-        assert_eq!(checkpoint.dtype(name), Some(Dtype::F32));
-        assert_eq!(&checkpoint.expect_f32(name, shape).unwrap(), data, "{name}");
+        assert_eq!(weights.dtype(name), Some(Dtype::F32));
+        assert_eq!(&weights.expect_f32(name, shape).unwrap(), data, "{name}");
     }
-    let file = &checkpoint.files()[0];
+    let file = &weights.files()[0];
     assert_eq!(
         file.metadata().get("format").map(String::as_str),
         Some("pt")
@@ -535,10 +535,10 @@ fn a_missing_tensor_is_named_with_the_file_and_its_shape() {
     let dir = TempDir::new().unwrap();
     let mut tensors = llama_tensors(&small_config());
     remove(&mut tensors, "model.layers.0.mlp.up_proj.weight");
-    write_small_checkpoint(dir.path(), &tensors);
-    let checkpoint = Checkpoint::open(dir.path()).unwrap();
+    write_small_model(dir.path(), &tensors);
+    let weights = ModelWeights::open(dir.path()).unwrap();
     assert_err_mentions(
-        checkpoint.check_llama(&small_config()),
+        weights.check_llama(&small_config()),
         &[
             "model.layers.0.mlp.up_proj.weight",
             "model.safetensors",
@@ -546,7 +546,7 @@ fn a_missing_tensor_is_named_with_the_file_and_its_shape() {
         ],
     );
     assert_err_mentions(
-        checkpoint.read_f32("model.layers.0.mlp.up_proj.weight"),
+        weights.read_f32("model.layers.0.mlp.up_proj.weight"),
         &[
             "model.layers.0.mlp.up_proj.weight",
             "missing",
@@ -556,7 +556,7 @@ fn a_missing_tensor_is_named_with_the_file_and_its_shape() {
     // Saving refuses it before writing anything.
     let out = TempDir::new().unwrap();
     assert_err_mentions(
-        save_checkpoint(out.path(), &small_config(), &borrowed(&tensors)),
+        save_model_folder(out.path(), &small_config(), &borrowed(&tensors)),
         &["model.layers.0.mlp.up_proj.weight"],
     );
     assert!(listing(out.path()).is_empty());
@@ -573,17 +573,17 @@ fn a_misshaped_tensor_is_named_with_both_shapes() {
     // k_proj should be [num_key_value_heads * head_dim, H] = [4, 8]; store [8, 8].
     k_proj.1 = vec![8, 8];
     k_proj.2 = vec![0.5; 64];
-    write_small_checkpoint(dir.path(), &tensors);
-    let checkpoint = Checkpoint::open(dir.path()).unwrap();
+    write_small_model(dir.path(), &tensors);
+    let weights = ModelWeights::open(dir.path()).unwrap();
     let needles = [
         "model.layers.0.self_attn.k_proj.weight",
         "model.safetensors",
         "[8, 8]",
         "[4, 8]",
     ];
-    assert_err_mentions(checkpoint.check_llama(&small_config()), &needles);
+    assert_err_mentions(weights.check_llama(&small_config()), &needles);
     assert_err_mentions(
-        checkpoint.expect_f32("model.layers.0.self_attn.k_proj.weight", &[4, 8]),
+        weights.expect_f32("model.layers.0.self_attn.k_proj.weight", &[4, 8]),
         &needles,
     );
 }
@@ -597,8 +597,8 @@ fn an_unexpected_tensor_is_named_but_rotary_buffers_are_ignored() {
         vec![2],
         vec![1.0, 0.01],
     ));
-    write_small_checkpoint(dir.path(), &tensors);
-    Checkpoint::open(dir.path())
+    write_small_model(dir.path(), &tensors);
+    ModelWeights::open(dir.path())
         .unwrap()
         .check_llama(&small_config())
         .unwrap();
@@ -608,9 +608,9 @@ fn an_unexpected_tensor_is_named_but_rotary_buffers_are_ignored() {
         vec![8],
         vec![0.0; 8],
     ));
-    write_small_checkpoint(dir.path(), &tensors);
+    write_small_model(dir.path(), &tensors);
     assert_err_mentions(
-        Checkpoint::open(dir.path())
+        ModelWeights::open(dir.path())
             .unwrap()
             .check_llama(&small_config()),
         &[
@@ -631,14 +631,14 @@ fn a_tied_model_needs_no_lm_head_but_may_carry_one() {
     assert!(llama_tensor_shapes(&config)
         .iter()
         .all(|(n, _)| n != "lm_head.weight"));
-    save_checkpoint(dir.path(), &config, &borrowed(&tensors)).unwrap();
-    Checkpoint::open(dir.path())
+    save_model_folder(dir.path(), &config, &borrowed(&tensors)).unwrap();
+    ModelWeights::open(dir.path())
         .unwrap()
         .check_llama(&config)
         .unwrap();
     remove(&mut tensors, "lm_head.weight");
-    save_checkpoint(dir.path(), &config, &borrowed(&tensors)).unwrap();
-    Checkpoint::open(dir.path())
+    save_model_folder(dir.path(), &config, &borrowed(&tensors)).unwrap();
+    ModelWeights::open(dir.path())
         .unwrap()
         .check_llama(&config)
         .unwrap();
@@ -656,7 +656,7 @@ fn a_truncated_file_is_a_header_error_naming_the_file() {
             WeightFile::open(&path),
             &["model.safetensors", "not a valid safetensors file"],
         );
-        assert_err_mentions(Checkpoint::open(dir.path()), &["model.safetensors"]);
+        assert_err_mentions(ModelWeights::open(dir.path()), &["model.safetensors"]);
     }
 }
 
@@ -665,7 +665,7 @@ fn a_folder_without_weights_is_an_error_naming_it() {
     let dir = TempDir::new().unwrap();
     let folder = dir.path().display().to_string();
     assert_err_mentions(
-        Checkpoint::open(dir.path()),
+        ModelWeights::open(dir.path()),
         &[&folder, "model.safetensors"],
     );
 }
@@ -722,7 +722,7 @@ fn bf16_and_f16_read_as_f32_within_their_precision() {
 }
 
 #[test]
-fn a_bf16_checkpoint_passes_the_llama_check() {
+fn bf16_weights_pass_the_llama_check() {
     let dir = TempDir::new().unwrap();
     let config = small_config();
     let tensors = llama_tensors(&config);
@@ -746,10 +746,10 @@ fn a_bf16_checkpoint_passes_the_llama_check() {
         })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join(WEIGHTS_FILE)).unwrap();
-    let checkpoint = Checkpoint::open(dir.path()).unwrap();
-    checkpoint.check_llama(&config).unwrap();
+    let weights = ModelWeights::open(dir.path()).unwrap();
+    weights.check_llama(&config).unwrap();
     for (name, shape, data) in &tensors {
-        let read = checkpoint.expect_f32(name, shape).unwrap();
+        let read = weights.expect_f32(name, shape).unwrap();
         for (x, y) in data.iter().zip(&read) {
             assert_eq!(*y, half::bf16::from_f32(*x).to_f32(), "{name}");
             assert!(
@@ -812,28 +812,28 @@ fn write_sharded(dir: &Path) -> Owned {
 }
 
 #[test]
-fn a_sharded_checkpoint_loads_through_its_index() {
+fn sharded_weights_load_through_its_index() {
     let dir = TempDir::new().unwrap();
     let tensors = write_sharded(dir.path());
-    let checkpoint = Checkpoint::open(dir.path()).unwrap();
-    assert_eq!(checkpoint.files().len(), 2);
-    assert!(checkpoint.source().ends_with(WEIGHTS_INDEX_FILE));
-    checkpoint.check_llama(&small_config()).unwrap();
+    let weights = ModelWeights::open(dir.path()).unwrap();
+    assert_eq!(weights.files().len(), 2);
+    assert!(weights.source().ends_with(WEIGHTS_INDEX_FILE));
+    weights.check_llama(&small_config()).unwrap();
     for (name, shape, data) in &tensors {
-        assert_eq!(&checkpoint.expect_f32(name, shape).unwrap(), data, "{name}");
+        assert_eq!(&weights.expect_f32(name, shape).unwrap(), data, "{name}");
     }
     // The last tensor lives in the second shard, and errors about it name that shard.
     let (last, _, _) = tensors.last().unwrap();
-    assert!(checkpoint
+    assert!(weights
         .file_of(last)
         .unwrap()
         .path()
         .ends_with("model-00002-of-00002.safetensors"));
     assert_err_mentions(
-        checkpoint.expect_f32(last, &[1, 2, 3]),
+        weights.expect_f32(last, &[1, 2, 3]),
         &[last.as_str(), "model-00002-of-00002.safetensors"],
     );
-    assert_err_mentions(checkpoint.read_f32("nope"), &["nope", WEIGHTS_INDEX_FILE]);
+    assert_err_mentions(weights.read_f32("nope"), &["nope", WEIGHTS_INDEX_FILE]);
 }
 
 #[test]
@@ -848,7 +848,7 @@ fn a_broken_index_names_the_shard_or_the_index() {
     wrong["weight_map"]["model.norm.weight"] = json!("model-00001-of-00002.safetensors");
     fs::write(&index_path, wrong.to_string()).unwrap();
     assert_err_mentions(
-        Checkpoint::open(dir.path()),
+        ModelWeights::open(dir.path()),
         &[
             "model.norm.weight",
             "missing",
@@ -861,7 +861,7 @@ fn a_broken_index_names_the_shard_or_the_index() {
     outside["weight_map"]["model.norm.weight"] = json!("../model.safetensors");
     fs::write(&index_path, outside.to_string()).unwrap();
     assert_err_mentions(
-        Checkpoint::open(dir.path()),
+        ModelWeights::open(dir.path()),
         &[WEIGHTS_INDEX_FILE, "../model.safetensors"],
     );
 
@@ -870,7 +870,7 @@ fn a_broken_index_names_the_shard_or_the_index() {
     absent["weight_map"]["model.norm.weight"] = json!("model-00003-of-00002.safetensors");
     fs::write(&index_path, absent.to_string()).unwrap();
     assert_err_mentions(
-        Checkpoint::open(dir.path()),
+        ModelWeights::open(dir.path()),
         &["model-00003-of-00002.safetensors"],
     );
 
@@ -882,13 +882,13 @@ fn a_broken_index_names_the_shard_or_the_index() {
         .remove("model.norm.weight");
     fs::write(&index_path, unlisted.to_string()).unwrap();
     assert_err_mentions(
-        Checkpoint::open(dir.path()),
+        ModelWeights::open(dir.path()),
         &["model.norm.weight", WEIGHTS_INDEX_FILE],
     );
 
     fs::write(&index_path, r#"{"metadata": {}}"#).unwrap();
     assert_err_mentions(
-        Checkpoint::open(dir.path()),
+        ModelWeights::open(dir.path()),
         &["weight_map", WEIGHTS_INDEX_FILE],
     );
 }

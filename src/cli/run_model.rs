@@ -257,13 +257,13 @@ pub struct MergeArgs {
     /// A LoRA adapter folder (HydraLoRA adapters cannot be merged: their mixture is per token).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// The folder to write the merged Hugging Face checkpoint into.
+    /// The folder to write the merged Hugging Face model folder into.
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn merge_cmd(a: MergeArgs) -> CliResult {
     merge_lora(&a.model, &a.adapter, &a.out)?;
-    println!("merged checkpoint written to {}", a.out.display());
+    println!("merged model written to {}", a.out.display());
     Ok(())
 }

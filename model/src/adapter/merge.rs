@@ -1,5 +1,5 @@
 //! Folding a LoRA adapter into its base model: W' = W + scale B A, written as a Hugging Face
-//! checkpoint. A HydraLoRA adapter cannot be folded: its mixture of heads changes per token.
+//! model folder. A HydraLoRA adapter cannot be folded: its mixture of heads changes per token.
 
 use std::path::Path;
 
@@ -8,7 +8,7 @@ use crate::adapter::{
 };
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
-use crate::llama::weights::{llama_tensor_shapes, save_checkpoint, Checkpoint, WeightFile};
+use crate::llama::weights::{llama_tensor_shapes, save_model_folder, ModelWeights, WeightFile};
 use crate::llama::Layer;
 
 /// Files copied beside the merged weights when the base folder has them.
@@ -31,7 +31,7 @@ pub fn merge_lora(base_dir: &Path, adapter_dir: &Path, out: &Path) -> Result<()>
         )));
     }
     let config = LlamaConfig::from_dir(base_dir)?;
-    let base = Checkpoint::open(base_dir)?;
+    let base = ModelWeights::open(base_dir)?;
     base.check_llama(&config)?;
     let adapter = WeightFile::open(adapter_dir.join(ADAPTER_WEIGHTS_FILE))?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
@@ -53,7 +53,7 @@ pub fn merge_lora(base_dir: &Path, adapter_dir: &Path, out: &Path) -> Result<()>
         .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
         .collect();
     std::fs::create_dir_all(out).map_err(|e| ModelError::io("create", out, e))?;
-    save_checkpoint(out, &config, &views)?;
+    save_model_folder(out, &config, &views)?;
     for file in SIDE_FILES {
         let src = base_dir.join(file);
         if src.is_file() {

@@ -15,7 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
 use crate::llama::layer::Layer;
 use crate::llama::linear::Linear;
-use crate::llama::weights::{llama_tensor_shapes, Checkpoint};
+use crate::llama::weights::{llama_tensor_shapes, ModelWeights};
 
 /// Keys and values of the tokens seen so far, per layer: [B, nkv, S, hd] each.
 #[derive(Default)]
@@ -92,9 +92,11 @@ impl Llama {
     pub fn load(device: &Device, dir: impl AsRef<Path>) -> Result<Llama> {
         let dir = dir.as_ref();
         let config = LlamaConfig::from_dir(dir)?;
-        let ckpt = Checkpoint::open(dir)?;
-        ckpt.check_llama(&config)?;
-        Self::from_tensors(device, config, |name, shape| ckpt.expect_f32(name, shape))
+        let weights = ModelWeights::open(dir)?;
+        weights.check_llama(&config)?;
+        Self::from_tensors(device, config, |name, shape| {
+            weights.expect_f32(name, shape)
+        })
     }
 
     /// Builds the model from a source of named f32 tensors (checked against `shape`).
@@ -433,7 +435,7 @@ impl Llama {
             .collect())
     }
 
-    /// Writes the model (without any adapter) as a Hugging Face checkpoint folder.
+    /// Writes the model (without any adapter) as a Hugging Face model folder.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (name, t) in self.named_weights() {
@@ -455,13 +457,14 @@ impl Llama {
             .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
             .collect();
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io("create", dir, e))?;
-        crate::llama::weights::save_checkpoint(dir, &self.config, &views)
+        crate::llama::weights::save_model_folder(dir, &self.config, &views)
     }
 
-    /// Overwrites the weights in place from a checkpoint folder of the same architecture.
+    /// Overwrites the weights in place from a model folder of the same architecture (or a
+    /// training checkpoint of a full-parameter run, which holds one).
     pub fn load_weights_from(&self, dir: &Path) -> Result<()> {
-        let ckpt = Checkpoint::open(dir)?;
-        ckpt.check_llama(&self.config)?;
+        let weights = ModelWeights::open(dir)?;
+        weights.check_llama(&self.config)?;
         let mut row = 0;
         let mut last = String::new();
         let mut cache: Option<Vec<f32>> = None;
@@ -471,7 +474,7 @@ impl Llama {
             }
             let full = match cache.take() {
                 Some(c) => c,
-                None => ckpt.read_f32(&name)?.1,
+                None => weights.read_f32(&name)?.1,
             };
             let len = t.numel();
             t.write_f32(&full[row..row + len])?;

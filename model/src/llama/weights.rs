@@ -1,7 +1,7 @@
-//! Reading and writing Hugging Face safetensors checkpoints on the host.
+//! Reading and writing the safetensors weight files of Hugging Face model folders, on the host.
 //!
 //! Files are memory-mapped and only the requested tensor is converted: F32, F16 and BF16 are read
-//! as f32, I32 (the fixtures' token ids) as i32. A checkpoint is a single `model.safetensors` or
+//! as f32, I32 (the fixtures' token ids) as i32. A model's weights are a single `model.safetensors` or
 //! a set of shards listed by `model.safetensors.index.json`. Writes go to a temporary file in the
 //! target folder that is fsynced and renamed over the target, so a failed write leaves any
 //! previous file untouched.
@@ -22,9 +22,9 @@ pub use safetensors::Dtype;
 use crate::error::{ModelError, Result};
 use crate::llama::config::{read_json_object, LlamaConfig, CONFIG_FILE};
 
-/// The name of a single-file checkpoint.
+/// The name of a model folder's weights file, when the weights are one file.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// The name of a sharded checkpoint's index.
+/// The name of the index of weights sharded over several files.
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// The dtypes [`WeightFile::read_f32`] converts.
@@ -192,10 +192,10 @@ impl WeightFile {
     }
 }
 
-/// A checkpoint: one safetensors file, or the shards of a sharded checkpoint.
+/// A model's weight files: one safetensors file, or the shards its index lists.
 #[derive(Debug)]
-pub struct Checkpoint {
-    /// What lists the tensors: the single file, or the index of a sharded checkpoint.
+pub struct ModelWeights {
+    /// What lists the tensors: the single file, or the index of the shards.
     /// Named in "missing tensor" errors.
     source: PathBuf,
     /// The opened files (one, or one per shard).
@@ -204,8 +204,8 @@ pub struct Checkpoint {
     locations: BTreeMap<String, usize>,
 }
 
-impl Checkpoint {
-    /// Opens a checkpoint. `path` may be a model folder (holding `model.safetensors` or
+impl ModelWeights {
+    /// Opens a model's weight files. `path` may be a model folder (holding `model.safetensors` or
     /// `model.safetensors.index.json`, looked for in that order as `transformers` does),
     /// a `.safetensors` file, or an index `.json` file.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -234,7 +234,7 @@ impl Checkpoint {
     fn open_single(path: &Path) -> Result<Self> {
         let file = WeightFile::open(path)?;
         let locations = file.tensors.keys().map(|name| (name.clone(), 0)).collect();
-        Ok(Checkpoint {
+        Ok(ModelWeights {
             source: path.to_path_buf(),
             files: vec![file],
             locations,
@@ -298,7 +298,7 @@ impl Checkpoint {
                 )));
             }
         }
-        Ok(Checkpoint {
+        Ok(ModelWeights {
             source: index_path.to_path_buf(),
             files,
             locations,
@@ -325,12 +325,12 @@ impl Checkpoint {
         self.locations.len()
     }
 
-    /// Whether the checkpoint holds no tensor.
+    /// Whether the files hold no tensor.
     pub fn is_empty(&self) -> bool {
         self.locations.is_empty()
     }
 
-    /// Whether the checkpoint holds `name`.
+    /// Whether the files hold `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.locations.contains_key(name)
     }
@@ -340,12 +340,12 @@ impl Checkpoint {
         self.locations.get(name).and_then(|&id| self.files.get(id))
     }
 
-    /// The shape of `name`, if the checkpoint holds it.
+    /// The shape of `name`, if the files hold it.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.file_of(name)?.shape(name)
     }
 
-    /// The stored dtype of `name`, if the checkpoint holds it.
+    /// The stored dtype of `name`, if the files hold it.
     pub fn dtype(&self, name: &str) -> Option<Dtype> {
         self.file_of(name)?.dtype(name)
     }
@@ -366,7 +366,7 @@ impl Checkpoint {
         self.locate(name, None)?.read_i32(name)
     }
 
-    /// Checks that the checkpoint holds exactly the tensors a LLaMA with `config` needs (see
+    /// Checks that the files hold exactly the tensors a LLaMA with `config` needs (see
     /// [`llama_tensor_shapes`]) with the right shapes. Reports the first missing or mis-shaped
     /// tensor, in model order, then the first unexpected one. `rotary_emb.inv_freq` buffers are
     /// ignored, and a tied model may still carry `lm_head.weight`.
@@ -391,7 +391,7 @@ impl Checkpoint {
     }
 }
 
-/// The tensors of a `LlamaForCausalLM` checkpoint with their shapes, in model order
+/// The tensors of a `LlamaForCausalLM` model folder with their shapes, in model order
 /// (`H` hidden, `I` intermediate, `V` vocab, `nh`/`nkv` query/key-value heads, `hd` head width):
 ///
 /// - `model.embed_tokens.weight` `[V, H]`
@@ -435,7 +435,7 @@ type Present<'a> = BTreeMap<&'a str, (&'a [usize], &'a Path)>;
 
 /// Compares `present` with [`llama_tensor_shapes`]; `source` is named for missing tensors.
 fn check_llama_tensors(config: &LlamaConfig, present: &Present, source: &Path) -> Result<()> {
-    // A config claiming more layers than the checkpoint could hold (9 tensors each): check
+    // A config claiming more layers than the files could hold (9 tensors each): check
     // only one layer more than it could hold, which reports the same first missing or
     // mis-shaped tensor without listing (allocating) every claimed one.
     let most = present.len() / 9 + 1;
@@ -468,7 +468,7 @@ fn check_llama_tensors(config: &LlamaConfig, present: &Present, source: &Path) -
         }
     }
     let known: HashSet<&str> = expected.iter().map(|(name, _)| name.as_str()).collect();
-    // A tied model's checkpoint may still carry a copy of the embedding as `lm_head.weight`.
+    // A tied model's weights may still carry a copy of the embedding as `lm_head.weight`.
     let tied_head = (
         "lm_head.weight",
         vec![config.vocab_size, config.hidden_size],
@@ -488,7 +488,7 @@ fn check_llama_tensors(config: &LlamaConfig, present: &Present, source: &Path) -
     Ok(())
 }
 
-/// Old checkpoints store each layer's RoPE table, `...rotary_emb.inv_freq`; it is recomputed.
+/// Old weight files store each layer's RoPE table, `...rotary_emb.inv_freq`; it is recomputed.
 fn is_rotary_buffer(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq")
 }
@@ -593,11 +593,11 @@ fn write_f32_le(out: &mut impl Write, data: &[f32]) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes a LLaMA checkpoint that `transformers` loads with `from_pretrained(dir)`:
+/// Writes a LLaMA model folder that `transformers` loads with `from_pretrained(dir)`:
 /// `dir/model.safetensors` (f32) and `dir/config.json`, each written atomically; `dir` is
 /// created if needed. The config is validated and the tensors are checked against it (see
-/// [`Checkpoint::check_llama`]) before anything is written.
-pub fn save_checkpoint(
+/// [`ModelWeights::check_llama`]) before anything is written.
+pub fn save_model_folder(
     dir: impl AsRef<Path>,
     config: &LlamaConfig,
     tensors: &[(String, Vec<usize>, &[f32])],
