@@ -443,7 +443,7 @@ impl eframe::App for DesktopApp {
             ui.label("training loss");
             loss_chart(ui, &self.losses, self.total_steps);
             ui.separator();
-            ui.label("router: mean gate weight of each head, per adapted module (last step)");
+            ui.label("router: mean gate weight of each expert, per adapted module (last step)");
             router_heatmap(ui, &self.router);
         });
         self.screenshot_then_quit(&ctx);
@@ -530,27 +530,27 @@ fn loss_chart(ui: &mut egui::Ui, points: &[(f64, f64)], total_steps: usize) {
     );
 }
 
-/// One row per router (layer and module), one cell per head, brighter for more weight.
+/// One row per router (layer and module), one cell per expert, brighter for more weight.
 fn router_heatmap(ui: &mut egui::Ui, routers: &[RouterStats]) {
-    let heads = routers.first().map_or(0, |r| r.mean_gate.len());
-    if heads == 0 {
+    let experts = routers.first().map_or(0, |r| r.mean_gate.len());
+    if experts == 0 {
         ui.label("(no router statistics yet)");
         return;
     }
     let (cell, label_w) = (Vec2::new(56.0, 14.0), 140.0);
     let size = Vec2::new(
-        label_w + cell.x * heads as f32,
+        label_w + cell.x * experts as f32,
         cell.y * (routers.len() + 1) as f32,
     );
     let (rect, _) = ui.allocate_exact_size(size, Sense::hover());
     let painter = ui.painter_at(rect);
     let font = egui::FontId::monospace(10.0);
-    for h in 0..heads {
+    for h in 0..experts {
         let pos = rect.left_top() + Vec2::new(label_w + cell.x * (h as f32 + 0.5), 0.0);
         painter.text(
             pos,
             egui::Align2::CENTER_TOP,
-            format!("head {h}"),
+            format!("expert {h}"),
             font.clone(),
             Color32::GRAY,
         );
@@ -566,8 +566,8 @@ fn router_heatmap(ui: &mut egui::Ui, routers: &[RouterStats]) {
         );
         for (h, &g) in r.mean_gate.iter().enumerate() {
             let min = Pos2::new(rect.left() + label_w + cell.x * h as f32, y);
-            // An even share (1/N) is half brightness; twice that or more is full.
-            let shade = ((g * heads as f32 / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
+            // An even share (1 / experts) is half brightness; twice that or more is full.
+            let shade = ((g * experts as f32 / 2.0).clamp(0.0, 1.0) * 255.0) as u8;
             let cell_rect = Rect::from_min_size(min, cell - Vec2::splat(1.0));
             painter.rect_filled(cell_rect, 0.0, Color32::from_rgb(20, shade / 2, shade));
             painter.rect_stroke(

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let device = Device::new()?;
     let mut model = Llama::load(&device, model_dir)?;
-    // One shared A (rank 8), 4 B heads and a router on every MLP projection.
+    // One shared A (rank 8), 4 experts B and a router on every MLP projection.
     attach(
         &mut model,
         &AdapterConfig::hydra(8, 16.0, 4, &["gate_proj", "up_proj", "down_proj"]),

@@ -192,7 +192,10 @@ fn bad_adapter_settings_are_errors_that_name_the_field() {
     let e = adapter_errors(AdapterConfig::lora(0, 8.0, &["q_proj"]));
     assert!(e.contains("`r`") && e.contains("at least 1"), "{e}");
     let e = adapter_errors(AdapterConfig::hydra(2, 4.0, 0, &["q_proj"]));
-    assert!(e.contains("lora_nums") && e.contains("N >= 1"), "{e}");
+    assert!(
+        e.contains("lora_nums") && e.contains("at least one expert"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -248,7 +251,7 @@ fn adapter_files_that_do_not_fit_the_model_name_the_tensor_and_both_shapes() {
         "{e}"
     );
 
-    // A missing head of a HydraLoRA adapter.
+    // A missing expert's B of a HydraLoRA adapter.
     let mut model = tiny();
     attach(
         &mut model,
@@ -296,7 +299,7 @@ fn adapted_layer(
 }
 
 /// The smallest gap, over rows, between the k-th and (k+1)-th largest gate: finite
-/// differences are only valid away from a change of the selected heads.
+/// differences are only valid away from a change of the selected experts.
 fn top_k_margin(x: &[f32], router: &[f32], t: usize, d: usize, n: usize, k: usize) -> f32 {
     (0..t)
         .map(|row| {
@@ -320,19 +323,19 @@ proptest! {
         let dev = common::device();
         let hydra = mode > 0 && n > 1;
         let top_k = (mode == 2 && n > 2).then_some(n - 1);
-        let heads = if hydra { n } else { 1 };
+        let experts = if hydra { n } else { 1 };
         let mk = |shape: &[usize], s: u64| Tensor::from_slice(&dev, &common::values(shape.iter().product(), -1.0, 1.0, seed * 31 + s), shape).unwrap();
         let x = mk(&[t, d_in], 1);
         // The down-projection: A's r rows, then (HydraLoRA) the router's.
-        let router_rows = if hydra { heads } else { 0 };
+        let router_rows = if hydra { experts } else { 0 };
         let down = mk(&[r + router_rows, d_in], 2);
         if let Some(k) = top_k {
             let router = down.to_vec_f32().unwrap()[r * d_in..].to_vec();
-            let margin = top_k_margin(&x.to_vec_f32().unwrap(), &router, t, d_in, heads, k);
+            let margin = top_k_margin(&x.to_vec_f32().unwrap(), &router, t, d_in, experts, k);
             prop_assume!(margin > 0.05);
         }
         let w = mk(&[d_out, d_in], 0);
-        let inputs = [x, down, mk(&[d_out, heads * r], 3)];
+        let inputs = [x, down, mk(&[d_out, experts * r], 3)];
         let f = adapted_layer(&w, 0.7, top_k, hydra, r);
         let report = gradcheck(f, &inputs, &GradcheckOptions { max_checks_per_input: 12, seed, ..Default::default() }).unwrap();
         prop_assert!(report.passed(), "{}", report);

@@ -41,7 +41,7 @@ fn finetune_writes_an_adapter_that_generate_uses() {
     assert!(adapter.join("adapter_config.json").is_file());
     assert!(adapter.join("adapter_model.safetensors").is_file());
 
-    // The adapter loads onto the base and changes its output (its B heads were trained away
+    // The adapter loads onto the base and changes its output (its experts' B were trained away
     // from their zero init).
     let device = common::device();
     let base = Llama::load(&device, &model).unwrap();

@@ -306,7 +306,7 @@ fn pause_and_cancel_leave_the_run_after_whole_steps_and_it_continues_exactly() {
     assert_eq!(worker.status().run_remaining, 0);
 
     // Every progress event carries the router's view: one entry per adapted module, gates
-    // that are a distribution over the 3 heads.
+    // that are a distribution over the 3 experts.
     for event in &events {
         if let TrainEvent::Step(p) = event {
             assert_eq!(p.total_steps, total);

@@ -216,7 +216,7 @@ pub fn demo_config(vocab: usize) -> LlamaConfig {
     }
 }
 
-/// The adapter pair with equal budgets: HydraLoRA (r 4, N 4) and LoRA on the same modules
+/// The adapter pair with equal budgets: HydraLoRA (r 4, 4 experts) and LoRA on the same modules
 /// with the rank whose count comes closest.
 pub fn adapter_pair(model: &Llama) -> (AdapterConfig, AdapterConfig) {
     // Reverse and sort need new attention patterns, so attention is adapted as well as the MLP.
@@ -476,7 +476,7 @@ pub fn run_demo(
         .collect();
     let describe = |c: &AdapterConfig| {
         format!(
-            "{:?} r={} alpha={} N={} targets={:?}",
+            "{:?} r={} alpha={} experts={} targets={:?}",
             c.method, c.r, c.alpha, c.experts, c.targets
         )
     };
@@ -497,7 +497,7 @@ pub fn run_demo(
     Ok(report)
 }
 
-/// Mean gate weight of each head per task, averaged over every router.
+/// Mean gate weight of each expert per task, averaged over every router.
 fn router_heatmap(
     model: &mut Llama,
     codec: &dyn TextCodec,
@@ -546,7 +546,7 @@ fn write_pictures(
     files.push(loss);
     if let Some((rows, values)) = heatmap {
         let cols: Vec<String> = (0..values.first().map_or(0, Vec::len))
-            .map(|i| format!("head {i}"))
+            .map(|i| format!("expert {i}"))
             .collect();
         let path = opts.out_dir.join("router.svg");
         heatmap_svg(

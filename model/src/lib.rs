@@ -55,8 +55,8 @@
 //! ### 3. Attach an adapter
 //!
 //! An [`AdapterConfig`] says which linear layers ([`TARGET_MODULES`]) get an adapter, its
-//! rank r and alpha (the output is scaled by alpha / r), and for HydraLoRA the number N of B
-//! heads. [`adapter::attach`] adds a fresh adapter to every targeted layer: A and the router
+//! rank r and alpha (the output is scaled by alpha / r), and for HydraLoRA the number of
+//! experts (B matrices). [`adapter::attach`] adds a fresh adapter to every targeted layer: A and the router
 //! random, every B zero, so the model's output is unchanged until training moves B.
 //!
 //! ```no_run
@@ -66,7 +66,7 @@
 //! # let device = Device::new()?;
 //! # let mut model = Llama::load(&device, "models/TinyLlama-1.1B")?;
 //! let targets = ["q_proj", "k_proj", "v_proj", "o_proj"];
-//! // HydraLoRA: r = 8, alpha = 16, N = 4 heads. LoRA: AdapterConfig::lora(8, 16.0, &targets).
+//! // HydraLoRA: r = 8, alpha = 16, 4 experts. LoRA: AdapterConfig::lora(8, 16.0, &targets).
 //! let mut cfg = AdapterConfig::hydra(8, 16.0, 4, &targets);
 //! cfg.dropout = 0.05;
 //! attach(&mut model, &cfg, 0)?; // seed 0
@@ -163,8 +163,8 @@
 //! [`adapter::save_adapter`] writes `adapter_config.json` and `adapter_model.safetensors`.
 //! A LoRA adapter is in PEFT's format (`...q_proj.lora_A.weight`, `...lora_B.weight`), so
 //! `peft` loads it, and [`adapter::merge_lora`] folds it into the base weights. A HydraLoRA
-//! adapter uses the official HydraLoRA layout: one `lora_A`, heads `lora_B0` ..
-//! `lora_B{N-1}`, the router `lora_route`, and `lora_nums` = N in the config.
+//! adapter uses the official HydraLoRA layout: one `lora_A`, the experts' B as
+//! `lora_B0` .. `lora_B{E-1}`, the router `lora_route`, and `lora_nums` = E in the config.
 //!
 //! ```no_run
 //! use std::path::Path;

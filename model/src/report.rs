@@ -94,7 +94,7 @@ pub fn line_chart_svg(path: &Path, title: &str, y_label: &str, series: &[Series]
     write_atomically(path, |out| std::io::Write::write_all(out, svg.as_bytes()))
 }
 
-/// Heatmap of `values[row][col]` (e.g. mean gate weight of each head per category), with
+/// Heatmap of `values[row][col]` (e.g. mean gate weight of each expert per category), with
 /// the values printed in the cells.
 pub fn heatmap_svg(
     path: &Path,
@@ -229,7 +229,7 @@ mod tests {
             &dir.join("router.svg"),
             "router",
             &["add".into(), "sort".into()],
-            &["head 0".into(), "head 1".into()],
+            &["expert 0".into(), "expert 1".into()],
             &[vec![0.7, 0.3], vec![0.2, 0.8]],
         )
         .unwrap();

@@ -56,7 +56,7 @@ pub struct TrainArgs {
     /// Where the adapter, checkpoints, metrics and pictures go [default: runs/<method>].
     #[arg(long)]
     pub output: Option<PathBuf>,
-    /// `lora` (one B) or `hydra` (a shared A, several B heads and a router) [default: hydra].
+    /// `lora` (one B) or `hydra` (a shared A, several experts B and a router) [default: hydra].
     #[arg(long)]
     pub method: Option<String>,
     /// Adapter rank r [default: 8].
@@ -65,7 +65,7 @@ pub struct TrainArgs {
     /// Adapter alpha; the update is scaled by alpha / r [default: 2 r].
     #[arg(long)]
     pub alpha: Option<f32>,
-    /// Number of B heads N for hydra [default: 4].
+    /// Number of experts (B matrices) for hydra [default: 4].
     #[arg(long)]
     pub experts: Option<usize>,
     /// Comma-separated modules to adapt [default: all seven q,k,v,o,gate,up,down_proj].
@@ -85,7 +85,7 @@ pub struct TrainArgs {
     /// Scale by alpha / sqrt(r) (rsLoRA).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub rslora: Option<bool>,
-    /// Route each token to its k best heads only (hydra; off by default, as the paper).
+    /// Route each token to its k best experts only (hydra; off by default, as the paper).
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Coefficient of the load-balancing loss (hydra; 0 = off, as the paper).
@@ -277,7 +277,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     adapter.balance_coef = a.balance_coef.unwrap_or(0.0);
     attach(&mut model, &adapter, seed)?;
     eprintln!(
-        "adapter: {:?} r={r} alpha={alpha} N={} on {:?}: {} trainable parameters",
+        "adapter: {:?} r={r} alpha={alpha} experts={} on {:?}: {} trainable parameters",
         method,
         adapter.experts,
         targets,
@@ -497,15 +497,15 @@ fn finish(
         let groups: Vec<(String, Vec<Vec<u32>>)> = groups.into_iter().collect();
         let rows = gates_by_category(&mut trainer.model, &groups)?;
         let names: Vec<String> = groups.iter().map(|(n, _)| n.clone()).collect();
-        let heads: Vec<String> = (0..rows.first().map_or(0, Vec::len))
-            .map(|i| format!("head {i}"))
+        let experts: Vec<String> = (0..rows.first().map_or(0, Vec::len))
+            .map(|i| format!("expert {i}"))
             .collect();
         let path = output.join("router.svg");
         heatmap_svg(
             &path,
             "router: mean gate weight per category (all layers)",
             &names,
-            &heads,
+            &experts,
             &rows,
         )?;
         files.push(path.display().to_string());

@@ -8,12 +8,12 @@ use serde_json::{json, Value};
 use crate::error::{ModelError, Result};
 use crate::llama::layer::TARGET_MODULES;
 
-/// LoRA (one B, no router) or HydraLoRA (a shared A, N heads B_i and a router).
+/// LoRA (one B, no router) or HydraLoRA (a shared A, several experts B_i and a router).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// LoRA: `y = x W0^T + scale * (x A^T) B^T`.
     Lora,
-    /// HydraLoRA: one A shared by N heads B_i mixed per token by a softmax router.
+    /// HydraLoRA: one A shared by `experts` matrices B_i, mixed per token by a softmax router.
     Hydra,
 }
 
@@ -34,7 +34,7 @@ pub enum Method {
 pub struct AdapterConfig {
     /// LoRA or HydraLoRA (in the file: HydraLoRA when `lora_nums` is present).
     pub method: Method,
-    /// The rank r of A `[r, d_in]` and of each B head `[d_out, r]`.
+    /// The rank r of A `[r, d_in]` and of each expert's B `[d_out, r]`.
     pub r: usize,
     /// `lora_alpha`: the adapter's output is scaled by [`AdapterConfig::scale`].
     pub alpha: f32,
@@ -43,11 +43,11 @@ pub struct AdapterConfig {
     /// The adapted linear layers, by Hugging Face module name (a subset of [`TARGET_MODULES`]),
     /// in every decoder layer.
     pub targets: Vec<String>,
-    /// N, the number of B heads (1 for LoRA).
+    /// The number of experts, the B matrices (1 for LoRA; `lora_nums` in the file).
     pub experts: usize,
     /// Scale by alpha / sqrt(r) instead of alpha / r.
     pub rslora: bool,
-    /// Route each token to its k best heads only (off: dense routing, as the paper).
+    /// Route each token to its k best experts only (off: dense routing, as the paper).
     pub top_k: Option<usize>,
     /// Coefficient of the load-balancing loss (0: off, as the paper).
     pub balance_coef: f32,
@@ -69,7 +69,7 @@ impl AdapterConfig {
         }
     }
 
-    /// HydraLoRA of rank `r` with `experts` B heads on `targets`, dense routing, no balance loss.
+    /// HydraLoRA of rank `r` with `experts` B matrices on `targets`, dense routing, no balance loss.
     pub fn hydra(r: usize, alpha: f32, experts: usize, targets: &[&str]) -> Self {
         AdapterConfig {
             method: Method::Hydra,
@@ -87,8 +87,8 @@ impl AdapterConfig {
         }
     }
 
-    /// Checks the settings: r in 1..=65536, 1..=4096 heads (exactly 1 for LoRA), targets
-    /// non-empty and all in [`TARGET_MODULES`], dropout in [0, 1), top_k in 1..=heads. The
+    /// Checks the settings: r in 1..=65536, 1..=4096 experts (exactly 1 for LoRA), targets
+    /// non-empty and all in [`TARGET_MODULES`], dropout in [0, 1), top_k in 1..=experts. The
     /// [`ModelError::Config`] names the field as `adapter_config.json` spells it.
     pub fn validate(&self) -> Result<()> {
         let field = |field: &str, why: String| ModelError::Config {
@@ -110,7 +110,7 @@ impl AdapterConfig {
             return Err(field(
                 "lora_nums",
                 format!(
-                    "{} B heads is beyond any model (at most 4096)",
+                    "{} experts is beyond any model (at most 4096)",
                     self.experts
                 ),
             ));
@@ -118,13 +118,13 @@ impl AdapterConfig {
         if self.experts == 0 {
             return Err(field(
                 "lora_nums",
-                "a HydraLoRA adapter needs at least one B head (N >= 1)".into(),
+                "a HydraLoRA adapter needs at least one expert".into(),
             ));
         }
         if self.method == Method::Lora && self.experts != 1 {
             return Err(field(
                 "lora_nums",
-                format!("LoRA has one B head, got {}", self.experts),
+                format!("LoRA has one expert (one B), got {}", self.experts),
             ));
         }
         if self.targets.is_empty() {
@@ -151,7 +151,7 @@ impl AdapterConfig {
                 return Err(field(
                     "top_k",
                     format!(
-                        "must be in 1..={} (the number of heads), got {k}",
+                        "must be in 1..={} (the number of experts), got {k}",
                         self.experts
                     ),
                 ));
@@ -202,7 +202,7 @@ impl AdapterConfig {
             }
             _ => return Err(field("target_modules", "missing")),
         };
-        let lora_nums = v
+        let experts = v
             .get("lora_nums")
             .map(|n| {
                 n.as_u64()
@@ -210,7 +210,7 @@ impl AdapterConfig {
             })
             .transpose()?;
         let cfg = AdapterConfig {
-            method: if lora_nums.is_some() {
+            method: if experts.is_some() {
                 Method::Hydra
             } else {
                 Method::Lora
@@ -219,7 +219,7 @@ impl AdapterConfig {
             alpha,
             dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
             targets,
-            experts: lora_nums.unwrap_or(1) as usize,
+            experts: experts.unwrap_or(1) as usize,
             rslora: v
                 .get("use_rslora")
                 .and_then(Value::as_bool)

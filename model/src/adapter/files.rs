@@ -1,6 +1,6 @@
 //! Adapter folders as the ecosystem writes them: `adapter_config.json` and
 //! `adapter_model.safetensors`, in PEFT's layout for LoRA and the official HydraLoRA layout
-//! (`lora_A`, `lora_B0..lora_B{N-1}`, `lora_route`, `lora_nums`) for HydraLoRA.
+//! (`lora_A`, `lora_B0..lora_B{E-1}` for E experts, `lora_route`, `lora_nums` = E) for HydraLoRA.
 
 use std::path::Path;
 
@@ -27,12 +27,12 @@ pub struct AdapterTensor<'a> {
     /// The key in `adapter_model.safetensors`, e.g.
     /// `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
     pub key: String,
-    /// The stored shape (a B head: `[d_out, r]`).
+    /// The stored shape (an expert's B: `[d_out, r]`).
     pub shape: Vec<usize>,
-    /// The parameter holding it (B heads are columns of the stacked B; A and the router
+    /// The parameter holding it (the experts' B are columns of the stacked B; A and the router
     /// are rows of the down-projection).
     pub param: &'a Tensor,
-    /// Which part of `param` it is: all of it, some columns (a B head) or some rows (A, the
+    /// Which part of `param` it is: all of it, some columns (an expert's B) or some rows (A, the
     /// router).
     pub part: Part,
 }
@@ -42,7 +42,7 @@ pub struct AdapterTensor<'a> {
 pub enum Part {
     /// The whole parameter.
     All,
-    /// Columns `start..start + len` (a B head of the stacked B).
+    /// Columns `start..start + len` (an expert's B, of the stacked B).
     Columns(usize, usize),
     /// Rows `start..start + len` (A or the router, of the down-projection).
     Rows(usize, usize),
@@ -85,9 +85,9 @@ pub fn adapter_tensors(model: &Llama) -> Vec<AdapterTensor<'_>> {
                 }
                 out.push(AdapterTensor {
                     key: format!("{key}.lora_route.weight"),
-                    shape: vec![ad.heads(), d_in],
+                    shape: vec![ad.experts(), d_in],
                     param: &ad.down,
-                    part: Part::Rows(r, ad.heads()),
+                    part: Part::Rows(r, ad.experts()),
                 });
             }
         }

@@ -1,14 +1,14 @@
-//! A frozen linear layer with an optional LoRA / HydraLoRA adapter.
+//! The adapted layer's forward: LoRA and HydraLoRA on a frozen linear layer.
 //!
-//! HydraLoRA, per token x (rows of `x`):
+//! HydraLoRA with E = `experts`, per token x (rows of `x`):
 //! ```text
-//! g = softmax(x Wg^T)              [T, N]    the router, dense, on the layer input
-//! h = x A^T                        [T, r]    shared by every head
+//! g = softmax(x Wg^T)              [T, E]    the router, dense, on the layer input
+//! h = x A^T                        [T, r]    shared by every expert
 //!                                            (h and x Wg^T: one matmul, x [A; Wg]^T)
-//! z[t, i r + j] = g[t, i] h[t, j]  [T, N r]  the gate expansion (softmax fused in, when dense)
-//! y = x W0^T + scale * z Bs^T      [T, d_out], Bs = [B_0 | ... | B_{N-1}]
+//! z[t, i r + j] = g[t, i] h[t, j]  [T, E r]  the gate expansion (softmax fused in, when dense)
+//! y = x W0^T + scale * z Bs^T      [T, d_out], Bs = [B_0 | ... | B_{E-1}]
 //! ```
-//! LoRA is N = 1 with no router (z = h).
+//! LoRA is E = 1 with no router (z = h).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,21 +21,21 @@ use hydralora_engine::{
 /// The trainable part of an adapted linear layer.
 #[derive(Clone, Debug)]
 pub struct Adapter {
-    /// The down-projection `[r + N, d_in]`: A (shared by every head) in rows `0..r`, then,
-    /// for HydraLoRA, the router Wg in rows `r..r + N`, so that `x down^T` gives h and the
+    /// The down-projection `[r + E, d_in]`: A (shared by every expert) in rows `0..r`, then,
+    /// for HydraLoRA, the router Wg in rows `r..r + E`, so that `x down^T` gives h and the
     /// router logits in one matmul. LoRA: just A, `[r, d_in]`.
-    pub down: Tensor, // [r + N, d_in]: A, then the router (none for LoRA)
-    /// The N heads side by side, `[d_out, N r]`: columns `i r..(i + 1) r` are B_i.
-    pub b: Tensor, // [d_out, N r]: the N heads B_i side by side
+    pub down: Tensor, // [r + E, d_in]: A, then the router (none for LoRA)
+    /// The E experts' B side by side, `[d_out, E r]`: columns `i r..(i + 1) r` are B_i.
+    pub b: Tensor, // [d_out, E r]: the E experts' B_i side by side
     /// The rank r.
     pub rank: usize,
     /// Whether rows `r..` of `down` are a router (HydraLoRA; LoRA has none).
     pub routed: bool,
     /// alpha / r, or alpha / sqrt(r) with rsLoRA.
     pub scale: f32, // alpha / r, or alpha / sqrt(r) with rsLoRA
-    /// Route each token to its k best heads only (softmax renormalised over them).
+    /// Route each token to its k best experts only (softmax renormalised over them).
     pub top_k: Option<usize>,
-    /// The gates of the last forward ([T, N], graph included), kept when `record_gates` is
+    /// The gates of the last forward ([T, E], graph included), kept when `record_gates` is
     /// set: router statistics and the load-balancing loss read them.
     pub last_gates: Arc<Mutex<Option<Tensor>>>,
     /// Keep each forward's gates in `last_gates` (see [`crate::adapter::record_gates`]).
@@ -86,8 +86,8 @@ impl Adapter {
         self.rank
     }
 
-    /// Number of B heads (1 for LoRA).
-    pub fn heads(&self) -> usize {
+    /// Number of experts, the B matrices (1 for LoRA).
+    pub fn experts(&self) -> usize {
         self.b.dim(1) / self.rank
     }
 
@@ -96,7 +96,7 @@ impl Adapter {
         vec![&self.down, &self.b]
     }
 
-    /// Routing weights g = softmax(x Wg^T), [T, N] (renormalised over the top k heads when
+    /// Routing weights g = softmax(x Wg^T), [T, E] (renormalised over the top k experts when
     /// set); None for LoRA.
     pub fn gates(&self, x: &Tensor) -> Result<Option<Tensor>> {
         if !self.routed {
@@ -107,18 +107,18 @@ impl Adapter {
         Ok(Some(g))
     }
 
-    /// The top k of the router, where it keeps fewer heads than it has.
+    /// The top k of the router, where it keeps fewer experts than it has.
     fn sparse_k(&self) -> Option<usize> {
-        self.top_k.filter(|&k| k < self.heads())
+        self.top_k.filter(|&k| k < self.experts())
     }
 
-    /// The gates from hl = x down^T [T, r + N]: softmax of its logit columns, renormalised
-    /// over the top k heads when set: [T, N].
+    /// The gates from hl = x down^T [T, r + E]: softmax of its logit columns, renormalised
+    /// over the top k experts when set: [T, E].
     fn gates_from(&self, hl: &Tensor) -> Result<Tensor> {
-        let g = hl.narrow(1, self.rank, self.heads())?.softmax()?; // [T, N]
+        let g = hl.narrow(1, self.rank, self.experts())?.softmax()?; // [T, E]
         match self.sparse_k() {
             Some(k) => {
-                let kept = g.mul(&top_k_mask(&g, k)?)?; // [T, N], zeros outside the top k
+                let kept = g.mul(&top_k_mask(&g, k)?)?; // [T, E], zeros outside the top k
                 kept.div(&kept.sum_keepdim(1)?)
             }
             None => Ok(g),
@@ -143,19 +143,19 @@ impl Adapter {
         add_matmul_scaled(y, &self.expansion(x)?, &self.b, (false, true, self.scale))
     }
 
-    /// z [T, N r], the input of the stacked heads (LoRA: h [T, r]).
+    /// z [T, E r], the input of the experts' stacked B (LoRA: h [T, r]).
     fn expansion(&self, x: &Tensor) -> Result<Tensor> {
         // A sees the dropped-out input, the router the layer input: one product while
         // dropout is off (always outside training), two (each with a few unused columns)
         // while it is on.
         let dropped = self.dropout.apply(x)?;
-        let h_src = dropped.matmul_nt(&self.down)?; // [T, r + N] (LoRA: h, [T, r])
+        let h_src = dropped.matmul_nt(&self.down)?; // [T, r + E] (LoRA: h, [T, r])
         if !self.routed {
             return Ok(h_src);
         }
         let hl = match dropped.id() == x.id() {
             true => h_src.clone(),
-            false => x.matmul_nt(&self.down)?, // [T, r + N]
+            false => x.matmul_nt(&self.down)?, // [T, r + E]
         };
         match self.sparse_k() {
             // Dense routing: the softmax runs inside the expansion kernel (both ways); the
@@ -164,12 +164,12 @@ impl Adapter {
                 if self.record_gates {
                     self.record(&self.gates_from(&hl)?);
                 }
-                routed_expand(&hl, &h_src, self.rank) // [T, N r]
+                routed_expand(&hl, &h_src, self.rank) // [T, E r]
             }
             Some(_) => {
-                let g = self.gates_from(&hl)?; // [T, N]
+                let g = self.gates_from(&hl)?; // [T, E]
                 self.record(&g);
-                gate_expand(&g, &h_src.narrow(1, 0, self.rank)?) // [T, N r]
+                gate_expand(&g, &h_src.narrow(1, 0, self.rank)?) // [T, E r]
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Folding a LoRA adapter into its base model: W' = W + scale B A, written as a Hugging Face
-//! model folder. A HydraLoRA adapter cannot be folded: its mixture of heads changes per token.
+//! model folder. A HydraLoRA adapter cannot be folded: its mixture of experts changes per token.
 
 use std::path::Path;
 
@@ -24,7 +24,7 @@ pub fn merge_lora(base_dir: &Path, adapter_dir: &Path, out: &Path) -> Result<()>
     let cfg = AdapterConfig::from_file(&adapter_dir.join(ADAPTER_CONFIG_FILE))?;
     if cfg.method == Method::Hydra {
         return Err(ModelError::Input(format!(
-            "`{}` is a HydraLoRA adapter ({} B heads and a router): its mixture of heads depends on each token, \
+            "`{}` is a HydraLoRA adapter ({} experts and a router): its mixture of experts depends on each token, \
              so no single weight matrix equals it and it cannot be merged; load the base model with the adapter instead",
             adapter_dir.display(),
             cfg.experts

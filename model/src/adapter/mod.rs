@@ -1,6 +1,6 @@
 //! LoRA and HydraLoRA adapters on a [`Llama`]: settings, initialisation, the trainable
 //! parameters, router statistics, and the adapter files the ecosystem uses (PEFT for LoRA;
-//! the official HydraLoRA layout: `lora_A`, `lora_B0..lora_B{N-1}`, `lora_route`, `lora_nums`).
+//! the official HydraLoRA layout: `lora_A`, `lora_B0..lora_B{E-1}` for E experts, `lora_route`, `lora_nums`).
 
 pub mod config;
 pub mod files;

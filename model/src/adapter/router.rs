@@ -6,7 +6,7 @@ use hydralora_engine::{no_grad, Tensor};
 use crate::error::Result;
 use crate::llama::Llama;
 
-/// Mean gate weight of each head and the mean routing entropy (nats) of one module's router,
+/// Mean gate weight of each expert and the mean routing entropy (nats) of one module's router,
 /// over the tokens of its last forward.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouterStats {
@@ -14,9 +14,9 @@ pub struct RouterStats {
     pub layer: usize,
     /// The adapted module, e.g. `q_proj`.
     pub module: String,
-    /// Mean gate weight of each head over the tokens, `[N]` (sums to 1).
-    pub mean_gate: Vec<f32>, // [N]
-    /// Mean entropy of the per-token gate distribution, in nats (ln N when uniform).
+    /// Mean gate weight of each expert over the tokens, `[E]` (sums to 1).
+    pub mean_gate: Vec<f32>, // [E]
+    /// Mean entropy of the per-token gate distribution, in nats (ln E when uniform, for E experts).
     pub entropy: f32,
 }
 
@@ -83,14 +83,14 @@ pub fn router_stats(model: &Llama) -> Result<Vec<RouterStats>> {
 }
 
 /// The load-balancing loss over the recorded gates: coef * sum over routers of
-/// N * sum_i (mean_t g[t, i])^2, smallest (= coef per router) when every head gets an equal
+/// E * sum_i (mean_t g[t, i])^2 for E experts, smallest (= coef per router) when every expert gets an equal
 /// share. A `[1]` tensor in the graph; None when no router recorded gates.
 pub fn balance_loss(model: &Llama, coef: f32) -> Result<Option<Tensor>> {
     let mut total: Option<Tensor> = None;
     for (_, _, g) in recorded_gates(model) {
-        let n = g.dim(1) as f32;
-        let share = g.mean(0)?; // [N]
-        let term = share.mul(&share)?.sum_all()?.scale(n * coef)?;
+        let experts = g.dim(1) as f32;
+        let share = g.mean(0)?; // [E]
+        let term = share.mul(&share)?.sum_all()?.scale(experts * coef)?;
         total = Some(match total {
             Some(t) => t.add(&term)?,
             None => term,
@@ -99,8 +99,8 @@ pub fn balance_loss(model: &Llama, coef: f32) -> Result<Option<Tensor>> {
     Ok(total)
 }
 
-/// Mean gate weight of each head per category, averaged over every router of the model:
-/// one row per category of `groups` (name, its token ids), one column per head.
+/// Mean gate weight of each expert per category, averaged over every router of the model:
+/// one row per category of `groups` (name, its token ids), one column per expert.
 pub fn gates_by_category(
     model: &mut Llama,
     groups: &[(String, Vec<Vec<u32>>)],

@@ -137,21 +137,21 @@ pub fn attention_scores(model: &Llama, b: usize, t: usize) -> u64 {
 }
 
 /// What an adapted linear layer keeps beyond the frozen one: the packed
-/// down-projection x [A; Wg]^T ([r + N]; the adapter's scaled product is summed into the
+/// down-projection x [A; Wg]^T ([r + E] for E experts; the adapter's scaled product is summed into the
 /// frozen product's own buffer, so nothing of [d_out]); with dropout the mask, the dropped
 /// input ([d_in] each) and its own down-projection; for HydraLoRA the gate expansion
-/// ([N r]), and with top-k the gates and their mask and renormalisation (six [N]).
+/// ([E r]), and with top-k the gates and their mask and renormalisation (six [E]).
 fn adapter_activations(ad: &Adapter, n: usize) -> u64 {
     let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
-    let (d_in, down, r, heads) = (ad.down.dim(1), ad.down.dim(0), ad.rank(), ad.heads());
+    let (d_in, down, r, experts) = (ad.down.dim(1), ad.down.dim(0), ad.rank(), ad.experts());
     let mut bytes = f32s(n * down);
     if ad.dropout.p > 0.0 {
         bytes += 2 * f32s(n * d_in) + f32s(n * down);
     }
     if ad.routed {
-        bytes += f32s(n * heads * r);
+        bytes += f32s(n * experts * r);
         if ad.top_k.is_some() {
-            bytes += 6 * f32s(n * heads);
+            bytes += 6 * f32s(n * experts);
         }
     }
     bytes

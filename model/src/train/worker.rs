@@ -100,7 +100,7 @@ pub struct Progress {
     pub tokens_per_second: f64,
     /// The step's total from [`TrainSettings::total_steps`](crate::train::TrainSettings).
     pub total_steps: usize,
-    /// Per router, the mean gate of each head over the step's last micro-batch; empty for
+    /// Per router, the mean gate of each expert over the step's last micro-batch; empty for
     /// LoRA, or when [`WorkerOptions::router_stats`] is off.
     pub router: Vec<RouterStats>,
 }
