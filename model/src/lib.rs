@@ -5,10 +5,17 @@
 //! fine-tune an adapter on JSONL data, save it in the files PEFT (LoRA) and the HydraLoRA
 //! code read, and generate text.
 //!
-//! Host-side I/O (no GPU): [`llama::config`] reads `config.json` / `generation_config.json`,
-//! [`llama::weights`] reads and writes safetensors weight files, [`llama::tokenizer`] wraps
-//! `tokenizer.json`, [`data`] reads and tokenizes data sets. On the GPU: [`Llama`] (the decoder), [`adapter`]
-//! (attach, save, load), [`train`] (the [`Trainer`](train::Trainer)), [`generate()`].
+//! The crate's rooms:
+//!
+//! - [`llama`], the base model: a model folder's config, weight files, tokenizer and text
+//!   codec (host side); [`Linear`] (a frozen layer that may carry an adapter), [`Layer`], the
+//!   [`Llama`] decoder and [`generate()`] (on the GPU).
+//! - [`adapter`], LoRA and HydraLoRA: the adapted layer's forward, [`AdapterConfig`],
+//!   [`attach`](adapter::attach), adapter folders (save, load), router statistics, merging.
+//! - [`data`]: JSONL data sets to token ids with loss masks, in seeded batches.
+//! - [`train`]: a run's settings and schedule, the [`Trainer`](train::Trainer), its
+//!   checkpoints (a run's resumable state), the memory estimate, the background worker.
+//! - Tools: [`verify`], [`bench`](mod@bench), [`demo`], [`report`] (SVG charts).
 //!
 //! ## From a model folder to a saved adapter
 //!

@@ -1,6 +1,13 @@
-//! LoRA and HydraLoRA adapters on a [`Llama`]: settings, initialisation, the trainable
-//! parameters, router statistics, and the adapter files the ecosystem uses (PEFT for LoRA;
-//! the official HydraLoRA layout: `lora_A`, `lora_B0..lora_B{E-1}` for E experts, `lora_route`, `lora_nums`).
+//! LoRA and HydraLoRA adapters on a [`Llama`]: [`forward`] (the adapted layer's forward),
+//! [`config`] (the settings and `adapter_config.json`), [`attach`] and the trainable
+//! parameters (here), [`files`] (adapter folders in PEFT's layout for LoRA and the official
+//! HydraLoRA layout: `lora_A`, `lora_B0..lora_B{E-1}` for E experts, `lora_route`,
+//! `lora_nums`), [`router`] (what the routers do) and [`merge`] (folding LoRA into the base).
+//!
+//! The model carries what [`forward`] and [`config`] define (each [`Linear`](crate::Linear)
+//! an optional [`Adapter`], the [`Llama`] its [`AdapterConfig`]), so those two import nothing
+//! of the model but its module names; the rest works on a [`Llama`] and walks its adapters
+//! with [`Llama::adapters`].
 
 pub mod config;
 pub mod files;

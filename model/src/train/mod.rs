@@ -1,4 +1,5 @@
-//! Fine-tuning: schedules, the training step, evaluation and checkpoints.
+//! Fine-tuning: a run's settings and schedule, the training step, evaluation, checkpoints (a
+//! run's resumable state), the up-front memory estimate, and the background worker.
 
 pub mod checkpoint;
 pub mod memory;
