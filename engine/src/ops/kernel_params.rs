@@ -18,19 +18,6 @@ impl KernelParams for [u32] {
     }
 }
 
-/// Words in an array or a vector: the matmul kernels' params until `ops/matmul.rs` declares
-/// its structs (with `impl_kernel_params!`); remove these two impls then.
-impl<const N: usize> KernelParams for [u32; N] {
-    fn bytes(&self) -> &[u8] {
-        bytemuck::cast_slice(self)
-    }
-}
-impl KernelParams for Vec<u32> {
-    fn bytes(&self) -> &[u8] {
-        bytemuck::cast_slice(self)
-    }
-}
-
 /// Declares a kernel's params struct, dispatchable and registered for the layout test:
 ///
 /// ```text
@@ -71,7 +58,7 @@ macro_rules! kernel_params {
 /// `impl_kernel_params!(MatmulParams for [shaders::MATMUL, ...] { m, n, k, ... });`
 /// (`kernel_params!` does this for the structs it declares).
 macro_rules! impl_kernel_params {
-    ($name:ident $(as $wgsl:literal)? for [$($shader:expr),+] { $($field:ident),* }) => {
+    ($name:ident $(as $wgsl:literal)? for [$($shader:expr),+ $(,)?] { $($field:ident),* $(,)? }) => {
         impl $crate::ops::kernel_params::KernelParams for $name {
             fn bytes(&self) -> &[u8] {
                 bytemuck::bytes_of(self)
@@ -125,7 +112,7 @@ mod layout_test {
 
     /// Every params struct of the built-in kernels.
     fn all() -> Vec<ParamsLayout> {
-        use crate::ops::{attention, elementwise, embedding, gate, layout, loss};
+        use crate::ops::{attention, elementwise, embedding, gate, layout, loss, matmul};
         use crate::ops::{norm, reduce, rope, softmax};
         vec![
             crate::optim::AdamParams::layout(),
@@ -142,6 +129,8 @@ mod layout_test {
             layout::CopyParams::layout(),
             layout::CastParams::layout(),
             loss::CeParams::layout(),
+            matmul::MatmulParams::layout(),
+            matmul::SplitKParams::layout(),
             norm::NormParams::layout(),
             norm::NormBackwardParams::layout(),
             reduce::SumParams::layout(),
@@ -150,10 +139,6 @@ mod layout_test {
             softmax::SoftmaxBackwardParams::layout(),
         ]
     }
-
-    /// WGSL params structs whose kernels still take `&[u32]` words: the matmul family
-    /// (`ops/matmul.rs`), until its own Pod structs are registered in `all`.
-    const STILL_WORDS: &[&str] = &["MatmulParams", "SplitKParams"];
 
     /// A Rust field type written as WGSL, to compare with naga's member type.
     pub(crate) trait WgslType {
@@ -297,7 +282,7 @@ mod layout_test {
             let registered = layouts
                 .iter()
                 .any(|l| l.wgsl == wgsl && l.shaders.iter().any(|s| s.name == shader));
-            if !registered && !STILL_WORDS.contains(&wgsl) {
+            if !registered {
                 failures.push(format!(
                     "{shader}: its params struct {wgsl} is not declared with kernel_params! \
                      for this variant, or not listed in kernel_params::all"

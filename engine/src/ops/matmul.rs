@@ -11,6 +11,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::grid;
+use crate::ops::kernel_params::impl_kernel_params;
 use crate::shaders;
 use crate::tensor::{DType, Tensor};
 
@@ -646,6 +647,17 @@ impl MatmulParams {
     }
 }
 
+impl_kernel_params!(MatmulParams for [
+    shaders::MATMUL, shaders::MATMUL_ACCUMULATE, shaders::MATMUL_F16, shaders::MATMUL_F16_ACCUMULATE,
+    shaders::MATMUL_TILED, shaders::MATMUL_TILED_ACCUMULATE, shaders::MATMUL_TILED_F16,
+    shaders::MATMUL_TILED_F16_ACCUMULATE, shaders::MATMUL_SUBGROUP,
+    shaders::MATMUL_SUBGROUP_ACCUMULATE, shaders::MATMUL_SUBGROUP_F16,
+    shaders::MATMUL_SUBGROUP_F16_ACCUMULATE,
+] {
+    m, n, k, a_batch, a_row, a_col, b_batch, b_row, b_col, c_batch, c_row, c_col, splits,
+    k_chunk, group, alpha
+});
+
 /// The params block of split-K's reduction (`shaders/matmul_splitk.wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
@@ -654,6 +666,10 @@ pub(crate) struct SplitKParams {
     slice: u32,  // m * n
     splits: u32, // partial sums per output element
 }
+
+impl_kernel_params!(SplitKParams for [shaders::MATMUL_SPLITK, shaders::MATMUL_SPLITK_ACCUMULATE] {
+    numel, slice, splits
+});
 
 /// How K is cut: `count` ranges of `chunk` (the last may be shorter), none empty.
 #[derive(Clone, Copy, Debug)]
@@ -759,7 +775,7 @@ fn reduce_splits(device: &Device, partial: &Tensor, out: &Tensor, splits: usize,
     device.dispatch(
         shader,
         "splitk_reduce",
-        bytemuck::cast_slice(bytemuck::bytes_of(&params)),
+        &params,
         &[partial.binding()],
         &[out.binding()],
         grid(device, out.numel(), 256),
@@ -815,7 +831,7 @@ fn run(
     device.dispatch(
         shaders::matmul(kernel, p.weights, accumulate && partial.is_none()),
         launch.entry,
-        bytemuck::cast_slice(bytemuck::bytes_of(&launch.params)),
+        &launch.params,
         &operands,
         &[target.binding()],
         groups,
@@ -847,79 +863,5 @@ impl Tensor {
     /// `self @ rhs^T`: the shape of a linear layer with weight `rhs` [out, in].
     pub fn matmul_nt(&self, rhs: &Tensor) -> Result<Tensor> {
         matmul_t(self, rhs, false, true)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Size and (field, offset) list of the WGSL struct `name` as naga lays it out.
-    fn wgsl_layout(source: &str, name: &str) -> (usize, Vec<(String, usize)>) {
-        let module = naga::front::wgsl::parse_str(source).unwrap();
-        let (_, ty) = module
-            .types
-            .iter()
-            .find(|(_, t)| t.name.as_deref() == Some(name))
-            .unwrap_or_else(|| panic!("no struct {name}"));
-        let naga::TypeInner::Struct { members, span } = &ty.inner else {
-            panic!("{name} is not a struct");
-        };
-        let fields = members
-            .iter()
-            .map(|m| (m.name.clone().unwrap(), m.offset as usize))
-            .collect();
-        (*span as usize, fields)
-    }
-
-    /// The Rust struct's size and (field, offset) list.
-    macro_rules! layout {
-        ($t:ty { $($f:ident),+ }) => {
-            (
-                std::mem::size_of::<$t>(),
-                vec![$((stringify!($f).to_string(), std::mem::offset_of!($t, $f))),+],
-            )
-        };
-    }
-
-    #[test]
-    fn params_structs_match_their_wgsl_layout() {
-        let matmul = layout!(MatmulParams {
-            m,
-            n,
-            k,
-            a_batch,
-            a_row,
-            a_col,
-            b_batch,
-            b_row,
-            b_col,
-            c_batch,
-            c_row,
-            c_col,
-            splits,
-            k_chunk,
-            group,
-            alpha
-        });
-        for shader in [
-            &shaders::MATMUL,
-            &shaders::MATMUL_TILED,
-            &shaders::MATMUL_SUBGROUP,
-        ] {
-            assert_eq!(
-                wgsl_layout(shader.source, "MatmulParams"),
-                matmul,
-                "{}",
-                shader.name
-            );
-        }
-        let splitk = layout!(SplitKParams {
-            numel,
-            slice,
-            splits
-        });
-        let wgsl = wgsl_layout(shaders::MATMUL_SPLITK.source, "SplitKParams");
-        assert_eq!(wgsl, splitk);
     }
 }
