@@ -38,6 +38,7 @@ pub mod gradcheck;
 mod op;
 pub mod ops;
 pub mod optim;
+pub mod quant;
 mod pool;
 pub mod rng;
 pub mod shaders;

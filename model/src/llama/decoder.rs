@@ -6,8 +6,8 @@ use std::path::Path;
 
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, embedding_parts,
-    human_bytes, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables,
-    Tensor, IGNORE_INDEX,
+    human_bytes, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device,
+    RopeTables, Tensor, IGNORE_INDEX,
 };
 
 use crate::adapter::Adapter;
@@ -15,7 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
 use crate::llama::layer::Layer;
 use crate::llama::linear::Linear;
-use crate::llama::weights::{llama_tensor_shapes, ModelWeights};
+use crate::llama::weights::{llama_tensor_shapes, ModelWeights, StoredTensor};
 
 /// Keys and values of the tokens seen so far, per layer: [B, nkv, S, hd] each.
 #[derive(Default)]
@@ -90,12 +90,21 @@ impl Llama {
     /// # Ok(()) }
     /// ```
     pub fn load(device: &Device, dir: impl AsRef<Path>) -> Result<Llama> {
+        Self::load_as(device, dir, None)
+    }
+
+    /// [`Llama::load`], with the frozen layer weights (and an untied lm_head) stored as
+    /// `frozen` (f32, f16, bf16 or a GGUF block format, quantized on the host as they are
+    /// read), or as the checkpoint stores most of them when `None`: a bf16 checkpoint stays
+    /// bf16, byte for byte. See [`weight_storage`] for what each tensor gets.
+    pub fn load_as(device: &Device, dir: impl AsRef<Path>, frozen: Option<DType>) -> Result<Llama> {
         let dir = dir.as_ref();
         let config = LlamaConfig::from_dir(dir)?;
         let weights = ModelWeights::open(dir)?;
         weights.check_llama(&config)?;
-        Self::from_tensors(device, config, |name, shape| {
-            weights.expect_f32(name, shape)
+        let frozen = frozen.unwrap_or_else(|| weights.main_float_format());
+        Self::from_stored(device, config, frozen, |name, shape| {
+            weights.expect_stored(name, shape)
         })
     }
 
@@ -105,17 +114,40 @@ impl Llama {
         config: LlamaConfig,
         mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Llama> {
+        Self::from_stored(device, config, DType::F32, |name, shape| {
+            Ok(StoredTensor::f32(&get(name, shape)?))
+        })
+    }
+
+    /// Builds the model from a source of named tensors as files store them (checked against
+    /// `shape`), each uploaded in the format [`weight_storage`] gives it for `frozen`:
+    /// as it is when that is its stored format, converted on the host otherwise.
+    pub fn from_stored(
+        device: &Device,
+        config: LlamaConfig,
+        frozen: DType,
+        mut get: impl FnMut(&str, &[usize]) -> Result<StoredTensor>,
+    ) -> Result<Llama> {
         config.validate()?;
-        check_weights_fit(device, &config)?;
+        check_weights_fit(device, &config, frozen)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
             config.vocab_size,
         );
         let (q, kv) = (config.q_dim(), config.kv_dim());
-        let embed = split_rows(device, &get("model.embed_tokens.weight", &[v, h])?, v, h)?;
+        let mut rows = |name: &str, shape: [usize; 2]| -> Result<Vec<Tensor>> {
+            let format = weight_storage(name, &shape, frozen);
+            upload_rows(device, get(name, &shape)?, shape, format)
+        };
+        let embed = rows("model.embed_tokens.weight", [v, h])?;
+        let lm_head = match config.tie_word_embeddings {
+            true => embed.clone(),
+            false => rows("lm_head.weight", [v, h])?,
+        };
         let mut tensor = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            Ok(Tensor::from_slice(device, &get(name, shape)?, shape)?)
+            let format = weight_storage(name, shape, frozen);
+            upload(device, get(name, shape)?, shape, format)
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
@@ -136,11 +168,6 @@ impl Llama {
             });
         }
         let norm = tensor("model.norm.weight", &[h])?;
-        let lm_head = if config.tie_word_embeddings {
-            embed.clone()
-        } else {
-            split_rows(device, &get("lm_head.weight", &[v, h])?, v, h)?
-        };
         let inv_freq = config.inv_freq();
         Ok(Llama {
             config,
@@ -413,6 +440,12 @@ impl Llama {
             return Err(ModelError::Input("full-parameter training needs the embedding to fit one kernel binding; train an adapter instead".into()));
         }
         let tied = self.config.tie_word_embeddings;
+        self.store_weights_as(DType::F32, |_| true)?; // trained weights are f32
+        for w in [&mut self.embed[0], &mut self.lm_head[0]] {
+            if w.dtype() != DType::F32 {
+                *w = Tensor::from_slice(&self.device, &w.to_vec_dequantized()?, w.shape())?;
+            }
+        }
         let param = |t: &mut Tensor| *t = t.clone().into_param();
         param(&mut self.embed[0]);
         if tied {
@@ -439,10 +472,7 @@ impl Llama {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (name, t) in self.named_weights() {
-            let values = match t.dtype() {
-                hydralora_engine::DType::F16 => t.to_f32()?.to_vec_f32()?,
-                _ => t.to_vec_f32()?,
-            };
+            let values = t.to_vec_dequantized()?;
             match host.last_mut() {
                 // Row parts of one matrix are joined back.
                 Some((last, shape, data)) if *last == name => {
@@ -536,15 +566,42 @@ impl Llama {
     /// matmuls widen them to f32 as they load and accumulate in f32). The embedding, the
     /// norms and lm_head stay f32. Not for weights being trained.
     pub fn store_frozen_weights_f16(&mut self) -> Result<()> {
-        for (_, m, linear) in self.linears_mut() {
+        self.store_frozen_weights(DType::F16)
+    }
+
+    /// Stores the frozen linear weights of every layer as `format` (see [`weight_storage`];
+    /// the matmuls widen or dequantize them as they load them). Loading with
+    /// [`Llama::load_as`] does this without ever holding the f32 weights on the device;
+    /// this converts a model already loaded. Not for weights being trained.
+    pub fn store_frozen_weights(&mut self, format: DType) -> Result<()> {
+        for (_, m, linear) in self.linears() {
             if linear.weight.requires_grad() {
                 return Err(ModelError::Input(format!(
-                    "{m} is being trained: only frozen weights can be stored as f16"
+                    "{m} is being trained: only frozen weights can be stored as {}",
+                    format.name()
                 )));
             }
-            if linear.weight.dtype() == hydralora_engine::DType::F32 {
-                linear.weight = linear.weight.to_f16()?;
+        }
+        self.store_weights_as(format, |name| name.starts_with("model.layers."))
+    }
+
+    /// Re-stores every layer linear weight whose name `which` accepts in the format
+    /// [`weight_storage`] gives it (converted on the host; f32 to f16 on the device).
+    fn store_weights_as(&mut self, format: DType, which: impl Fn(&str) -> bool) -> Result<()> {
+        for (l, m, linear) in self.linears_mut() {
+            let name = format!("{}.weight", Layer::module_path(l, m));
+            let shape = linear.weight.shape().to_vec();
+            let want = weight_storage(&name, &shape, format);
+            if !which(&name) || linear.weight.dtype() == want {
+                continue;
             }
+            linear.weight = match (linear.weight.dtype(), want) {
+                (DType::F32, DType::F16) => linear.weight.to_f16()?,
+                _ => {
+                    let values = linear.weight.to_vec_dequantized()?;
+                    Tensor::from_f32_as(linear.weight.device(), &values, &shape, want)?
+                }
+            };
         }
         Ok(())
     }
@@ -555,31 +612,103 @@ impl Llama {
     }
 }
 
-/// Refuses, before anything is uploaded, a model whose weights (f32, as loaded) would take
-/// the device's pool past its memory budget.
-fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
+/// Refuses, before anything is uploaded, a model whose weights (in the formats
+/// [`weight_storage`] gives them for `frozen`) would take the device's pool past its
+/// memory budget.
+fn check_weights_fit(device: &Device, c: &LlamaConfig, frozen: DType) -> Result<()> {
     let Some(budget) = device.memory_budget() else {
         return Ok(());
     };
     let need: u64 = llama_tensor_shapes(c)
         .iter()
-        .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
+        .map(|(name, shape)| {
+            let numel = shape.iter().product::<usize>();
+            pool_bytes(weight_storage(name, shape, frozen).storage_bytes(numel))
+        })
         .sum();
     let held = device.pool_stats().in_use;
     if held + need <= budget {
         return Ok(());
     }
     Err(ModelError::Input(format!(
-        "the model's weights need {} of device memory as loaded (f32), over the memory budget \
-         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory \
-         or raise the budget",
+        "the model's weights need {} of device memory as loaded ({}), over the memory budget \
+         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory, \
+         raise the budget or store the frozen weights smaller (--weights q4_k)",
         human_bytes(need),
+        frozen.name(),
         human_bytes(budget),
         match held {
             0 => String::new(),
             _ => format!(" with {} already held", human_bytes(held)),
         }
     )))
+}
+
+/// The format a weight named `name` of `shape` is kept in when the frozen weights are
+/// `frozen`:
+/// - the norms: f32 (rms_norm computes with them in f32);
+/// - the layers' linear weights and the token embedding: `frozen` (the lookup reads every
+///   format, through the matmul's weight pieces);
+/// - an untied lm_head: `frozen`, except that 4-bit layers get a q6_k lm_head, as
+///   llama.cpp's Q4_K_M and Q4_0 files do (the logits are the most sensitive product);
+/// - a block format whose block does not divide the rows falls back to q8_0 (blocks of
+///   32), or to f32 when even that does not divide them.
+pub fn weight_storage(name: &str, shape: &[usize], frozen: DType) -> DType {
+    let wanted = if name.contains("norm") {
+        DType::F32
+    } else if name == "lm_head.weight" && matches!(frozen, DType::Q4_0 | DType::Q4K) {
+        DType::Q6K
+    } else {
+        frozen
+    };
+    let cols = shape.last().copied().unwrap_or(1);
+    [wanted, DType::Q8_0, DType::F32]
+        .into_iter()
+        .find(|d| cols % d.block_elements() == 0 && (*d == wanted || wanted.block_elements() > 1))
+        .unwrap_or(DType::F32)
+}
+
+/// Uploads a stored tensor as `format`: its own bytes when it is stored so, else widened
+/// (and quantized) on the host.
+fn upload(device: &Device, stored: StoredTensor, shape: &[usize], format: DType) -> Result<Tensor> {
+    if stored.dtype == format {
+        return Ok(match format {
+            DType::F32 => Tensor::from_slice(device, &stored.to_f32(numel(shape))?, shape)?,
+            _ => Tensor::from_blocks(device, format, &stored.bytes, shape)?,
+        });
+    }
+    let values = stored.to_f32(numel(shape))?;
+    Ok(Tensor::from_f32_as(device, &values, shape, format)?)
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// A [rows, cols] matrix uploaded as `format` in row blocks that each fit one kernel
+/// binding (the embedding and lm_head of a large vocabulary): one block when it fits.
+fn upload_rows(
+    device: &Device,
+    stored: StoredTensor,
+    [rows, cols]: [usize; 2],
+    format: DType,
+) -> Result<Vec<Tensor>> {
+    let limit = device.info().max_binding_bytes();
+    if format.storage_bytes(rows * cols) <= limit {
+        return Ok(vec![upload(device, stored, &[rows, cols], format)?]);
+    }
+    let rows_per_part = ((limit / format.storage_bytes(cols).max(1)) as usize).clamp(1, rows.max(1));
+    let values = stored.to_f32(rows * cols)?;
+    drop(stored);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let n = rows_per_part.min(rows - start);
+        let part = &values[start * cols..(start + n) * cols];
+        parts.push(Tensor::from_f32_as(device, part, &[n, cols], format)?);
+        start += n;
+    }
+    Ok(parts)
 }
 
 /// labels[:, 1:] followed by -100: what logits[:, t] is scored against.
@@ -591,20 +720,3 @@ pub fn shift_labels(labels: &[i32], batch: usize, t: usize) -> Vec<i32> {
     out
 }
 
-/// Uploads a [rows, cols] matrix as row blocks that each fit one kernel binding.
-fn split_rows(device: &Device, data: &[f32], rows: usize, cols: usize) -> Result<Vec<Tensor>> {
-    let limit = device.info().max_binding_bytes() as usize;
-    let rows_per_part = (limit / (cols.max(1) * 4)).clamp(1, rows.max(1));
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < rows {
-        let n = rows_per_part.min(rows - start);
-        parts.push(Tensor::from_slice(
-            device,
-            &data[start * cols..(start + n) * cols],
-            &[n, cols],
-        )?);
-        start += n;
-    }
-    Ok(parts)
-}
