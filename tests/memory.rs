@@ -394,7 +394,7 @@ fn f16_storage_is_advised_when_it_is_what_fits() {
         .err()
         .expect("refused")
         .to_string();
-    assert!(err.contains("--f16-weights"), "{err}");
+    assert!(err.contains("--weights f16"), "{err}");
     let f16 = Case { f16: true, ..case };
     let mut trainer =
         Trainer::new(model_for(&dev, &f16), examples(2, 8, 2), 0, settings(&f16)).unwrap();

@@ -16,7 +16,7 @@ use hydralora_engine::{
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
-use crate::llama::Llama;
+use crate::llama::{weight_storage, Llama};
 
 /// Bytes of one training step at its peak (the end of backward), by what holds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,7 +74,7 @@ pub struct RunShape {
 
 /// The peak bytes of a training step of `model` over `params` (the trainable tensors).
 pub fn estimate_training(model: &Llama, params: &[Tensor], run: RunShape) -> MemoryEstimate {
-    estimate_with(model, params, run, model_weights(model, params, false))
+    estimate_with(model, params, run, model_weights(model, params, None))
 }
 
 fn estimate_with(model: &Llama, params: &[Tensor], run: RunShape, weights: u64) -> MemoryEstimate {
@@ -183,18 +183,19 @@ fn logits(model: &Llama, n: usize) -> u64 {
     2 * parts + joined + pool_bytes(n as u64 * 4) + 256
 }
 
-/// Bytes of the weights: the model's as stored, or (with `f16_frozen`) with every frozen
-/// f32 layer weight stored as f16; plus the trainable tensors that are not model weights.
-fn model_weights(model: &Llama, params: &[Tensor], f16_frozen: bool) -> u64 {
+/// Bytes of the weights: the model's as stored, or (with `frozen`) with every frozen layer
+/// weight stored in the format [`weight_storage`] gives it for `frozen`; plus the trainable
+/// tensors that are not model weights.
+fn model_weights(model: &Llama, params: &[Tensor], frozen: Option<DType>) -> u64 {
     let named = model.named_weights();
     let base: u64 = named
         .iter()
         .map(|(name, t)| {
             let frozen_linear =
                 name.starts_with("model.layers.") && !name.contains("norm") && !t.requires_grad();
-            let dtype = match (f16_frozen && frozen_linear, t.dtype()) {
-                (true, _) => DType::F16,
-                (false, d) => d,
+            let dtype = match frozen {
+                Some(f) if frozen_linear => weight_storage(name, t.shape(), f),
+                _ => t.dtype(),
             };
             pool_bytes(dtype.storage_bytes(t.numel()))
         })
@@ -244,22 +245,23 @@ pub fn check_training_fits(
             "{batch}sequences of at most {t} tokens (--max-len {t})"
         ));
     }
-    let f16 = model_weights(model, params, true);
-    if f16 < est.weights && estimate_with(model, params, run, f16).total() <= budget {
+    // The smallest storage of the frozen layer weights that fits, if any does.
+    let smaller = [DType::F16, DType::Q8_0, DType::Q4K]
+        .into_iter()
+        .map(|f| (f, model_weights(model, params, Some(f))))
+        .filter(|&(_, bytes)| bytes < est.weights)
+        .find(|&(_, bytes)| estimate_with(model, params, run, bytes).total() <= budget);
+    if let Some((format, bytes)) = smaller {
         advice.push(format!(
-            "f16 storage of the frozen weights (--f16-weights: weights {})",
-            human_bytes(f16)
+            "the frozen weights stored as {0} (--weights {0}: weights {1})",
+            format.name(),
+            human_bytes(bytes)
         ));
     }
     let advice = match advice.is_empty() {
         true => format!(
             "Even one sequence of one token does not fit: train fewer modules or a lower \
-             rank{}, or raise the budget",
-            if f16 < est.weights {
-                ", store the frozen weights as f16 (--f16-weights)"
-            } else {
-                ""
-            }
+             rank, store the frozen weights smaller (--weights q4_k), or raise the budget"
         ),
         false => format!("It would fit with {}", advice.join(", or with ")),
     };
