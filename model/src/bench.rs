@@ -45,6 +45,9 @@ pub struct BenchConfig {
     /// Store the frozen layer weights as f16 ([`Llama::store_frozen_weights_f16`]); not read
     /// from the file (false), set by `bench step --f16-weights`. Adapter methods only.
     pub f16_weights: bool,
+    /// Checkpoint the decoder layers ([`Llama::checkpoint_activations`]); not read from the
+    /// file (false), set by `bench step --checkpoint-activations`.
+    pub checkpoint_activations: bool,
 }
 
 impl BenchConfig {
@@ -108,6 +111,7 @@ impl BenchConfig {
                 weight_decay: num(&adamw_v, "weight_decay").unwrap_or(0.0) as f32,
             },
             f16_weights: false,
+            checkpoint_activations: false,
         })
     }
 }
@@ -175,6 +179,8 @@ pub struct StepReport {
     pub peak_pool_bytes_last_step: u64,
     /// The up-front estimate of the peak ([`crate::train::memory::estimate_training`]).
     pub estimated_peak_bytes: u64,
+    /// Whether the decoder layers were checkpointed (recomputed in backward).
+    pub checkpoint_activations: bool,
     /// Pipelines compiled in every step after the first, summed (0 when shapes repeat).
     pub pipelines_after_first_step: usize,
     /// Command batches submitted per timed step, on average.
@@ -229,6 +235,7 @@ impl StepRunner {
         if cfg.f16_weights {
             model.store_frozen_weights_f16()?;
         }
+        model.checkpoint_activations = cfg.checkpoint_activations;
         let adapter = match method {
             BenchMethod::Lora => Some(cfg.lora.clone()),
             BenchMethod::Hydra => Some(cfg.hydra.clone()),
@@ -368,6 +375,7 @@ impl StepRunner {
             peak_pool_bytes_last_step: samples[samples.len() - 1].peak_bytes,
             estimated_peak_bytes: crate::train::memory::estimate_training(&self.model, &self.params, run)
                 .total(),
+            checkpoint_activations: self.model.checkpoint_activations,
             pipelines_after_first_step: samples[1..].iter().map(|s| s.pipelines).sum(),
             submits_per_step: per_step(|s| s.submits),
             dispatches_per_step: per_step(|s| s.dispatches),

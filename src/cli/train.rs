@@ -82,6 +82,11 @@ pub struct TrainArgs {
     /// Keep the frozen layer weights in f16 (half their memory; computed in f32).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub f16_weights: Option<bool>,
+    /// Keep only each decoder layer's input and recompute the layer in backward (less
+    /// memory, about one more forward of work; the same gradients) [default: only when the
+    /// memory budget needs it].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub checkpoint_activations: Option<bool>,
     /// Scale by alpha / sqrt(r) (rsLoRA).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub rslora: Option<bool>,
@@ -169,6 +174,7 @@ impl TrainArgs {
             dropout,
             memory_budget,
             f16_weights,
+            checkpoint_activations,
             rslora,
             top_k,
             balance_coef,
@@ -301,6 +307,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         max_grad_norm: a.max_grad_norm.or(Some(1.0)).filter(|&n| n > 0.0),
         weight_decay: a.weight_decay.unwrap_or(0.0),
         seed,
+        checkpoint_activations: a.checkpoint_activations.unwrap_or(false),
         ..Default::default()
     };
     let checkpoint = output.join("checkpoint");
@@ -316,6 +323,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     } else {
         Trainer::new(model, train_tokens, pad, settings)?
     };
+    eprintln!("memory: {}", trainer.memory_plan());
     let outcome = train_loop(
         &mut trainer,
         &eval_tokens,

@@ -43,6 +43,10 @@ pub struct StepArgs {
     /// Keep the frozen layer weights in f16 (as `train --f16-weights`); adapter methods only.
     #[arg(long)]
     f16_weights: bool,
+    /// Keep only each decoder layer's input and recompute the layer in backward (as `train
+    /// --checkpoint-activations`): less memory, one more forward of work.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 impl MethodArg {
@@ -61,6 +65,7 @@ pub fn run_step(a: StepArgs) -> CliResult {
         return Err("--f16-weights keeps frozen weights in f16: not with --method full".into());
     }
     cfg.f16_weights = a.f16_weights;
+    cfg.checkpoint_activations = a.checkpoint_activations;
     let device = Device::new()?;
     if let Some(versus) = a.versus {
         let targets = a.targets.clone().or_else(|| match a.method {
@@ -94,12 +99,17 @@ pub fn run_step(a: StepArgs) -> CliResult {
         r.tokens_per_step
     );
     println!(
-        "method:             {} on {:?}, {} trainable parameters{}",
+        "method:             {} on {:?}, {} trainable parameters{}{}",
         r.method,
         r.targets,
         r.trainable_params,
         if a.f16_weights {
             ", frozen weights in f16"
+        } else {
+            ""
+        },
+        if r.checkpoint_activations {
+            ", activation checkpointing"
         } else {
             ""
         }
