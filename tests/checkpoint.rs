@@ -1,8 +1,8 @@
 //! Activation checkpointing on the tiny fixture model: a step with every decoder layer
 //! checkpointed (recomputed in backward) gives bit for bit the loss and the gradients of the
 //! recorded step, for the fixtures' LoRA and HydraLoRA adapters (dropout on, dense and top-k
-//! routing) and for full-parameter training; and a training run gives the same losses and
-//! weights either way.
+//! routing; the dropout seed changed before backward) and for full-parameter training; and a
+//! training run gives the same losses and weights either way.
 
 mod common;
 
@@ -37,6 +37,9 @@ fn loss_and_gradients(model: &Llama, params: &[Tensor]) -> Vec<Option<Vec<u32>>>
     set_dropout_seed(model, 1234);
     let logits = model.forward(&ids, batch, None).unwrap();
     let loss = model.causal_lm_loss(&logits, &labels).unwrap();
+    // The next micro-batch's seed, set before this backward: the re-run layers must still
+    // draw this forward's dropout masks.
+    set_dropout_seed(model, 5678);
     let grads = loss.backward().unwrap();
     let bits = |t: &Tensor| -> Vec<u32> {
         t.to_vec_f32()

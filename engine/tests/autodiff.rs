@@ -343,7 +343,7 @@ fn a_checkpoint_gives_bitwise_the_gradients_of_the_recorded_function_and_keeps_o
     let f = move |xs: &[Tensor]| -> hydralora_engine::Result<Tensor> {
         xs[0].matmul_nt(&a)?.add(&xs[0])?.silu()?.matmul_nt(&b)
     };
-    let recorded = f(&[x.clone()]).unwrap(); // [6, 5]
+    let recorded = f(std::slice::from_ref(&x)).unwrap(); // [6, 5]
     let checkpointed = checkpoint(&[&x], f.clone()).unwrap(); // [6, 5]
     assert_eq!(
         read(&recorded)
@@ -377,7 +377,7 @@ fn a_checkpoint_gives_bitwise_the_gradients_of_the_recorded_function_and_keeps_o
     let y = checkpoint(&[&x], f.clone()).unwrap(); // [6, 5]
     assert_eq!(dev.pool_stats().in_use - before, pool_bytes(6 * 5 * 4));
     drop(y);
-    let y = f(&[x.clone()]).unwrap(); // and x W1^T, + x, silu: [6, 8] each
+    let y = f(std::slice::from_ref(&x)).unwrap(); // and x W1^T, + x, silu: [6, 8] each
     assert_eq!(
         dev.pool_stats().in_use - before,
         pool_bytes(6 * 5 * 4) + 3 * pool_bytes(6 * 8 * 4)
@@ -391,7 +391,7 @@ fn a_checkpoint_on_a_frozen_input_nested_or_unrecorded_still_gives_the_parameter
     let w = param(&values(16, -0.5, 0.5, 5), &[4, 4]);
     let v = w.clone();
     let inner = move |xs: &[Tensor]| xs[0].matmul_nt(&v)?.silu();
-    let plain = inner(&[inner(&[x.clone()]).unwrap()]).unwrap(); // [3, 4]
+    let plain = inner(&[inner(std::slice::from_ref(&x)).unwrap()]).unwrap(); // [3, 4]
     let expected = grads_bits(&plain, &[&w]);
     // Nothing that tracks gradients goes in, yet w's gradient comes out; and a checkpoint
     // inside a checkpoint (re-run when the outer one re-runs).
@@ -411,7 +411,10 @@ fn a_checkpoint_on_a_frozen_input_nested_or_unrecorded_still_gives_the_parameter
         .unwrap()
         .matmul_nt(&w)
         .unwrap();
-    let direct = inner(&[x.clone()]).unwrap().matmul_nt(&w).unwrap();
+    let direct = inner(std::slice::from_ref(&x))
+        .unwrap()
+        .matmul_nt(&w)
+        .unwrap();
     assert_eq!(grads_bits(&both, &[&w]), grads_bits(&direct, &[&w]));
 }
 

@@ -94,7 +94,9 @@ impl Trainer {
     /// `pad_id` pads short sequences (their labels are -100, so its value never matters).
     /// Errors: invalid settings ([`TrainSettings::validate`]), no examples, no adapter, or a
     /// micro-batch of the longest example that would not fit the device
-    /// ([`Llama::check_batch_fits`]).
+    /// ([`Llama::check_batch_fits`]), or a run over the device's memory budget even with
+    /// activation checkpointing, which is turned on when asked in the settings or when only
+    /// it fits ([`Trainer::memory_plan`] says which and why).
     pub fn new(
         model: Llama,
         examples: Vec<TokenizedExample>,
