@@ -92,3 +92,26 @@ fn hydra_costs_a_few_dispatches_per_adapted_layer_over_lora() {
     assert!((r.ratio_of_medians - ratio).abs() < 1e-12);
     assert!(r.median_ratio > 0.0 && r.median_ratio.is_finite());
 }
+
+#[test]
+fn checkpointed_steps_hold_less_and_still_submit_once() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cfg = tiny_config("checkpoint");
+    let plain = bench_step(&device(), &cfg, BenchMethod::Lora, None, 1, 1, false).unwrap();
+    cfg.checkpoint_activations = true;
+    let checkpointed = bench_step(&device(), &cfg, BenchMethod::Lora, None, 1, 1, false).unwrap();
+    assert!(!plain.checkpoint_activations && checkpointed.checkpoint_activations);
+    assert_eq!(checkpointed.submits_per_step, 1.0);
+    assert_eq!(checkpointed.pipelines_after_first_step, 0);
+    assert!(
+        checkpointed.peak_pool_bytes_last_step < plain.peak_pool_bytes_last_step,
+        "{} vs {}",
+        checkpointed.peak_pool_bytes_last_step,
+        plain.peak_pool_bytes_last_step
+    );
+    // The estimate follows the setting and still bounds the peak.
+    assert!(checkpointed.estimated_peak_bytes < plain.estimated_peak_bytes);
+    assert!(checkpointed.estimated_peak_bytes >= checkpointed.peak_pool_bytes_last_step);
+    // The recomputed layers cost dispatches: a second forward of the layers.
+    assert!(checkpointed.dispatches_per_step > plain.dispatches_per_step);
+}

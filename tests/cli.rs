@@ -266,6 +266,7 @@ fn eval_generate_and_merge_run_on_a_trained_adapter() {
         "--method",
         "lora",
         "--f16-weights",
+        "--checkpoint-activations",
         "--skip-bad-lines",
         "--rank",
         "2",
@@ -281,6 +282,7 @@ fn eval_generate_and_merge_run_on_a_trained_adapter() {
         out.to_str().unwrap(),
     ]);
     assert!(ok, "{o}\n{e}");
+    assert!(e.contains("activation checkpointing on: asked for"), "{e}");
     let adapter = out.join("adapter");
     let (ok, o, e) = hydralora(&[
         "eval",

@@ -1,7 +1,8 @@
 //! The device memory budget: the buffer pool never holds more than it, an allocation past it
 //! fails with the numbers and leaves the device usable, and a training run's up-front
-//! estimate bounds the pool's measured peak of a real step (from both sides) and refuses a
-//! run that does not fit before its first step, with advice that does fit.
+//! estimate bounds the pool's measured peak of a real step (from both sides, with and without
+//! activation checkpointing), turns checkpointing on when only that fits, and refuses a run
+//! that does not fit either way before its first step, with advice that does fit.
 //!
 //! Every test opens a device of its own: a budget is a property of the device.
 
@@ -9,10 +10,13 @@ mod common;
 
 use hydralora::engine::{human_bytes, pool_bytes, Device, Error, Tensor};
 use hydralora::model::adapter::{attach, AdapterConfig};
+use hydralora::model::bench::random_model;
 use hydralora::model::data::TokenizedExample;
-use hydralora::model::train::memory::{estimate_training, MemoryEstimate, RunShape};
+use hydralora::model::train::memory::{
+    estimate_training, estimate_training_as, MemoryEstimate, RunShape,
+};
 use hydralora::model::train::{TrainSettings, Trainable, Trainer};
-use hydralora::model::Llama;
+use hydralora::model::{Llama, LlamaConfig};
 
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-llama");
 const MIB: u64 = 1 << 20;
@@ -144,6 +148,7 @@ struct Case {
     seq: usize,
     accum: usize,
     f16: bool,
+    checkpoint: bool,
 }
 
 fn model_for(dev: &Device, case: &Case) -> Llama {
@@ -163,6 +168,7 @@ fn settings(case: &Case) -> TrainSettings {
         total_steps: 4,
         micro_batch: case.batch,
         grad_accum: case.accum,
+        checkpoint_activations: case.checkpoint,
         trainable: match case.adapter {
             Some(_) => Trainable::Adapter,
             None => Trainable::Full,
@@ -213,6 +219,7 @@ fn the_estimate_bounds_the_measured_peak_of_real_steps_within_the_stated_factor(
             seq: 64,
             accum: 1,
             f16: false,
+            checkpoint: false,
         },
         Case {
             adapter: Some(AdapterConfig::lora(8, 16.0, &all)),
@@ -220,6 +227,7 @@ fn the_estimate_bounds_the_measured_peak_of_real_steps_within_the_stated_factor(
             seq: 128,
             accum: 1,
             f16: false,
+            checkpoint: false,
         },
         Case {
             adapter: Some(hydra),
@@ -227,6 +235,7 @@ fn the_estimate_bounds_the_measured_peak_of_real_steps_within_the_stated_factor(
             seq: 96,
             accum: 2,
             f16: false,
+            checkpoint: false,
         },
         Case {
             adapter: Some(AdapterConfig::lora(4, 8.0, &["q_proj", "v_proj"])),
@@ -234,6 +243,7 @@ fn the_estimate_bounds_the_measured_peak_of_real_steps_within_the_stated_factor(
             seq: 128,
             accum: 1,
             f16: true,
+            checkpoint: false,
         },
         Case {
             adapter: Some(AdapterConfig::lora(4, 8.0, &all)),
@@ -241,15 +251,31 @@ fn the_estimate_bounds_the_measured_peak_of_real_steps_within_the_stated_factor(
             seq: 16,
             accum: 1,
             f16: false,
+            checkpoint: false,
         },
     ];
+    // The same runs with every decoder layer checkpointed.
+    let checkpointed: Vec<Case> = cases
+        .iter()
+        .map(|c| Case {
+            adapter: c.adapter.clone(),
+            checkpoint: true,
+            ..*c
+        })
+        .collect();
+    let cases: Vec<&Case> = cases.iter().chain(&checkpointed).collect();
     for (i, case) in cases.iter().enumerate() {
         let (est, peak) = estimate_and_peak(case);
         let ratio = est.total() as f64 / peak as f64;
         println!(
-            "case {i}: batch {} x {} tokens: measured peak {}, estimate {est}, ratio {ratio:.2}",
+            "case {i}: batch {} x {} tokens{}: measured peak {}, estimate {est}, ratio {ratio:.2}",
             case.batch,
             case.seq,
+            if case.checkpoint {
+                ", checkpointed"
+            } else {
+                ""
+            },
             human_bytes(peak)
         );
         assert!(
@@ -277,6 +303,7 @@ fn a_run_over_the_budget_is_refused_before_any_step_and_the_advice_fits() {
         seq: 64,
         accum: 1,
         f16: false,
+        checkpoint: false,
     };
     let dev = device();
     let data = examples(16, case.seq, 4);
@@ -287,13 +314,14 @@ fn a_run_over_the_budget_is_refused_before_any_step_and_the_advice_fits() {
         seq: case.seq,
         grad_accum: 1,
     };
-    let need = estimate_training(&model, &params, run).total();
+    // Checkpointing is turned on when it is what fits: the refusal is about that estimate.
+    let need = estimate_training_as(&model, &params, run, true).total();
     let half = RunShape {
         micro_batch: case.batch / 2,
         ..run
     };
-    // A budget that holds a micro-batch of 4 but not 8.
-    let budget = estimate_training(&model, &params, half).total();
+    // A budget that holds a micro-batch of 4 but not 8, even checkpointed.
+    let budget = estimate_training_as(&model, &params, half, true).total();
     dev.set_memory_budget(Some(budget));
     dev.reset_peak();
     let in_use = dev.pool_stats().in_use;
@@ -307,7 +335,10 @@ fn a_run_over_the_budget_is_refused_before_any_step_and_the_advice_fits() {
         "nothing was allocated"
     );
     for part in [
-        format!("needs an estimated {}", human_bytes(need)),
+        format!(
+            "needs an estimated {} of device memory with activation checkpointing",
+            human_bytes(need)
+        ),
         format!("memory budget of {}", human_bytes(budget)),
         "weights".to_string(),
         "attention".to_string(),
@@ -332,6 +363,7 @@ fn one_sequence_too_long_is_told_the_length_that_fits() {
         seq: 128,
         accum: 1,
         f16: false,
+        checkpoint: false,
     };
     let dev = device();
     let model = model_for(&dev, &case);
@@ -341,12 +373,11 @@ fn one_sequence_too_long_is_told_the_length_that_fits() {
         seq,
         grad_accum: 1,
     };
-    let budget = estimate_training(&model, &params, shape(100)).total();
-    // The longest length the estimate fits (pool size classes make a few lengths equal).
-    let fits = (1..=128)
-        .rev()
-        .find(|&t| estimate_training(&model, &params, shape(t)).total() <= budget)
-        .unwrap();
+    let estimate = |t| estimate_training_as(&model, &params, shape(t), true).total();
+    let budget = estimate(100);
+    // The longest length the checkpointed estimate fits (pool size classes make a few
+    // lengths equal).
+    let fits = (1..=128).rev().find(|&t| estimate(t) <= budget).unwrap();
     assert!((100..128).contains(&fits));
     dev.set_memory_budget(Some(budget));
     let err = Trainer::new(model, examples(2, case.seq, 1), 0, settings(&case))
@@ -377,6 +408,7 @@ fn f16_storage_is_advised_when_it_is_what_fits() {
         seq: 8,
         accum: 1,
         f16: false,
+        checkpoint: false,
     };
     let dev = device();
     let model = model_for(&dev, &case);
@@ -386,8 +418,8 @@ fn f16_storage_is_advised_when_it_is_what_fits() {
         seq: 8,
         grad_accum: 1,
     };
-    let need = estimate_training(&model, &params, run).total();
-    // Just under: f16 layer weights fit (so would a shorter sequence).
+    let need = estimate_training_as(&model, &params, run, true).total();
+    // Just under, even checkpointed: f16 layer weights fit (so would a shorter sequence).
     let budget = need - 1;
     dev.set_memory_budget(Some(budget));
     let err = Trainer::new(model, examples(2, case.seq, 2), 0, settings(&case))
@@ -420,4 +452,131 @@ fn a_model_over_the_budget_is_refused_before_any_weight_is_uploaded() {
     // The exact amount is enough.
     dev.set_memory_budget(Some(weights));
     Llama::load(&dev, TINY).unwrap();
+}
+
+#[test]
+fn checkpointing_is_chosen_when_only_it_fits_the_budget_and_the_plan_says_why() {
+    let all = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    let case = Case {
+        adapter: Some(AdapterConfig::lora(8, 16.0, &all)),
+        batch: 4,
+        seq: 128,
+        accum: 1,
+        f16: false,
+        checkpoint: false,
+    };
+    let dev = device();
+    let model = model_for(&dev, &case);
+    let params = hydralora::model::adapter::trainable_params(&model);
+    let run = RunShape {
+        micro_batch: case.batch,
+        seq: case.seq,
+        grad_accum: 1,
+    };
+    let plain = estimate_training_as(&model, &params, run, false);
+    let checkpointed = estimate_training_as(&model, &params, run, true);
+    assert!(
+        checkpointed.total() < plain.total(),
+        "{checkpointed} vs {plain}"
+    );
+    assert_eq!(checkpointed.weights, plain.weights);
+    assert_eq!(checkpointed.logits, plain.logits);
+    // Between the two: only the checkpointed run fits.
+    let budget = (checkpointed.total() + plain.total()) / 2;
+    dev.set_memory_budget(Some(budget));
+    let data = examples(8, case.seq, 6);
+    let mut trainer = Trainer::new(model, data.clone(), 0, settings(&case)).unwrap();
+    assert!(trainer.model.checkpoint_activations);
+    let plan = trainer.memory_plan().clone();
+    assert!(plan.checkpoint_activations);
+    assert_eq!(plan.estimate, checkpointed);
+    let said = plan.to_string();
+    for part in [
+        "activation checkpointing on: chosen because".to_string(),
+        format!("memory budget of {}", human_bytes(budget)),
+        format!("{} with it", human_bytes(checkpointed.total())),
+        format!("{} without", human_bytes(plain.total())),
+    ] {
+        assert!(said.contains(&part), "`{part}` missing from: {said}");
+    }
+    dev.reset_peak();
+    for _ in 0..2 {
+        trainer.step().unwrap();
+    }
+    assert!(dev.pool_stats().peak_in_use <= budget);
+    drop(trainer);
+    // A budget that holds the plain run leaves checkpointing off.
+    dev.set_memory_budget(Some(plain.total()));
+    let trainer = Trainer::new(model_for(&dev, &case), data, 0, settings(&case)).unwrap();
+    assert!(!trainer.model.checkpoint_activations);
+    let said = trainer.memory_plan().to_string();
+    assert!(
+        said.contains("activation checkpointing off: not needed"),
+        "{said}"
+    );
+}
+
+/// The pool's peak over two training steps of an 8-layer version of the tiny model (random
+/// weights), LoRA on every module, 4 sequences of 128 tokens; and the run's estimate.
+fn deep_model_peak(checkpoint: bool) -> (u64, u64) {
+    let dev = device();
+    let mut config = LlamaConfig::from_dir(TINY).unwrap();
+    config.num_hidden_layers = 8;
+    let mut model = random_model(&dev, &config, 1).unwrap();
+    let all = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+    attach(&mut model, &AdapterConfig::lora(8, 16.0, &all), 2).unwrap();
+    let case = Case {
+        adapter: Some(AdapterConfig::lora(8, 16.0, &all)),
+        batch: 4,
+        seq: 128,
+        accum: 1,
+        f16: false,
+        checkpoint,
+    };
+    let data = examples(8, case.seq, 7);
+    let mut trainer = Trainer::new(model, data, 0, settings(&case)).unwrap();
+    let estimate = trainer.memory_plan().estimate.total();
+    dev.synchronize().unwrap();
+    dev.reset_peak();
+    for _ in 0..2 {
+        trainer.step().unwrap();
+    }
+    dev.synchronize().unwrap();
+    (dev.pool_stats().peak_in_use, estimate)
+}
+
+#[test]
+fn checkpointing_lowers_the_measured_peak_of_a_deep_model_on_long_sequences() {
+    let (plain, plain_estimate) = deep_model_peak(false);
+    let (checkpointed, checkpointed_estimate) = deep_model_peak(true);
+    println!(
+        "8 layers, 4 x 128 tokens: peak {} recorded, {} checkpointed (estimates {} and {})",
+        human_bytes(plain),
+        human_bytes(checkpointed),
+        human_bytes(plain_estimate),
+        human_bytes(checkpointed_estimate)
+    );
+    assert!(checkpointed < plain);
+    for (peak, estimate) in [
+        (plain, plain_estimate),
+        (checkpointed, checkpointed_estimate),
+    ] {
+        assert!(peak <= estimate && estimate as f64 <= FACTOR * peak as f64);
+    }
 }

@@ -1,11 +1,13 @@
 //! Reverse mode: one pass over the graph in reverse topological order, and the backward
-//! rule of every op in one `match`. Rules run without recording (no higher-order graphs).
+//! rule of every op in one `match`. Rules run without recording (no higher-order graphs),
+//! except a checkpoint's, which re-runs its function recording (see [`checkpoint`]).
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::op::Op;
+use crate::op::{CheckpointFn, Op};
 use crate::ops::elementwise::{swiglu_backward, unary_backward, BinaryKind};
 use crate::ops::{
     attention, embedding, gate, loss,
@@ -18,6 +20,10 @@ use crate::tensor::{Tensor, TensorId};
 
 thread_local! {
     static NO_GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// Checkpoint forwards running (unrecorded) on this thread.
+    static CHECKPOINT_FORWARDS: Cell<usize> = const { Cell::new(0) };
+    /// Checkpoint functions being re-run by their backward rule on this thread.
+    static RECOMPUTES: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Whether ops on this thread record the graph (false inside [`no_grad`]).
@@ -71,6 +77,139 @@ impl Drop for NoGradGuard {
     }
 }
 
+/// Whether this thread computes for training: recording a graph, or running the forward of a
+/// [`checkpoint`] (unrecorded now, recorded when its backward re-runs it). Training-only
+/// behaviour, such as dropout, keys on this rather than on [`is_recording`], so that a
+/// checkpoint's forward and its re-run compute the same values.
+///
+/// ```
+/// use hydralora_engine::{is_training, no_grad};
+/// assert!(is_training());
+/// no_grad(|| assert!(!is_training()));
+/// ```
+pub fn is_training() -> bool {
+    is_recording() || CHECKPOINT_FORWARDS.with(|d| d.get() > 0)
+}
+
+/// Whether this thread is re-running a [`checkpoint`]'s function in its backward pass: the
+/// values are the forward's again, so side records of the forward (router statistics) need
+/// not be taken twice.
+pub fn is_recomputing() -> bool {
+    RECOMPUTES.with(|d| d.get() > 0)
+}
+
+/// Adds one to a thread-local counter until dropped.
+struct Depth(&'static std::thread::LocalKey<Cell<usize>>);
+
+impl Depth {
+    fn enter(key: &'static std::thread::LocalKey<Cell<usize>>) -> Depth {
+        key.with(|d| d.set(d.get() + 1));
+        Depth(key)
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        self.0.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Turns recording on (whatever [`no_grad`] said) until dropped, then restores it.
+struct RecordingGuard(usize);
+
+impl RecordingGuard {
+    fn new() -> Self {
+        RecordingGuard(NO_GRAD_DEPTH.with(|d| d.replace(0)))
+    }
+}
+
+impl Drop for RecordingGuard {
+    fn drop(&mut self) {
+        NO_GRAD_DEPTH.with(|d| d.set(self.0));
+    }
+}
+
+/// Activation checkpointing: `f(inputs)`, keeping for backward only `inputs` and `f` instead
+/// of every intermediate result of `f`.
+///
+/// While recording, `f` runs unrecorded ([`is_training`] stays true, so dropout still
+/// applies) and the result records one op. Its backward rule re-runs `f` on the saved inputs,
+/// recording, as new leaves that track gradients where the originals did, backpropagates the
+/// output's gradient through that graph, and hands back the inputs' gradients; the
+/// gradients of parameters `f` reads itself (captured, not passed as inputs) land in the
+/// same [`Gradients`] as if `f` had been recorded. The re-run uses the same kernels in the
+/// same order, so every gradient is bitwise the one of the recorded `f`. `f` must compute the
+/// same thing when called again: randomness inside it must come from a seed it captures.
+/// Without recording (under [`no_grad`]), it is just `f(inputs)`.
+///
+/// The op is recorded whenever recording is on, even when no input tracks gradients: the
+/// parameters `f` reads are only seen when it re-runs.
+///
+/// ```no_run
+/// use hydralora_engine::{checkpoint, Device, Tensor};
+/// # fn main() -> hydralora_engine::Result<()> {
+/// let dev = Device::new()?;
+/// let w = Tensor::rand_uniform(&dev, &[4, 4], -1.0, 1.0, 0)?.into_param(); // [4, 4]
+/// let x = Tensor::rand_uniform(&dev, &[2, 4], -1.0, 1.0, 1)?; // [2, 4]
+/// let w_in = w.clone();
+/// // silu(x W^T) W^T: the [2, 4] intermediate is recomputed in backward, not kept.
+/// let y = checkpoint(&[&x], move |xs| xs[0].matmul_nt(&w_in)?.silu()?.matmul_nt(&w_in))?;
+/// let grads = y.sum_all()?.backward()?;
+/// assert_eq!(grads.get(&w).unwrap().shape(), &[4, 4]);
+/// # Ok(()) }
+/// ```
+pub fn checkpoint(
+    inputs: &[&Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    let inputs: Vec<Tensor> = inputs.iter().map(|t| (*t).clone()).collect();
+    if !is_recording() {
+        return f(&inputs);
+    }
+    let out = {
+        let _unrecorded = NoGradGuard::new();
+        let _forward = Depth::enter(&CHECKPOINT_FORWARDS);
+        f(&inputs)?
+    };
+    Ok(out.recorded(Op::Checkpoint {
+        inputs,
+        f: Arc::new(f),
+    }))
+}
+
+/// A checkpoint's backward: `f` re-run, recording, on leaves holding the saved inputs, and
+/// `g` backpropagated through it. Returns the inputs' gradients; the gradients of the
+/// parameters `f` read are summed into `params`.
+fn checkpoint_backward(
+    inputs: &[Tensor],
+    f: &CheckpointFn,
+    g: &Tensor,
+    params: &mut Gradients,
+) -> Result<Vec<Option<Tensor>>> {
+    let leaves: Vec<Tensor> = inputs.iter().map(|t| t.leaf(t.tracks_grad())).collect();
+    let out = {
+        let _recording = RecordingGuard::new();
+        let _recompute = Depth::enter(&RECOMPUTES);
+        f(&leaves)?
+    };
+    if out.shape() != g.shape() {
+        return Err(Error::Backward(format!(
+            "checkpoint: the function re-run gave shape {:?}, the forward {:?}",
+            out.shape(),
+            g.shape()
+        )));
+    }
+    if !out.tracks_grad() {
+        return Ok(vec![None; inputs.len()]);
+    }
+    let mut inner = out.backward_with(g.clone())?;
+    let grads = leaves.iter().map(|t| inner.map.remove(&t.id())).collect();
+    for (id, grad) in inner.map {
+        params.accumulate(id, grad)?;
+    }
+    Ok(grads)
+}
+
 /// Gradients of the parameters (leaves that require grad), keyed by tensor id.
 #[derive(Default)]
 pub struct Gradients {
@@ -106,6 +245,17 @@ impl Gradients {
     /// Every (parameter id, gradient) pair, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&TensorId, &Tensor)> {
         self.map.iter()
+    }
+
+    /// Adds `grad` to the gradient of parameter `id` (sets it when there is none): a
+    /// parameter read inside a checkpoint and elsewhere collects both parts.
+    fn accumulate(&mut self, id: TensorId, grad: Tensor) -> Result<()> {
+        let sum = match self.map.remove(&id) {
+            Some(prev) => prev.add(&grad)?,
+            None => grad,
+        };
+        self.map.insert(id, sum);
+        Ok(())
     }
 }
 
@@ -155,7 +305,7 @@ impl Tensor {
             };
             let Some(op) = node.op() else {
                 if node.requires_grad() {
-                    params.map.insert(node.id(), g);
+                    params.accumulate(node.id(), g)?;
                 }
                 continue;
             };
@@ -173,7 +323,7 @@ impl Tensor {
                     }
                 })
                 .collect();
-            let grads = rule(op, node, &g, &needs, &mut sums)?;
+            let grads = rule(op, node, &g, (&needs, &mut sums), &mut params)?;
             for ((input, gi), prev) in inputs.into_iter().zip(grads).zip(sums) {
                 if !input.tracks_grad() {
                     continue; // frozen: its gradient is never kept
@@ -227,13 +377,14 @@ fn topological_order(root: &Tensor) -> Vec<Tensor> {
 /// collected so far: a rule that takes it returns the total (matmul sums its product into
 /// it in place); one left there is added to the rule's part by the caller.
 /// A rule that reads `out` must say so in `Op::reads_output` (`add_matmul_scaled` reuses
-/// the buffer of an output whose rule does not).
+/// the buffer of an output whose rule does not). A checkpoint's rule sums the gradients of
+/// the parameters its function read into `params`.
 fn rule(
     op: &Op,
     out: &Tensor,
     g: &Tensor,
-    needs: &[bool],
-    sums: &mut [Option<Tensor>],
+    (needs, sums): (&[bool], &mut [Option<Tensor>]),
+    params: &mut Gradients,
 ) -> Result<Vec<Option<Tensor>>> {
     let need = |i: usize| needs.get(i).copied().unwrap_or(true);
     Ok(match op {
@@ -346,6 +497,7 @@ fn rule(
             let refs: Vec<&Tensor> = inputs.iter().collect();
             op.backward(&refs, out, g)?
         }
+        Op::Checkpoint { inputs, f } => checkpoint_backward(inputs, f.as_ref(), g, params)?,
     })
 }
 

@@ -11,7 +11,8 @@
 //!   functions re-exported here ([`causal_attention`], [`rms_norm`], [`cross_entropy`], ...).
 //! - A tensor made by [`Tensor::into_param`] is a parameter; ops on parameters record a
 //!   graph, [`Tensor::backward`] returns their [`Gradients`], and [`no_grad`] turns the
-//!   recording off.
+//!   recording off; [`checkpoint`] keeps a function's inputs instead of its intermediates
+//!   and re-runs it in backward.
 //! - [`AdamW`] updates parameters in place; [`gradcheck`] compares autodiff gradients with
 //!   finite differences; [`custom`] adds your own kernel and backward rule.
 //! - Every failure is an [`Error`] naming the op and the shapes involved.
@@ -49,7 +50,9 @@ pub(crate) mod autograd {
     pub(crate) use crate::op::Op;
 }
 
-pub use backward::{is_recording, no_grad, Gradients, NoGradGuard};
+pub use backward::{
+    checkpoint, is_recomputing, is_recording, is_training, no_grad, Gradients, NoGradGuard,
+};
 pub use custom::CustomOp;
 pub use device::{Device, DeviceInfo};
 pub use error::{human_bytes, Error, Result};

@@ -118,7 +118,16 @@ pub(crate) enum Op {
         inputs: Vec<Tensor>,
         op: std::sync::Arc<dyn crate::CustomOp>,
     },
+    /// `f(inputs)` run without recording (see [`crate::checkpoint`]): only the inputs and
+    /// `f` are kept, and the backward rule re-runs `f`, recording, to backpropagate.
+    Checkpoint {
+        inputs: Vec<Tensor>,
+        f: std::sync::Arc<CheckpointFn>,
+    },
 }
+
+/// A checkpointed function: its inputs in, one tensor out (see [`crate::checkpoint`]).
+pub type CheckpointFn = dyn Fn(&[Tensor]) -> crate::Result<Tensor> + Send + Sync;
 
 impl Op {
     /// Whether this op's backward rule reads its own output's value. One that does not may
@@ -157,7 +166,7 @@ impl Op {
                 logits_src, h_src, ..
             } => vec![logits_src, h_src],
             Op::Concat { parts, .. } => parts.iter().collect(),
-            Op::Custom { inputs, .. } => inputs.iter().collect(),
+            Op::Custom { inputs, .. } | Op::Checkpoint { inputs, .. } => inputs.iter().collect(),
         }
     }
 }

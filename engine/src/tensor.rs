@@ -409,6 +409,16 @@ impl Tensor {
 
     /// The same data as a new leaf that requires gradients (a trainable parameter).
     pub fn into_param(self) -> Tensor {
+        self.leaf(true)
+    }
+
+    /// The same data, cut off from the graph: no gradient flows through the result.
+    pub fn detach(&self) -> Tensor {
+        self.leaf(false)
+    }
+
+    /// The same data as a new leaf of the graph (a new id), a parameter when `requires_grad`.
+    pub(crate) fn leaf(&self, requires_grad: bool) -> Tensor {
         Tensor(Arc::new(TensorInner {
             id: TensorId::new(),
             shape: self.0.shape.clone(),
@@ -416,19 +426,8 @@ impl Tensor {
             storage: self.0.storage.clone(),
             device: self.0.device.clone(),
             op: None,
-            requires_grad: true,
+            requires_grad,
         }))
-    }
-
-    /// The same data, cut off from the graph: no gradient flows through the result.
-    pub fn detach(&self) -> Tensor {
-        Self::from_parts(
-            &self.0.device,
-            self.0.shape.clone(),
-            self.0.dtype,
-            self.0.storage.clone(),
-            None,
-        )
     }
 
     /// Copies the data into a new buffer (a tensor that shares no storage with this one).
@@ -569,6 +568,11 @@ impl Tensor {
         if !autograd::is_recording() || !inputs.iter().any(|t| t.tracks_grad()) {
             return self;
         }
+        self.recorded(op())
+    }
+
+    /// This result as computed by `op` (a new tensor of the same buffer when others hold it).
+    pub(crate) fn recorded(self, op: Op) -> Tensor {
         let inner = Arc::try_unwrap(self.0).unwrap_or_else(|arc| TensorInner {
             id: TensorId::new(),
             shape: arc.shape.clone(),
@@ -579,7 +583,7 @@ impl Tensor {
             requires_grad: false,
         });
         Tensor(Arc::new(TensorInner {
-            op: Some(op()),
+            op: Some(op),
             ..inner
         }))
     }

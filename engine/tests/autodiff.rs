@@ -8,7 +8,9 @@ mod common;
 
 use common::*;
 use hydralora_engine::gradcheck::gradcheck;
-use hydralora_engine::{add_matmul_scaled, is_recording, no_grad, Error, NoGradGuard, Tensor};
+use hydralora_engine::{
+    add_matmul_scaled, checkpoint, is_recording, no_grad, pool_bytes, Error, NoGradGuard, Tensor,
+};
 
 #[test]
 fn a_tensor_used_twice_accumulates_both_gradients() {
@@ -315,4 +317,128 @@ fn gradients_flow_through_every_layout_and_reduction_op_together() {
         .map(|i| if (4..12).contains(&i) { 1.125 } else { 1.0 })
         .collect();
     assert_eq!(g, expected);
+}
+
+/// The parameters' and the input's gradients of `sum(f(x) * weights)`, each as bits.
+fn grads_bits(y: &Tensor, wanted: &[&Tensor]) -> Vec<Vec<u32>> {
+    let w = tensor(&values(y.numel(), 0.5, 1.5, 9), y.shape()); // weights, y's shape
+    let grads = y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+    wanted
+        .iter()
+        .map(|t| {
+            let g = grads.get(t).expect("a gradient for every parameter");
+            read(g).iter().map(|v| v.to_bits()).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_gives_bitwise_the_gradients_of_the_recorded_function_and_keeps_only_its_inputs() {
+    // x [6, 8] -> silu(x W1^T + x) W2^T, W1 [8, 8], W2 [5, 8]: x is read twice (a sum of two
+    // gradient parts inside the checkpoint), W1 and W2 are read inside only.
+    let x = param(&values(48, -1.0, 1.0, 1), &[6, 8]);
+    let w1 = param(&values(64, -0.5, 0.5, 2), &[8, 8]);
+    let w2 = param(&values(40, -0.5, 0.5, 3), &[5, 8]);
+    let (a, b) = (w1.clone(), w2.clone());
+    let f = move |xs: &[Tensor]| -> hydralora_engine::Result<Tensor> {
+        xs[0].matmul_nt(&a)?.add(&xs[0])?.silu()?.matmul_nt(&b)
+    };
+    let recorded = f(std::slice::from_ref(&x)).unwrap(); // [6, 5]
+    let checkpointed = checkpoint(&[&x], f.clone()).unwrap(); // [6, 5]
+    assert_eq!(
+        read(&recorded)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>(),
+        read(&checkpointed)
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    );
+    let want = [&x, &w1, &w2];
+    let expected = grads_bits(&recorded, &want);
+    assert!(expected.iter().all(|g| g.iter().any(|&v| v != 0)));
+    assert_eq!(grads_bits(&checkpointed, &want), expected);
+
+    // Only the input is kept: the checkpoint's graph holds no intermediate buffer. (A device
+    // of its own: the tests of this binary run at once on the shared one.)
+    let dev = hydralora_engine::Device::new().unwrap();
+    let on_dev = |t: &Tensor| {
+        Tensor::from_slice(&dev, &read(t), t.shape())
+            .unwrap()
+            .into_param()
+    };
+    let (x, a, b) = (on_dev(&x), on_dev(&w1), on_dev(&w2));
+    let f = move |xs: &[Tensor]| -> hydralora_engine::Result<Tensor> {
+        xs[0].matmul_nt(&a)?.add(&xs[0])?.silu()?.matmul_nt(&b)
+    };
+    dev.synchronize().unwrap();
+    let before = dev.pool_stats().in_use;
+    let y = checkpoint(&[&x], f.clone()).unwrap(); // [6, 5]
+    assert_eq!(dev.pool_stats().in_use - before, pool_bytes(6 * 5 * 4));
+    drop(y);
+    let y = f(std::slice::from_ref(&x)).unwrap(); // and x W1^T, + x, silu: [6, 8] each
+    assert_eq!(
+        dev.pool_stats().in_use - before,
+        pool_bytes(6 * 5 * 4) + 3 * pool_bytes(6 * 8 * 4)
+    );
+    drop(y);
+}
+
+#[test]
+fn a_checkpoint_on_a_frozen_input_nested_or_unrecorded_still_gives_the_parameters_gradients() {
+    let x = tensor(&values(12, -1.0, 1.0, 4), &[3, 4]); // frozen input [3, 4]
+    let w = param(&values(16, -0.5, 0.5, 5), &[4, 4]);
+    let v = w.clone();
+    let inner = move |xs: &[Tensor]| xs[0].matmul_nt(&v)?.silu();
+    let plain = inner(&[inner(std::slice::from_ref(&x)).unwrap()]).unwrap(); // [3, 4]
+    let expected = grads_bits(&plain, &[&w]);
+    // Nothing that tracks gradients goes in, yet w's gradient comes out; and a checkpoint
+    // inside a checkpoint (re-run when the outer one re-runs).
+    let i2 = inner.clone();
+    let nested = checkpoint(&[&x], move |xs| {
+        let h = checkpoint(&[&xs[0]], i2.clone())?;
+        i2(&[h])
+    })
+    .unwrap();
+    assert!(nested.tracks_grad());
+    assert_eq!(grads_bits(&nested, &[&w]), expected);
+    // Unrecorded, a checkpoint is just the function.
+    let y = no_grad(|| checkpoint(&[&x], inner.clone())).unwrap();
+    assert!(!y.tracks_grad());
+    // A parameter read inside and outside collects both parts.
+    let both = checkpoint(&[&x], inner.clone())
+        .unwrap()
+        .matmul_nt(&w)
+        .unwrap();
+    let direct = inner(std::slice::from_ref(&x))
+        .unwrap()
+        .matmul_nt(&w)
+        .unwrap();
+    assert_eq!(grads_bits(&both, &[&w]), grads_bits(&direct, &[&w]));
+}
+
+#[test]
+fn training_mode_holds_in_a_checkpoint_forward_and_its_re_run_is_marked() {
+    let x = param(&[1.0, 2.0], &[2]);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let y = checkpoint(&[&x], move |xs| {
+        log.lock().unwrap().push((
+            is_recording(),
+            hydralora_engine::is_training(),
+            hydralora_engine::is_recomputing(),
+        ));
+        xs[0].mul(&xs[0])
+    })
+    .unwrap();
+    let g = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(read(g.get(&x).unwrap()), [2.0, 4.0]);
+    // The forward: unrecorded, training; the re-run: recorded, training, recomputing.
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(false, true, false), (true, true, true)]
+    );
+    assert!(is_recording() && hydralora_engine::is_training());
+    assert!(!hydralora_engine::is_recomputing());
 }

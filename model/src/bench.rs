@@ -47,6 +47,9 @@ pub struct BenchConfig {
     /// `bench step --weights` says otherwise; not read from the file. Adapter methods only
     /// for anything but f32.
     pub weights: DType,
+    /// Checkpoint the decoder layers ([`Llama::checkpoint_activations`]); not read from the
+    /// file (false), set by `bench step --checkpoint-activations`.
+    pub checkpoint_activations: bool,
 }
 
 impl BenchConfig {
@@ -110,6 +113,7 @@ impl BenchConfig {
                 weight_decay: num(&adamw_v, "weight_decay").unwrap_or(0.0) as f32,
             },
             weights: DType::F32,
+            checkpoint_activations: false,
         })
     }
 }
@@ -188,6 +192,8 @@ pub struct StepReport {
     pub peak_pool_bytes_last_step: u64,
     /// The up-front estimate of the peak ([`crate::train::memory::estimate_training`]).
     pub estimated_peak_bytes: u64,
+    /// Whether the decoder layers were checkpointed (recomputed in backward).
+    pub checkpoint_activations: bool,
     /// Pipelines compiled in every step after the first, summed (0 when shapes repeat).
     pub pipelines_after_first_step: usize,
     /// Command batches submitted per timed step, on average.
@@ -239,6 +245,7 @@ impl StepRunner {
         targets: Option<Vec<String>>,
     ) -> Result<StepRunner> {
         let mut model = random_model_as(device, &cfg.model, cfg.seed, cfg.weights)?;
+        model.checkpoint_activations = cfg.checkpoint_activations;
         let adapter = match method {
             BenchMethod::Lora => Some(cfg.lora.clone()),
             BenchMethod::Hydra => Some(cfg.hydra.clone()),
@@ -378,6 +385,7 @@ impl StepRunner {
             peak_pool_bytes_last_step: samples[samples.len() - 1].peak_bytes,
             estimated_peak_bytes: crate::train::memory::estimate_training(&self.model, &self.params, run)
                 .total(),
+            checkpoint_activations: self.model.checkpoint_activations,
             pipelines_after_first_step: samples[1..].iter().map(|s| s.pipelines).sum(),
             submits_per_step: per_step(|s| s.submits),
             dispatches_per_step: per_step(|s| s.dispatches),

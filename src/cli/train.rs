@@ -90,6 +90,11 @@ pub struct TrainArgs {
     /// The same as `--weights f16`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub f16_weights: Option<bool>,
+    /// Keep only each decoder layer's input and recompute the layer in backward (less
+    /// memory, about one more forward of work; the same gradients) [default: only when the
+    /// memory budget needs it].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub checkpoint_activations: Option<bool>,
     /// Scale by alpha / sqrt(r) (rsLoRA).
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub rslora: Option<bool>,
@@ -178,6 +183,7 @@ impl TrainArgs {
             memory_budget,
             weights,
             f16_weights,
+            checkpoint_activations,
             rslora,
             top_k,
             balance_coef,
@@ -311,6 +317,7 @@ pub fn run(args: TrainArgs) -> CliResult {
         max_grad_norm: a.max_grad_norm.or(Some(1.0)).filter(|&n| n > 0.0),
         weight_decay: a.weight_decay.unwrap_or(0.0),
         seed,
+        checkpoint_activations: a.checkpoint_activations.unwrap_or(false),
         ..Default::default()
     };
     let checkpoint = output.join("checkpoint");
@@ -326,6 +333,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     } else {
         Trainer::new(model, train_tokens, pad, settings)?
     };
+    eprintln!("memory: {}", trainer.memory_plan());
     let outcome = train_loop(
         &mut trainer,
         &eval_tokens,

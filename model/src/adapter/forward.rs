@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hydralora_engine::{
-    add_matmul_scaled, gate_expand, is_recording, matmul_scaled, rng::Rng, routed_expand,
-    top_k_mask, Result, Tensor,
+    add_matmul_scaled, gate_expand, is_recomputing, is_training, matmul_scaled, rng::Rng,
+    routed_expand, top_k_mask, Result, Tensor,
 };
 
 /// The trainable part of an adapted linear layer.
@@ -40,7 +40,8 @@ pub struct Adapter {
     pub last_gates: Arc<Mutex<Option<Tensor>>>,
     /// Keep each forward's gates in `last_gates` (see [`crate::adapter::record_gates`]).
     pub record_gates: bool,
-    /// Dropout on the input of A while training (recording a graph), as PEFT applies it.
+    /// Dropout on the input of A while training (recording a graph, or in a checkpoint's
+    /// forward: [`hydralora_engine::is_training`]), as PEFT applies it.
     pub dropout: Dropout,
 }
 
@@ -59,7 +60,7 @@ pub struct Dropout {
 impl Dropout {
     /// x with each element zeroed with probability p and the rest scaled by 1 / (1 - p).
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        if self.p <= 0.0 || !is_recording() {
+        if self.p <= 0.0 || !is_training() {
             return Ok(x.clone());
         }
         let mask = dropout_mask(
@@ -125,9 +126,10 @@ impl Adapter {
         }
     }
 
-    /// Keeps the gates of this forward for router statistics and the balance loss.
+    /// Keeps the gates of this forward for router statistics and the balance loss (not
+    /// again when a checkpoint re-runs the forward in backward: they would hold its graph).
     fn record(&self, g: &Tensor) {
-        if self.record_gates {
+        if self.record_gates && !is_recomputing() {
             *self.last_gates.lock().unwrap_or_else(|e| e.into_inner()) = Some(g.clone());
         }
     }
@@ -161,7 +163,7 @@ impl Adapter {
             // Dense routing: the softmax runs inside the expansion kernel (both ways); the
             // gates are computed apart only when someone reads them.
             None => {
-                if self.record_gates {
+                if self.record_gates && !is_recomputing() {
                     self.record(&self.gates_from(&hl)?);
                 }
                 routed_expand(&hl, &h_src, self.rank) // [T, E r]

@@ -3,11 +3,12 @@
 //! One forward serves training (recorded for autodiff) and inference (under `no_grad`).
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use hydralora_engine::{
-    attention_kernel_in_use, causal_attention, causal_attention_tokens_first, embedding_parts,
-    human_bytes, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device,
-    RopeTables, Tensor, IGNORE_INDEX,
+    attention_kernel_in_use, causal_attention, causal_attention_tokens_first, checkpoint,
+    embedding_parts, human_bytes, is_recording, no_grad, pool_bytes, rope, swiglu, AttentionKernel,
+    AttnDims, DType, Device, RopeTables, Tensor, IGNORE_INDEX,
 };
 
 use crate::adapter::Adapter;
@@ -72,6 +73,10 @@ pub struct Llama {
     inv_freq: Vec<f64>, // [hd / 2]
     /// The settings of the attached adapter, if any (see [`crate::adapter`]).
     pub adapter: Option<crate::adapter::AdapterConfig>,
+    /// Activation checkpointing: while recording a graph, keep only each decoder layer's
+    /// input and recompute the layer in backward (same gradients, bitwise; a second forward
+    /// of the layers' work). The trainer sets it from its settings or the memory budget.
+    pub checkpoint_activations: bool,
 }
 
 impl Llama {
@@ -178,6 +183,7 @@ impl Llama {
             lm_head,
             inv_freq,
             adapter: None,
+            checkpoint_activations: false,
         })
     }
 
@@ -296,64 +302,22 @@ impl Llama {
         let ids_t = Tensor::from_u32(&self.device, ids, &[batch * t])?;
         let mut x = embedding_parts(&self.embed, &ids_t)?; // [B T, H]
         inspect("the embedding", &x)?;
+        let dims = Dims { b: batch, t };
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = x.rms_norm(&layer.input_norm, c.rms_norm_eps as f32)?;
-            let attn = self.attention(
-                layer,
-                &h,
-                batch,
-                t,
-                &tables,
-                cache.as_deref_mut().map(|c| (c, l)),
-            )?;
-            x = x.add(&attn)?;
+            if self.checkpoint_activations && cache.is_none() && is_recording() {
+                x = checkpointed_layer(c, layer, &x, dims, &tables)?;
+                inspect(&format!("layer {l} MLP"), &x)?;
+                continue;
+            }
+            let kv = cache.as_deref_mut().map(|c| (c, l));
+            x = attention_block(c, layer, &x, dims, &tables, kv)?;
             inspect(&format!("layer {l} attention"), &x)?;
-            let h = x.rms_norm(&layer.post_norm, c.rms_norm_eps as f32)?;
-            let gated = swiglu(&layer.gate_proj.forward(&h)?, &layer.up_proj.forward(&h)?)?; // [B T, I]
-            let mlp = layer.down_proj.forward(&gated)?;
-            x = x.add(&mlp)?;
+            x = mlp_block(c, layer, &x)?;
             inspect(&format!("layer {l} MLP"), &x)?;
         }
         let out = x.rms_norm(&self.norm, c.rms_norm_eps as f32)?;
         inspect("the final norm", &out)?;
         Ok(out)
-    }
-
-    /// Self-attention of one layer: h [B T, H] -> [B T, H].
-    fn attention(
-        &self,
-        layer: &Layer,
-        h: &Tensor,
-        b: usize,
-        t: usize,
-        tables: &RopeTables,
-        cache: Option<(&mut KvCache, usize)>,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
-        // Project and rotate in [B, T, heads, hd] (table row = token).
-        let q = rope(
-            &layer.q_proj.forward(h)?.reshape(&[b, t, nh, hd])?,
-            tables,
-            nh,
-        )?; // [B, T, nh, hd]
-        let k = rope(
-            &layer.k_proj.forward(h)?.reshape(&[b, t, nkv, hd])?,
-            tables,
-            nkv,
-        )?; // [B, T, nkv, hd]
-        let v = layer.v_proj.forward(h)?.reshape(&[b, t, nkv, hd])?; // [B, T, nkv, hd]
-        let out = match cache {
-            // The cache keeps heads first [B, nkv, S, hd], extended along S.
-            Some((cache, l)) => {
-                let (k, v) = cache.extend(l, k.transpose(1, 2)?, v.transpose(1, 2)?)?;
-                causal_attention(&q.transpose(1, 2)?, &k, &v)?.transpose(1, 2)?
-            }
-            // Tokens first: the flash kernels read this layout, no transposes.
-            None => causal_attention_tokens_first(&q, &k, &v)?,
-        }; // [B, T, nh, hd]
-        let out = out.reshape(&[b * t, nh * hd])?;
-        Ok(layer.o_proj.forward(&out)?)
     }
 
     /// logits = hidden lm_head^T, [N, V], part by part when lm_head is split.
@@ -610,6 +574,107 @@ impl Llama {
     pub fn logits(&self, ids: &[u32], batch: usize) -> Result<Tensor> {
         no_grad(|| self.forward(ids, batch, None))
     }
+}
+
+/// Sequences and tokens per sequence of a forward.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+}
+
+/// x + attention(rms_norm(x)): the first half of a decoder layer, x [B T, H].
+fn attention_block(
+    c: &LlamaConfig,
+    layer: &Layer,
+    x: &Tensor,
+    dims: Dims,
+    tables: &RopeTables,
+    cache: Option<(&mut KvCache, usize)>,
+) -> Result<Tensor> {
+    let h = x.rms_norm(&layer.input_norm, c.rms_norm_eps as f32)?;
+    let attn = attention(c, layer, &h, dims, tables, cache)?;
+    Ok(x.add(&attn)?)
+}
+
+/// x + mlp(rms_norm(x)), the SwiGLU MLP: the second half of a decoder layer, x [B T, H].
+fn mlp_block(c: &LlamaConfig, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+    let h = x.rms_norm(&layer.post_norm, c.rms_norm_eps as f32)?;
+    let gated = swiglu(&layer.gate_proj.forward(&h)?, &layer.up_proj.forward(&h)?)?; // [B T, I]
+    let mlp = layer.down_proj.forward(&gated)?;
+    Ok(x.add(&mlp)?)
+}
+
+/// A whole decoder layer, x [B T, H], as a checkpoint: only x is kept, and the layer is run
+/// again in backward with the same kernels in the same order. The dropout seed is read now
+/// and set again for the re-run, so that the re-run draws the forward's masks.
+fn checkpointed_layer(
+    c: &LlamaConfig,
+    layer: &Layer,
+    x: &Tensor,
+    dims: Dims,
+    tables: &RopeTables,
+) -> Result<Tensor> {
+    let (c, layer, tables) = (c.clone(), layer.clone(), tables.clone());
+    let seed = layer
+        .linears()
+        .find_map(|(_, linear)| linear.adapter.as_ref())
+        .map(|adapter| adapter.dropout.seed.clone());
+    let forward_seed = seed.as_ref().map(|s| s.load(Ordering::Relaxed));
+    Ok(checkpoint(&[x], move |xs| {
+        let before = seed
+            .as_ref()
+            .zip(forward_seed)
+            .map(|(s, v)| s.swap(v, Ordering::Relaxed));
+        let out = attention_block(&c, &layer, &xs[0], dims, &tables, None)
+            .and_then(|x| mlp_block(&c, &layer, &x));
+        if let (Some(s), Some(v)) = (&seed, before) {
+            s.store(v, Ordering::Relaxed);
+        }
+        out.map_err(|e| match e {
+            ModelError::Engine(e) => e,
+            other => hydralora_engine::Error::InvalidArgument {
+                op: "decoder layer",
+                shape: xs[0].shape().to_vec(),
+                why: other.to_string(),
+            },
+        })
+    })?)
+}
+
+/// Self-attention of one layer: h [B T, H] -> [B T, H].
+fn attention(
+    c: &LlamaConfig,
+    layer: &Layer,
+    h: &Tensor,
+    Dims { b, t }: Dims,
+    tables: &RopeTables,
+    cache: Option<(&mut KvCache, usize)>,
+) -> Result<Tensor> {
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim());
+    // Project and rotate in [B, T, heads, hd] (table row = token).
+    let q = rope(
+        &layer.q_proj.forward(h)?.reshape(&[b, t, nh, hd])?,
+        tables,
+        nh,
+    )?; // [B, T, nh, hd]
+    let k = rope(
+        &layer.k_proj.forward(h)?.reshape(&[b, t, nkv, hd])?,
+        tables,
+        nkv,
+    )?; // [B, T, nkv, hd]
+    let v = layer.v_proj.forward(h)?.reshape(&[b, t, nkv, hd])?; // [B, T, nkv, hd]
+    let out = match cache {
+        // The cache keeps heads first [B, nkv, S, hd], extended along S.
+        Some((cache, l)) => {
+            let (k, v) = cache.extend(l, k.transpose(1, 2)?, v.transpose(1, 2)?)?;
+            causal_attention(&q.transpose(1, 2)?, &k, &v)?.transpose(1, 2)?
+        }
+        // Tokens first: the flash kernels read this layout, no transposes.
+        None => causal_attention_tokens_first(&q, &k, &v)?,
+    }; // [B, T, nh, hd]
+    let out = out.reshape(&[b * t, nh * hd])?;
+    Ok(layer.o_proj.forward(&out)?)
 }
 
 /// Refuses, before anything is uploaded, a model whose weights (in the formats

@@ -17,8 +17,8 @@ pub const TARGET_MODULES: [&str; 7] = [
 ];
 
 /// One decoder layer's weights. Shapes use H = `hidden_size`, I = `intermediate_size`,
-/// nh / nkv = query / key-value heads and hd = `head_dim`.
-#[derive(Debug)]
+/// nh / nkv = query / key-value heads and hd = `head_dim`. Cloning shares the tensors.
+#[derive(Clone, Debug)]
 pub struct Layer {
     /// `input_layernorm`, the RMS norm weight before attention, `[H]`.
     pub input_norm: Tensor, // [H]

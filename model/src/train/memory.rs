@@ -8,6 +8,11 @@
 //! module of layer 0): a frozen part of the graph records less, so the estimate is an upper
 //! bound: measured 1.06 to 1.23 times the pool's peak on the tiny fixture model and 1.09 to
 //! 1.22 on `bench-s`; `tests/memory.rs` asserts both sides (peak <= estimate <= 1.5 x peak).
+//!
+//! With activation checkpointing ([`Llama::checkpoint_activations`]) the layers keep only
+//! their inputs, and one layer's activations and attention term are alive at a time, while
+//! its backward re-runs it. [`check_training_fits`] estimates a run both ways and turns
+//! checkpointing on when only that fits the budget.
 
 use hydralora_engine::{
     attention_kernel_in_use, human_bytes, pool_bytes, AttentionKernel, AttnDims, DType, Tensor,
@@ -21,7 +26,7 @@ use crate::llama::{weight_storage, Llama};
 /// Bytes of one training step at its peak (the end of backward), by what holds them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// Model weights as stored (f32, or f16 for frozen layer weights), plus adapter weights.
+    /// Model weights as stored (f32, or a storage format for frozen weights), plus adapter weights.
     pub weights: u64,
     /// Gradients of the trainable parameters (two sets while micro-batches accumulate) and
     /// AdamW's two moments.
@@ -72,32 +77,90 @@ pub struct RunShape {
     pub grad_accum: usize,
 }
 
-/// The peak bytes of a training step of `model` over `params` (the trainable tensors).
+/// The peak bytes of a training step of `model` over `params` (the trainable tensors), with
+/// activation checkpointing as the model is set.
 pub fn estimate_training(model: &Llama, params: &[Tensor], run: RunShape) -> MemoryEstimate {
-    estimate_with(model, params, run, model_weights(model, params, None))
+    estimate_training_as(model, params, run, model.checkpoint_activations)
 }
 
-fn estimate_with(model: &Llama, params: &[Tensor], run: RunShape, weights: u64) -> MemoryEstimate {
+/// [`estimate_training`] with activation checkpointing on or off, whatever the model's
+/// setting.
+pub fn estimate_training_as(
+    model: &Llama,
+    params: &[Tensor],
+    run: RunShape,
+    checkpoint: bool,
+) -> MemoryEstimate {
+    estimate_with(
+        model,
+        params,
+        run,
+        model_weights(model, params, None),
+        checkpoint,
+    )
+}
+
+fn estimate_with(
+    model: &Llama,
+    params: &[Tensor],
+    run: RunShape,
+    weights: u64,
+    checkpoint: bool,
+) -> MemoryEstimate {
     let c = &model.config;
     let (b, t) = (run.micro_batch, run.seq);
     let n = b * t;
     let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
     let grads = if run.grad_accum > 1 { 2 } else { 1 };
     let optimizer = params.iter().map(|p| (grads + 2) * f32s(p.numel())).sum();
-    let layers = model.layers.len() as u64 * layer_activations(c, n)
-        + model
-            .adapters()
-            .map(|(_, _, adapter)| adapter_activations(adapter, n))
-            .sum::<u64>();
+    let (layers, layers_with_scores) = match checkpoint {
+        false => (
+            (0..model.layers.len())
+                .map(|l| layer_with_adapters(model, l, n))
+                .sum(),
+            c.num_hidden_layers as u64,
+        ),
+        true => (checkpointed_layers(model, n), 1),
+    };
     // Around the layers: the final norm's input, rstd and output; ids, labels, RoPE tables.
     let ends = 2 * f32s(n * c.hidden_size) + 3 * f32s(n) + 2 * f32s(t * c.head_dim() / 2);
     MemoryEstimate {
         weights,
         optimizer,
         activations: layers + ends + backward_working_set(model, b, t),
-        attention: c.num_hidden_layers as u64 * attention_scores(model, b, t),
+        attention: layers_with_scores * attention_scores(model, b, t),
         logits: logits(model, n),
     }
+}
+
+/// What decoder layer `l`'s forward keeps for backward, its adapters' part included.
+fn layer_with_adapters(model: &Llama, l: usize, n: usize) -> u64 {
+    layer_activations(&model.config, n)
+        + model
+            .adapters()
+            .filter(|&(layer, _, _)| layer == l)
+            .map(|(_, _, adapter)| adapter_activations(adapter, n))
+            .sum::<u64>()
+}
+
+/// The layers' activations with checkpointing: every layer's input [H] per token, kept by
+/// its checkpoint; the largest layer's activations, alive while its backward re-runs it; the
+/// gradient entering that layer (held while the re-run's graph is walked) and the one
+/// leaving it ([H] each); and the router gates kept for statistics ([E] per routed adapter),
+/// which no longer belong to a graph.
+fn checkpointed_layers(model: &Llama, n: usize) -> u64 {
+    let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
+    let h = model.config.hidden_size;
+    let largest = (0..model.layers.len())
+        .map(|l| layer_with_adapters(model, l, n))
+        .max()
+        .unwrap_or(0);
+    let gates: u64 = model
+        .adapters()
+        .filter(|(_, _, ad)| ad.routed && ad.record_gates)
+        .map(|(_, _, ad)| f32s(n * ad.experts()))
+        .sum();
+    model.layers.len() as u64 * f32s(n * h) + largest + 2 * f32s(n * h) + gates
 }
 
 /// What one decoder layer's forward keeps for backward for `n` tokens, attention scores
@@ -208,26 +271,104 @@ fn model_weights(model: &Llama, params: &[Tensor], frozen: Option<DType>) -> u64
     base + extra
 }
 
-/// Refuses, before any step, a run whose estimate exceeds `budget`: the error gives both
-/// numbers, the breakdown, and the largest micro-batch, the longest sequence, or the f16
-/// storage that would fit.
+/// How a run will use memory: its estimate, and whether activation checkpointing is on and
+/// why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// The estimate of the run as it will run.
+    pub estimate: MemoryEstimate,
+    /// Whether the decoder layers are checkpointed ([`Llama::checkpoint_activations`]).
+    pub checkpoint_activations: bool,
+    /// Why, in words, with both estimates where the budget decided it.
+    pub why: String,
+}
+
+impl std::fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = if self.checkpoint_activations {
+            "on"
+        } else {
+            "off"
+        };
+        write!(
+            f,
+            "estimated peak {}; activation checkpointing {on}: {}",
+            self.estimate, self.why
+        )
+    }
+}
+
+/// Decides activation checkpointing for a run and refuses, before any step, a run that does
+/// not fit `budget` either way. Checkpointing is on when `requested`, or when the run fits
+/// the budget only with it (not with a load-balancing loss, which reads the router's gates
+/// from the forward's graph). The refusal gives both numbers, the breakdown, and the largest
+/// micro-batch, the longest sequence, or the frozen-weight storage that would fit.
 pub fn check_training_fits(
     model: &Llama,
     params: &[Tensor],
     run: RunShape,
-    budget: u64,
-) -> Result<MemoryEstimate> {
-    let est = estimate_training(model, params, run);
-    if est.total() <= budget {
-        return Ok(est);
+    budget: Option<u64>,
+    requested: bool,
+) -> Result<MemoryPlan> {
+    let balance = model.adapter.as_ref().is_some_and(|a| a.balance_coef > 0.0);
+    if requested && balance {
+        return Err(ModelError::Input(
+            "activation checkpointing does not keep the router's gates in a graph, which the              load-balancing loss reads: train with --balance-coef 0, or without              --checkpoint-activations"
+                .into(),
+        ));
     }
+    let plain = estimate_training_as(model, params, run, false);
+    let checkpointed = estimate_training_as(model, params, run, true);
+    let fits = |est: &MemoryEstimate| budget.is_none_or(|b| est.total() <= b);
+    let plan = |estimate, on, why: String| MemoryPlan {
+        estimate,
+        checkpoint_activations: on,
+        why,
+    };
+    let both = format!(
+        "{} with it, {} without",
+        human_bytes(checkpointed.total()),
+        human_bytes(plain.total())
+    );
+    if requested && fits(&checkpointed) {
+        return Ok(plan(checkpointed, true, format!("asked for ({both})")));
+    }
+    if !requested && fits(&plain) {
+        let why = match budget {
+            Some(b) => format!("not needed, the run fits the budget of {}", human_bytes(b)),
+            None => "not asked for, and no memory budget".to_string(),
+        };
+        return Ok(plan(plain, false, why));
+    }
+    if !requested && !balance && fits(&checkpointed) {
+        let why = format!(
+            "chosen because the run fits the memory budget of {} only with it ({both})",
+            human_bytes(budget.unwrap_or(0))
+        );
+        return Ok(plan(checkpointed, true, why));
+    }
+    let checkpoint = requested || !balance;
+    Err(refusal(model, params, run, budget.unwrap_or(0), checkpoint))
+}
+
+/// Why a run does not fit `budget` (with activation checkpointing when `checkpoint`), and
+/// what would.
+fn refusal(
+    model: &Llama,
+    params: &[Tensor],
+    run: RunShape,
+    budget: u64,
+    checkpoint: bool,
+) -> ModelError {
+    let estimate = |shape| estimate_training_as(model, params, shape, checkpoint);
+    let est = estimate(run);
     let fits = |b: usize, t: usize| {
         let shape = RunShape {
             micro_batch: b,
             seq: t,
             ..run
         };
-        estimate_training(model, params, shape).total() <= budget
+        estimate(shape).total() <= budget
     };
     let mut advice = Vec::new();
     if let Some(b) = (1..run.micro_batch).rev().find(|&b| fits(b, run.seq)) {
@@ -250,7 +391,7 @@ pub fn check_training_fits(
         .into_iter()
         .map(|f| (f, model_weights(model, params, Some(f))))
         .filter(|&(_, bytes)| bytes < est.weights)
-        .find(|&(_, bytes)| estimate_with(model, params, run, bytes).total() <= budget);
+        .find(|&(_, bytes)| estimate_with(model, params, run, bytes, checkpoint).total() <= budget);
     if let Some((format, bytes)) = smaller {
         advice.push(format!(
             "the frozen weights stored as {0} (--weights {0}: weights {1})",
@@ -265,8 +406,12 @@ pub fn check_training_fits(
         ),
         false => format!("It would fit with {}", advice.join(", or with ")),
     };
-    Err(ModelError::Input(format!(
-        "this run needs an estimated {} of device memory, over the memory budget of {} \
+    let how = match checkpoint {
+        true => "with activation checkpointing",
+        false => "without activation checkpointing (the load-balancing loss rules it out)",
+    };
+    ModelError::Input(format!(
+        "this run needs an estimated {} of device memory {how}, over the memory budget of {} \
          (--memory-budget, Device::set_memory_budget). For micro-batches of {} sequences of {} \
          tokens: {}. {advice}",
         human_bytes(est.total()),
@@ -274,7 +419,7 @@ pub fn check_training_fits(
         run.micro_batch,
         run.seq,
         est.breakdown(),
-    )))
+    ))
 }
 
 /// The largest t < `seq` with `fits(t)` (fits is monotone: shorter always fits better).

@@ -47,6 +47,12 @@ pub struct TrainSettings {
     pub seed: u64,
     /// What the optimizer updates.
     pub trainable: Trainable,
+    /// Activation checkpointing: keep only each decoder layer's input for backward and
+    /// recompute the layer there (same gradients, bitwise; about one more forward of work).
+    /// When off, the trainer still turns it on where the memory budget needs it (see
+    /// [`crate::train::memory::check_training_fits`]).
+    #[serde(default)]
+    pub checkpoint_activations: bool,
 }
 
 impl Default for TrainSettings {
@@ -65,6 +71,7 @@ impl Default for TrainSettings {
             eps: 1e-8,
             seed: 0,
             trainable: Trainable::Adapter,
+            checkpoint_activations: false,
         }
     }
 }

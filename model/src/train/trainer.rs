@@ -15,7 +15,7 @@ use crate::error::{ModelError, Result};
 use crate::llama::weights::{write_atomically, write_safetensors, WeightFile};
 use crate::llama::Llama;
 use crate::train::checkpoint;
-use crate::train::memory::{check_training_fits, RunShape};
+use crate::train::memory::{check_training_fits, MemoryPlan, RunShape};
 use crate::train::settings::{TrainSettings, Trainable};
 
 /// What one optimizer step did.
@@ -86,6 +86,7 @@ pub struct Trainer {
     loader: Loader,
     step: usize,
     balance_coef: f32,
+    memory: MemoryPlan,
 }
 
 impl Trainer {
@@ -93,7 +94,9 @@ impl Trainer {
     /// `pad_id` pads short sequences (their labels are -100, so its value never matters).
     /// Errors: invalid settings ([`TrainSettings::validate`]), no examples, no adapter, or a
     /// micro-batch of the longest example that would not fit the device
-    /// ([`Llama::check_batch_fits`]).
+    /// ([`Llama::check_batch_fits`]), or a run over the device's memory budget even with
+    /// activation checkpointing, which is turned on when asked in the settings or when only
+    /// it fits ([`Trainer::memory_plan`] says which and why).
     pub fn new(
         model: Llama,
         examples: Vec<TokenizedExample>,
@@ -131,16 +134,23 @@ impl Trainer {
             }
             Trainable::Full => model.make_trainable()?,
         };
-        // Refused before any step when the device's memory budget cannot hold the run.
-        if let Some(budget) = model.device().memory_budget() {
-            let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
-            let run = RunShape {
-                micro_batch: settings.micro_batch,
-                seq: longest,
-                grad_accum: settings.grad_accum,
-            };
-            check_training_fits(&model, &tensors, run, budget)?;
-        }
+        // Refused before any step when the device's memory budget cannot hold the run;
+        // checkpointed when asked or when only that fits.
+        let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.clone()).collect();
+        let run = RunShape {
+            micro_batch: settings.micro_batch,
+            seq: longest,
+            grad_accum: settings.grad_accum,
+        };
+        let budget = model.device().memory_budget();
+        let memory = check_training_fits(
+            &model,
+            &tensors,
+            run,
+            budget,
+            settings.checkpoint_activations,
+        )?;
+        model.checkpoint_activations = memory.checkpoint_activations;
         let balance_coef = model.adapter.as_ref().map_or(0.0, |a| a.balance_coef);
         let optimizer = AdamW::new(settings.adamw());
         Ok(Trainer {
@@ -151,7 +161,14 @@ impl Trainer {
             loader,
             step: 0,
             balance_coef,
+            memory,
         })
+    }
+
+    /// The run's memory estimate, and whether activation checkpointing is on and why
+    /// (decided when the trainer was made).
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.memory
     }
 
     /// Optimizer steps done.

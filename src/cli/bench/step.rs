@@ -47,6 +47,10 @@ pub struct StepArgs {
     /// The same as `--weights f16`.
     #[arg(long, conflicts_with = "weights")]
     f16_weights: bool,
+    /// Keep only each decoder layer's input and recompute the layer in backward (as `train
+    /// --checkpoint-activations`): less memory, one more forward of work.
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 impl MethodArg {
@@ -73,6 +77,7 @@ pub fn run_step(a: StepArgs) -> CliResult {
         .into());
     }
     cfg.weights = weights;
+    cfg.checkpoint_activations = a.checkpoint_activations;
     let device = Device::new()?;
     if let Some(versus) = a.versus {
         let targets = a.targets.clone().or_else(|| match a.method {
@@ -106,13 +111,18 @@ pub fn run_step(a: StepArgs) -> CliResult {
         r.tokens_per_step
     );
     println!(
-        "method:             {} on {:?}, {} trainable parameters{}",
+        "method:             {} on {:?}, {} trainable parameters{}{}",
         r.method,
         r.targets,
         r.trainable_params,
         match weights {
             DType::F32 => String::new(),
             w => format!(", frozen weights in {}", w.name()),
+        },
+        if r.checkpoint_activations {
+            ", activation checkpointing"
+        } else {
+            ""
         }
     );
     println!(
