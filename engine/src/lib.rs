@@ -60,7 +60,10 @@ pub use ops::attention::{
 pub use ops::elementwise::swiglu;
 pub use ops::embedding::{embedding, embedding_parts};
 pub use ops::gate::{gate_expand, routed_expand, top_k_mask};
-pub use ops::loss::{cross_entropy, IGNORE_INDEX};
+pub use ops::loss::{
+    cross_entropy, linear_cross_entropy, linear_cross_entropy_chunked, loss_chunk_rows,
+    IGNORE_INDEX, LOSS_CHUNK_BYTES,
+};
 pub use ops::matmul::{add_matmul_scaled, matmul_scaled, matmul_t};
 pub use ops::norm::rms_norm;
 pub use ops::rope::{rope, rope_inv_freq, RopeTables};
