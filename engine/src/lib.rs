@@ -8,7 +8,8 @@
 //!   ([`Tensor::to_vec_f32`]) is what waits for them.
 //! - [`Tensor`] is a shape, a [`DType`] and a pooled GPU buffer, row-major and contiguous.
 //!   Ops are methods ([`Tensor::matmul`], [`Tensor::add`], [`Tensor::softmax`], ...) and
-//!   functions re-exported here ([`causal_attention`], [`rms_norm`], [`cross_entropy`], ...).
+//!   functions re-exported here ([`causal_attention`], [`rms_norm`], [`cross_entropy`],
+//!   [`linear_cross_entropy`] (lm_head and the loss by chunks of rows), ...).
 //! - A tensor made by [`Tensor::into_param`] is a parameter; ops on parameters record a
 //!   graph, [`Tensor::backward`] returns their [`Gradients`], and [`no_grad`] turns the
 //!   recording off.
