@@ -465,6 +465,13 @@ fn rule(
                 logits, labels, lse, count, g,
             )?)]
         }
+        Op::LinearCrossEntropy { grads, count, .. } => {
+            let scale = g.div(count)?; // [1]
+            grads
+                .iter()
+                .map(|d| d.as_ref().map(|d| d.mul(&scale)).transpose())
+                .collect::<Result<_>>()?
+        }
         Op::GateExpand { g: gate_w, h } => {
             let (dg, dh) = gate::gate_expand_backward(gate_w, h, g)?;
             vec![Some(dg), Some(dh)]

@@ -8,7 +8,8 @@
 //!   ([`Tensor::to_vec_f32`]) is what waits for them.
 //! - [`Tensor`] is a shape, a [`DType`] and a pooled GPU buffer, row-major and contiguous.
 //!   Ops are methods ([`Tensor::matmul`], [`Tensor::add`], [`Tensor::softmax`], ...) and
-//!   functions re-exported here ([`causal_attention`], [`rms_norm`], [`cross_entropy`], ...).
+//!   functions re-exported here ([`causal_attention`], [`rms_norm`], [`cross_entropy`],
+//!   [`linear_cross_entropy`] (lm_head and the loss by chunks of rows), ...).
 //! - A tensor made by [`Tensor::into_param`] is a parameter; ops on parameters record a
 //!   graph, [`Tensor::backward`] returns their [`Gradients`], and [`no_grad`] turns the
 //!   recording off; [`checkpoint`] keeps a function's inputs instead of its intermediates
@@ -64,7 +65,10 @@ pub use ops::attention::{
 pub use ops::elementwise::swiglu;
 pub use ops::embedding::{embedding, embedding_parts};
 pub use ops::gate::{gate_expand, routed_expand, top_k_mask};
-pub use ops::loss::{cross_entropy, IGNORE_INDEX};
+pub use ops::loss::{
+    cross_entropy, linear_cross_entropy, linear_cross_entropy_chunked, loss_chunk_rows,
+    IGNORE_INDEX, LOSS_CHUNK_BYTES,
+};
 pub use ops::matmul::{add_matmul_scaled, matmul_scaled, matmul_t};
 pub use ops::norm::rms_norm;
 pub use ops::rope::{rope, rope_inv_freq, RopeTables};

@@ -85,6 +85,16 @@ pub(crate) enum Op {
         lse: Tensor,
         count: Tensor,
     },
+    /// mean cross-entropy of hidden W^T, W in row parts, chunk by chunk (the logits are
+    /// never whole). Its gradients were computed in the forward, unscaled (a sum over
+    /// counted rows), for the inputs that tracked gradients then: hidden's [N, H], then each
+    /// part's [V_i, H]; the backward scales them by grad / count.
+    LinearCrossEntropy {
+        hidden: Tensor,
+        parts: Vec<Tensor>,
+        grads: Vec<Option<Tensor>>,
+        count: Tensor,
+    },
     /// z[t, i r + j] = g[t, i] h[t, j].
     GateExpand {
         g: Tensor,
@@ -161,6 +171,9 @@ impl Op {
             Op::FlashAttention { q, k, v, .. } => vec![q, k, v],
             Op::Embedding { table, .. } => vec![table],
             Op::CrossEntropy { logits, .. } => vec![logits],
+            Op::LinearCrossEntropy { hidden, parts, .. } => {
+                std::iter::once(hidden).chain(parts).collect()
+            }
             Op::GateExpand { g, h } => vec![g, h],
             Op::RoutedExpand {
                 logits_src, h_src, ..

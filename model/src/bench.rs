@@ -292,9 +292,7 @@ impl StepRunner {
             device.dispatches(),
         );
         let start = Instant::now();
-        let loss = self
-            .model
-            .causal_lm_loss(&self.model.forward(&self.ids, batch, None)?, &self.labels)?;
+        let loss = self.model.loss(&self.ids, batch, &self.labels)?;
         let grads = loss.backward()?;
         self.opt.step(&self.params, &grads)?;
         let value = loss.to_scalar()?;

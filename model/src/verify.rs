@@ -154,13 +154,25 @@ pub fn case_inputs(case: &Path) -> Result<CaseInputs> {
 
 /// The base model's logits and loss against the case's `expected.safetensors`.
 pub fn check_base_model(device: &Device, case: &Path) -> Result<Vec<Check>> {
+    check_base_model_with(device, case, None)
+}
+
+/// [`check_base_model`] with the fused loss taking `loss_chunk_tokens` rows at a time
+/// ([`Llama::loss_chunk_tokens`]; None: the default).
+pub fn check_base_model_with(
+    device: &Device,
+    case: &Path,
+    loss_chunk_tokens: Option<usize>,
+) -> Result<Vec<Check>> {
     let name = case_name(case);
-    let model = Llama::load(device, case)?;
+    let mut model = Llama::load(device, case)?;
+    model.loss_chunk_tokens = loss_chunk_tokens;
     let inputs = case_inputs(case)?;
     let expected = WeightFile::open(case.join("expected.safetensors"))?;
     let (logits, loss) = hydralora_engine::no_grad(|| -> Result<_> {
-        let logits = model.forward(&inputs.ids, inputs.batch, None)?;
-        let loss = model.causal_lm_loss(&logits, &inputs.labels)?;
+        let hidden = model.hidden_states(&inputs.ids, inputs.batch, None)?; // [B T, H]
+        let logits = model.project_vocab(&hidden)?;
+        let loss = model.causal_lm_loss_from_hidden(&hidden, inputs.batch, &inputs.labels)?;
         Ok((logits.to_vec_f32()?, loss.to_vec_f32()?))
     })?;
     Ok(vec![
@@ -247,15 +259,33 @@ pub fn fixture_adamw(adapter_dir: &Path) -> Result<(hydralora_engine::AdamWConfi
 
 /// Logits, loss, every adapter gradient and the AdamW loss curve of one adapter folder.
 pub fn check_adapter(device: &Device, case: &Path, adapter_dir: &Path) -> Result<Vec<Check>> {
+    check_adapter_with(device, case, adapter_dir, None)
+}
+
+/// [`check_adapter`] with the fused loss taking `loss_chunk_tokens` rows at a time
+/// ([`Llama::loss_chunk_tokens`]; None: the default).
+pub fn check_adapter_with(
+    device: &Device,
+    case: &Path,
+    adapter_dir: &Path,
+    loss_chunk_tokens: Option<usize>,
+) -> Result<Vec<Check>> {
     use crate::adapter::{adapter_tensors, load_adapter, read_adapter_tensor, trainable_params};
     let name = format!("{}/{}", case_name(case), case_name(adapter_dir));
     let inputs = case_inputs(case)?;
     let expected = WeightFile::open(adapter_dir.join("expected.safetensors"))?;
-    let mut model = Llama::load(device, case)?;
-    load_adapter(&mut model, adapter_dir)?;
+    let load = || -> Result<Llama> {
+        let mut model = Llama::load(device, case)?;
+        load_adapter(&mut model, adapter_dir)?;
+        model.loss_chunk_tokens = loss_chunk_tokens;
+        Ok(model)
+    };
+    let model = load()?;
 
-    let logits = model.forward(&inputs.ids, inputs.batch, None)?;
-    let loss = model.causal_lm_loss(&logits, &inputs.labels)?;
+    // The loss and its gradients through the fused loss, as training computes them.
+    let hidden = model.hidden_states(&inputs.ids, inputs.batch, None)?; // [B T, H]
+    let logits = hydralora_engine::no_grad(|| model.project_vocab(&hidden))?;
+    let loss = model.causal_lm_loss_from_hidden(&hidden, inputs.batch, &inputs.labels)?;
     let mut checks = vec![
         value_check(
             &name,
@@ -304,15 +334,13 @@ pub fn check_adapter(device: &Device, case: &Path, adapter_dir: &Path) -> Result
 
     // The AdamW curve from the adapter as loaded: the loss before each step, same batch.
     drop(grads);
-    let mut model = Llama::load(device, case)?;
-    load_adapter(&mut model, adapter_dir)?;
+    let model = load()?;
     let (adamw, steps) = fixture_adamw(adapter_dir)?;
     let params = trainable_params(&model);
     let mut opt = hydralora_engine::AdamW::new(adamw);
     let mut curve = Vec::with_capacity(steps);
     for _ in 0..steps {
-        let logits = model.forward(&inputs.ids, inputs.batch, None)?;
-        let loss = model.causal_lm_loss(&logits, &inputs.labels)?;
+        let loss = model.loss(&inputs.ids, inputs.batch, &inputs.labels)?;
         let grads = loss.backward()?;
         curve.push(loss.to_scalar()?);
         opt.step(&params, &grads)?;

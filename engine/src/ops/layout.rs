@@ -27,7 +27,7 @@ kernel_params! {
 }
 
 /// Copies the index space `dims` from `src` (strides, offset) into `dst` (strides, offset), in 32-bit words.
-fn copy_strided(
+pub(crate) fn copy_strided(
     src: &Tensor,
     src_strides: &[usize],
     src_offset: usize,

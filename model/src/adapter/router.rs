@@ -111,7 +111,7 @@ pub fn gates_by_category(
         let mut sum: Vec<f64> = Vec::new();
         let mut n = 0usize;
         for ids in sequences {
-            no_grad(|| model.forward(ids, 1, None))?;
+            no_grad(|| model.hidden_states(ids, 1, None))?; // the gates are all it needs
             for s in router_stats(model)? {
                 sum.resize(s.mean_gate.len(), 0.0);
                 for (acc, g) in sum.iter_mut().zip(&s.mean_gate) {

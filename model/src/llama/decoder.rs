@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, checkpoint,
-    embedding_parts, human_bytes, is_recording, no_grad, pool_bytes, rope, swiglu, AttentionKernel,
-    AttnDims, DType, Device, RopeTables, Tensor, IGNORE_INDEX,
+    embedding_parts, human_bytes, is_recording, linear_cross_entropy_chunked, loss_chunk_rows,
+    no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device, RopeTables, Tensor,
+    IGNORE_INDEX,
 };
 
 use crate::adapter::Adapter;
@@ -77,6 +78,10 @@ pub struct Llama {
     /// input and recompute the layer in backward (same gradients, bitwise; a second forward
     /// of the layers' work). The trainer sets it from its settings or the memory budget.
     pub checkpoint_activations: bool,
+    /// Tokens per chunk of the fused lm_head + loss ([`Llama::loss`]); None: the engine's
+    /// default ([`hydralora_engine::loss_chunk_rows`]), logits of about
+    /// [`hydralora_engine::LOSS_CHUNK_BYTES`] per chunk.
+    pub loss_chunk_tokens: Option<usize>,
 }
 
 impl Llama {
@@ -184,6 +189,7 @@ impl Llama {
             inv_freq,
             adapter: None,
             checkpoint_activations: false,
+            loss_chunk_tokens: None,
         })
     }
 
@@ -226,6 +232,7 @@ impl Llama {
 
     /// Logits [B, T, V] for token ids [B, T] (row-major in `ids`). With a cache, the tokens
     /// continue the cached ones (positions start at the cache length) and are appended to it.
+    /// Training needs no logits: [`Llama::loss`] never holds them whole.
     pub fn forward(
         &self,
         ids: &[u32],
@@ -261,9 +268,15 @@ impl Llama {
                 }
                 Ok(())
             })?;
-            let logits = self.project_vocab(&hidden)?;
-            if logits.to_vec_f32()?.iter().any(|v| !v.is_finite()) {
-                found = Some("the logits".to_string());
+            // The logits a loss chunk's rows at a time: never whole.
+            let rows = self.loss_chunk_rows();
+            for start in (0..hidden.dim(0)).step_by(rows) {
+                let len = rows.min(hidden.dim(0) - start);
+                let logits = self.project_vocab(&hidden.narrow(0, start, len)?)?;
+                if logits.to_vec_f32()?.iter().any(|v| !v.is_finite()) {
+                    found = Some("the logits".to_string());
+                    break;
+                }
             }
             Ok(())
         });
@@ -334,16 +347,66 @@ impl Llama {
         })
     }
 
+    /// The causal-LM loss of token ids [B, T] against `labels` [B, T] (row-major), with the
+    /// `transformers` convention of [`Llama::causal_lm_loss`], through the fused lm_head +
+    /// cross-entropy: the [B T, V] logits and their gradient are never whole, only
+    /// [`Llama::loss_chunk_tokens`] rows of them at a time. What training calls.
+    pub fn loss(&self, ids: &[u32], batch: usize, labels: &[i32]) -> Result<Tensor> {
+        let hidden = self.hidden_states(ids, batch, None)?; // [B T, H]
+        self.causal_lm_loss_from_hidden(&hidden, batch, labels)
+    }
+
+    /// [`Llama::loss`] from the final hidden states [B T, H] ([`Llama::hidden_states`]).
+    pub fn causal_lm_loss_from_hidden(
+        &self,
+        hidden: &Tensor,
+        batch: usize,
+        labels: &[i32],
+    ) -> Result<Tensor> {
+        let n = hidden.dim(0);
+        if batch == 0 || n % batch != 0 {
+            return Err(ModelError::Input(format!(
+                "{n} hidden rows do not split into {batch} sequences"
+            )));
+        }
+        let labels_t = self.shifted_labels(labels, batch, n / batch)?; // [B T]
+        Ok(linear_cross_entropy_chunked(
+            hidden,
+            &self.lm_head,
+            &labels_t,
+            self.loss_chunk_rows(),
+        )?)
+    }
+
+    /// The rows per chunk of the fused loss: [`Llama::loss_chunk_tokens`] or the engine's
+    /// default for this vocabulary.
+    pub fn loss_chunk_rows(&self) -> usize {
+        self.loss_chunk_tokens
+            .unwrap_or_else(|| loss_chunk_rows(&self.device, self.config.vocab_size))
+            .max(1)
+    }
+
     /// The causal-LM loss with the `transformers` convention: logits at t predict labels at
     /// t + 1 (the shift happens here), -100 labels are ignored, mean over the rest.
-    /// logits: [B, T, V]; labels: [B, T] row-major.
+    /// logits: [B, T, V]; labels: [B, T] row-major. For a caller that holds the logits anyway;
+    /// [`Llama::loss`] computes the same without them.
     pub fn causal_lm_loss(&self, logits: &Tensor, labels: &[i32]) -> Result<Tensor> {
         let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
+        let labels_t = self.shifted_labels(labels, b, t)?; // [B T]
+        Ok(hydralora_engine::cross_entropy(
+            &logits.reshape(&[b * t, v])?,
+            &labels_t,
+        )?)
+    }
+
+    /// Labels [B, T] checked against the vocabulary and shifted ([`shift_labels`]), on the
+    /// device as i32 [B T].
+    fn shifted_labels(&self, labels: &[i32], b: usize, t: usize) -> Result<Tensor> {
+        let v = self.config.vocab_size;
         if labels.len() != b * t {
             return Err(ModelError::Input(format!(
-                "{} labels for logits of shape {:?}",
-                labels.len(),
-                logits.shape()
+                "{} labels for {b} sequences of {t} tokens",
+                labels.len()
             )));
         }
         if let Some(&bad) = labels
@@ -355,11 +418,7 @@ impl Llama {
             )));
         }
         let shifted = shift_labels(labels, b, t);
-        let labels_t = Tensor::from_i32(&self.device, &shifted, &[b * t])?;
-        Ok(hydralora_engine::cross_entropy(
-            &logits.reshape(&[b * t, v])?,
-            &labels_t,
-        )?)
+        Ok(Tensor::from_i32(&self.device, &shifted, &[b * t])?)
     }
 
     /// Every weight with its Hugging Face name, lm_head omitted when tied. The embedding and
@@ -478,23 +537,22 @@ impl Llama {
         Ok(())
     }
 
-    /// Refuses, before any work, a batch whose largest tensors would not fit one kernel
-    /// binding: the logits [B T, V], the attention scores [B, heads, T, T] (only where the
-    /// composed attention runs; the flash kernels never store them) and the MLP
-    /// activations [B T, I]. The error gives both numbers and what to lower.
+    /// Refuses, before any training work, a batch whose largest tensors would not fit one
+    /// kernel binding: the attention scores [B, heads, T, T] (only where the composed
+    /// attention runs; the flash kernels never store them) and the MLP activations
+    /// [B T, I]. The logits are not among them: the loss ([`Llama::loss`]) holds one chunk
+    /// of their rows at a time, and the engine sizes the chunk to fit a binding. The error
+    /// gives both numbers and what to lower.
     pub fn check_batch_fits(&self, batch: usize, seq: usize) -> Result<()> {
         let c = &self.config;
         let limit = self.device.info().max_binding_bytes();
         let tokens = (batch * seq) as u64;
         // (what, bytes, how the size grows with T: 1 linear, 2 quadratic)
-        let mut largest = vec![
-            ("logits [B*T, vocab]", tokens * c.vocab_size as u64 * 4, 1.0),
-            (
-                "MLP activations [B*T, intermediate]",
-                tokens * c.intermediate_size as u64 * 4,
-                1.0,
-            ),
-        ];
+        let mut largest = vec![(
+            "MLP activations [B*T, intermediate]",
+            tokens * c.intermediate_size as u64 * 4,
+            1.0,
+        )];
         let attn = AttnDims {
             b: batch,
             hq: c.num_attention_heads,

@@ -36,7 +36,8 @@ pub struct MemoryEstimate {
     pub activations: u64,
     /// The attention scores and probabilities kept for backward (see [`attention_scores`]).
     pub attention: u64,
-    /// The logits, the loss's saved rows, and the logits' gradient.
+    /// The fused loss: one chunk's logits and their gradient, its saved rows, and the
+    /// gradients it computes in the forward and holds until backward.
     pub logits: u64,
 }
 
@@ -229,21 +230,26 @@ fn backward_working_set(model: &Llama, b: usize, t: usize) -> u64 {
     3 * attention_scores(model, b, t) / 2 + 6 * pool_bytes((b * t * widest) as u64 * 4)
 }
 
-/// The logits [N, V] (per lm_head part, and joined when split), the loss's saved lse and
-/// count, and the logits' gradient.
+/// The fused loss ([`Llama::loss`]) never holds the [N, V] logits: at its peak, one chunk's
+/// logits [rows, V] (per lm_head part, and joined when split) or the joined logits and their
+/// gradient, and a part's columns of that gradient; the rows' losses and counts [N]; and what
+/// it keeps from forward to backward: d hidden [N, H] and each trainable lm_head part's dW.
 fn logits(model: &Llama, n: usize) -> u64 {
-    let v = model.config.vocab_size;
-    let parts: u64 = model
+    let (v, h) = (model.config.vocab_size, model.config.hidden_size);
+    let rows = model.loss_chunk_rows().min(n);
+    let f32s = |elems: usize| pool_bytes(elems as u64 * 4);
+    let parts: u64 = model.lm_head.iter().map(|w| f32s(rows * w.dim(0))).sum();
+    let chunk = match model.lm_head.len() {
+        1 => 2 * parts,
+        _ => f32s(rows * v) + parts.max(f32s(rows * v)),
+    };
+    let kept: u64 = model
         .lm_head
         .iter()
-        .map(|w| pool_bytes((n * w.dim(0)) as u64 * 4))
+        .filter(|w| w.requires_grad())
+        .map(|w| f32s(w.numel()))
         .sum();
-    let joined = if model.lm_head.len() > 1 {
-        pool_bytes((n * v) as u64 * 4)
-    } else {
-        0
-    };
-    2 * parts + joined + pool_bytes(n as u64 * 4) + 256
+    chunk + 3 * f32s(n) + f32s(n * h) + kept + 256
 }
 
 /// Bytes of the weights: the model's as stored, or (with `frozen`) with every frozen layer

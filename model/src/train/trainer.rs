@@ -228,10 +228,7 @@ impl Trainer {
             let batch = self.loader.next_batch();
             tokens += counted_tokens(&batch);
             batches.push((batch.ids.clone(), batch.batch));
-            let lm_loss = self.model.causal_lm_loss(
-                &self.model.forward(&batch.ids, batch.batch, None)?,
-                &batch.labels,
-            )?;
+            let lm_loss = self.model.loss(&batch.ids, batch.batch, &batch.labels)?;
             // The balance loss reads the gates recorded in this forward (only when it is on).
             let aux = if self.balance_coef > 0.0 {
                 balance_loss(&self.model, self.balance_coef)?
@@ -465,9 +462,7 @@ pub fn evaluate(
                 if n == 0 {
                     continue;
                 }
-                let loss = model
-                    .causal_lm_loss(&model.forward(&ex.ids, 1, None)?, &ex.labels)?
-                    .to_scalar()? as f64;
+                let loss = model.loss(&ex.ids, 1, &ex.labels)?.to_scalar()? as f64;
                 total += loss * n as f64;
                 tokens += n;
                 let entry = by_category
