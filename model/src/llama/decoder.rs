@@ -13,6 +13,7 @@ use hydralora_engine::{
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
+use crate::llama::gguf::{gguf_path, GgufModel};
 use crate::llama::layer::Layer;
 use crate::llama::linear::Linear;
 use crate::llama::weights::{llama_tensor_shapes, ModelWeights};
@@ -56,6 +57,31 @@ impl KvCache {
     }
 }
 
+/// Where [`Llama::from_source`] takes a model's tensors from, by Hugging Face name.
+pub trait WeightSource {
+    /// Tensor `name` as f32 values, row-major, checked against `shape`.
+    fn read_f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+
+    /// The frozen linear weight `name` (`[d_out, d_in]`) on `device`; f32 unless the source
+    /// keeps another storage.
+    fn frozen_linear(&mut self, device: &Device, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(Tensor::from_slice(
+            device,
+            &self.read_f32(name, shape)?,
+            shape,
+        )?)
+    }
+}
+
+/// A function giving f32 tensors, as a [`WeightSource`].
+struct F32Source<F>(F);
+
+impl<F: FnMut(&str, &[usize]) -> Result<Vec<f32>>> WeightSource for F32Source<F> {
+    fn read_f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        (self.0)(name, shape)
+    }
+}
+
 /// A LLaMA-family causal language model.
 pub struct Llama {
     /// The architecture, from `config.json`.
@@ -76,8 +102,10 @@ pub struct Llama {
 
 impl Llama {
     /// Loads a Hugging Face model folder (`config.json` + safetensors, single or sharded;
-    /// f32, f16 or bf16 weights, uploaded as f32). The config is validated and every tensor's
-    /// name and shape checked against it; errors name the file and the tensor.
+    /// f32, f16 or bf16 weights, uploaded as f32), or a GGUF LLaMA: a `.gguf` file, or a
+    /// folder holding `model.gguf` and no `config.json` (see [`crate::llama::gguf`]). The
+    /// config is validated and every tensor's name and shape checked against it; errors name
+    /// the file and the tensor.
     ///
     /// ```no_run
     /// use hydralora_model::{engine::Device, Llama};
@@ -89,10 +117,14 @@ impl Llama {
     /// assert_eq!(logits.shape(), &[1, 3, model.config.vocab_size]);
     /// # Ok(()) }
     /// ```
-    pub fn load(device: &Device, dir: impl AsRef<Path>) -> Result<Llama> {
-        let dir = dir.as_ref();
-        let config = LlamaConfig::from_dir(dir)?;
-        let weights = ModelWeights::open(dir)?;
+    pub fn load(device: &Device, path: impl AsRef<Path>) -> Result<Llama> {
+        let path = path.as_ref();
+        if let Some(file) = gguf_path(path) {
+            let model = GgufModel::open(file)?;
+            return Self::from_source(device, model.config().clone(), &mut &model);
+        }
+        let config = LlamaConfig::from_dir(path)?;
+        let weights = ModelWeights::open(path)?;
         weights.check_llama(&config)?;
         Self::from_tensors(device, config, |name, shape| {
             weights.expect_f32(name, shape)
@@ -103,7 +135,17 @@ impl Llama {
     pub fn from_tensors(
         device: &Device,
         config: LlamaConfig,
-        mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+        get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+    ) -> Result<Llama> {
+        Self::from_source(device, config, &mut F32Source(get))
+    }
+
+    /// Builds the model from a [`WeightSource`], which chooses how frozen linear weights are
+    /// stored on the device.
+    pub fn from_source(
+        device: &Device,
+        config: LlamaConfig,
+        source: &mut dyn WeightSource,
     ) -> Result<Llama> {
         config.validate()?;
         check_weights_fit(device, &config)?;
@@ -113,33 +155,49 @@ impl Llama {
             config.vocab_size,
         );
         let (q, kv) = (config.q_dim(), config.kv_dim());
-        let embed = split_rows(device, &get("model.embed_tokens.weight", &[v, h])?, v, h)?;
-        let mut tensor = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            Ok(Tensor::from_slice(device, &get(name, shape)?, shape)?)
-        };
+        let embed = split_rows(
+            device,
+            &source.read_f32("model.embed_tokens.weight", &[v, h])?,
+            v,
+            h,
+        )?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
             let mut lin = |s: &str, shape: &[usize]| -> Result<Linear> {
-                Ok(Linear::new(tensor(&p(s), shape)?))
+                Ok(Linear::new(source.frozen_linear(device, &p(s), shape)?))
+            };
+            let q_proj = lin("self_attn.q_proj.weight", &[q, h])?;
+            let k_proj = lin("self_attn.k_proj.weight", &[kv, h])?;
+            let v_proj = lin("self_attn.v_proj.weight", &[kv, h])?;
+            let o_proj = lin("self_attn.o_proj.weight", &[h, q])?;
+            let gate_proj = lin("mlp.gate_proj.weight", &[i, h])?;
+            let up_proj = lin("mlp.up_proj.weight", &[i, h])?;
+            let down_proj = lin("mlp.down_proj.weight", &[h, i])?;
+            let mut norm = |s: &str| -> Result<Tensor> {
+                Ok(Tensor::from_slice(
+                    device,
+                    &source.read_f32(&p(s), &[h])?,
+                    &[h],
+                )?)
             };
             layers.push(Layer {
-                q_proj: lin("self_attn.q_proj.weight", &[q, h])?,
-                k_proj: lin("self_attn.k_proj.weight", &[kv, h])?,
-                v_proj: lin("self_attn.v_proj.weight", &[kv, h])?,
-                o_proj: lin("self_attn.o_proj.weight", &[h, q])?,
-                gate_proj: lin("mlp.gate_proj.weight", &[i, h])?,
-                up_proj: lin("mlp.up_proj.weight", &[i, h])?,
-                down_proj: lin("mlp.down_proj.weight", &[h, i])?,
-                input_norm: tensor(&p("input_layernorm.weight"), &[h])?,
-                post_norm: tensor(&p("post_attention_layernorm.weight"), &[h])?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                gate_proj,
+                up_proj,
+                down_proj,
+                input_norm: norm("input_layernorm.weight")?,
+                post_norm: norm("post_attention_layernorm.weight")?,
             });
         }
-        let norm = tensor("model.norm.weight", &[h])?;
+        let norm = Tensor::from_slice(device, &source.read_f32("model.norm.weight", &[h])?, &[h])?;
         let lm_head = if config.tie_word_embeddings {
             embed.clone()
         } else {
-            split_rows(device, &get("lm_head.weight", &[v, h])?, v, h)?
+            split_rows(device, &source.read_f32("lm_head.weight", &[v, h])?, v, h)?
         };
         let inv_freq = config.inv_freq();
         Ok(Llama {

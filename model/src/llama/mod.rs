@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod decoder;
 pub mod generate;
+pub mod gguf;
 pub mod layer;
 pub mod linear;
 pub mod tokenizer;
@@ -16,7 +17,7 @@ pub mod weights;
 
 pub use codec::{load_codec, CharCodec, HfCodec, TextCodec, CHAR_CODEC_FILE};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
-pub use decoder::{KvCache, Llama};
+pub use decoder::{KvCache, Llama, WeightSource};
 pub use generate::{generate, SamplingConfig};
 pub use layer::{Layer, TARGET_MODULES};
 pub use linear::Linear;
