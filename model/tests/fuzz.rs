@@ -770,7 +770,7 @@ fn gguf_file() -> impl Strategy<Value = Vec<u8>> {
         ]),
     );
     let dim = prop_oneof![
-        4 => (1u64..65),
+        4 => 1u64..65,
         1 => proptest::sample::select(vec![0u64, 256, 1 << 32, 1 << 62, u64::MAX]),
     ];
     let ggml_type = prop_oneof![
@@ -833,7 +833,8 @@ fn gguf_file() -> impl Strategy<Value = Vec<u8>> {
                         .iter()
                         .try_fold(1u64, |n, &d| n.checked_mul(d))
                         .unwrap_or(0);
-                    next = next.saturating_add(count.saturating_mul(4).next_multiple_of(32));
+                    let size = count.saturating_mul(4).checked_next_multiple_of(32);
+                    next = next.saturating_add(size.unwrap_or(u64::MAX));
                 }
                 out.resize(out.len().next_multiple_of(32) + data, 0x3c);
                 out

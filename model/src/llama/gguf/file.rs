@@ -399,9 +399,11 @@ fn parse(bytes: &[u8]) -> std::result::Result<Header, String> {
     let mut metadata = BTreeMap::new();
     for i in 0..kv_count {
         let key = r.string().map_err(|e| format!("metadata key {i}: {e}"))?;
-        let value = r.value(0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+        let value = r
+            .value(0)
+            .map_err(|e| format!("metadata `{}`: {e}", shown(&key)))?;
         if metadata.insert(key.clone(), value).is_some() {
-            return Err(format!("metadata `{key}` is given twice"));
+            return Err(format!("metadata `{}` is given twice", shown(&key)));
         }
     }
     let alignment = match metadata.get("general.alignment") {
@@ -409,7 +411,8 @@ fn parse(bytes: &[u8]) -> std::result::Result<Header, String> {
         Some(MetaValue::U32(a)) if a.is_power_of_two() => u64::from(*a),
         Some(other) => {
             return Err(format!(
-                "metadata `general.alignment` is {other:?}, expected a u32 power of two"
+                "metadata `general.alignment` is {}, expected a u32 power of two",
+                shown_value(other)
             ))
         }
     };
@@ -429,7 +432,7 @@ fn parse(bytes: &[u8]) -> std::result::Result<Header, String> {
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut names = std::collections::HashSet::with_capacity(tensors.len());
     if let Some(t) = tensors.iter().find(|t| !names.insert(t.name.as_str())) {
-        return Err(format!("tensor `{}` is given twice", t.name));
+        return Err(format!("tensor `{}` is given twice", shown(&t.name)));
     }
     Ok(Header {
         version,
@@ -456,7 +459,7 @@ impl TensorInfo {
         file_len: u64,
     ) -> std::result::Result<GgufTensor, String> {
         let name = self.name;
-        let err = |why: String| format!("tensor `{name}` {why}");
+        let err = |why: String| format!("tensor `{}` {why}", shown(&name));
         let ggml_type = self.ggml_type.map_err(|why| err(why))?;
         // ggml's own limit: the element count fits an i64.
         let count = self
@@ -636,7 +639,7 @@ impl<'a> Reader<'a> {
 
     fn tensor_info(&mut self) -> std::result::Result<TensorInfo, String> {
         let name = self.string().map_err(|e| format!("its name: {e}"))?;
-        let in_tensor = |e: String| format!("`{name}`: {e}");
+        let in_tensor = |e: String| format!("`{}`: {e}", shown(&name));
         let n_dims = self.u32("the number of dimensions").map_err(in_tensor)?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
             return Err(in_tensor(format!(
@@ -655,5 +658,24 @@ impl<'a> Reader<'a> {
             ggml_type,
             offset,
         })
+    }
+}
+
+/// A name from the file as an error message shows it: control characters escaped, at most
+/// 80 characters.
+pub fn shown(name: &str) -> String {
+    let mut out: String = name.chars().take(80).flat_map(char::escape_debug).collect();
+    if name.chars().nth(80).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// A metadata value as an error message shows it: arrays by their length, strings cut.
+pub fn shown_value(value: &MetaValue) -> String {
+    match value {
+        MetaValue::Array(items) => format!("an array of {} items", items.len()),
+        MetaValue::String(s) => format!("the string \"{}\"", shown(s)),
+        other => format!("{other:?}"),
     }
 }

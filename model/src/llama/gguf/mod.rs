@@ -30,6 +30,8 @@ use crate::llama::weights::{check_llama_tensors, Present};
 
 pub use file::{GgmlType, GgufFile, GgufTensor, MetaValue};
 
+use file::{shown, shown_value};
+
 /// The name of a GGUF model in a folder (as the fixtures lay it out).
 pub const GGUF_FILE: &str = "model.gguf";
 
@@ -332,7 +334,8 @@ fn read_config(file: &GgufFile) -> Result<LlamaConfig> {
     let arch = meta.string("general.architecture")?;
     if arch != "llama" {
         return Err(file.error(format!(
-            "holds a `{arch}` model (general.architecture); only `llama` models are read here"
+            "holds a `{}` model (general.architecture); only `llama` models are read here",
+            shown(arch)
         )));
     }
     if let Some(experts) = meta.optional_usize("llama.expert_count")? {
@@ -488,15 +491,10 @@ impl Meta<'_> {
     }
 
     fn wrong(&self, key: &str, value: &MetaValue, expected: &str) -> ModelError {
-        let shown = match value {
-            MetaValue::Array(items) => format!("an array of {} items", items.len()),
-            MetaValue::String(s) => {
-                format!("the string {:?}", s.chars().take(64).collect::<String>())
-            }
-            other => format!("{other:?}"),
-        };
-        self.file
-            .error(format!("metadata `{key}` is {shown}, expected {expected}"))
+        self.file.error(format!(
+            "metadata `{key}` is {}, expected {expected}",
+            shown_value(value)
+        ))
     }
 
     fn string(&self, key: &str) -> Result<&str> {

@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::Result;
-use crate::llama::gguf::file::{GgufFile, MetaValue};
+use crate::llama::gguf::file::{shown, GgufFile, MetaValue};
 use crate::llama::tokenizer::Tokenizer;
 
 /// llama.cpp's token types: control tokens and user-defined ones become added tokens.
@@ -38,7 +38,8 @@ pub fn tokenizer_from_vocab(
     };
     if model != "gpt2" {
         return Ok(Err(format!(
-            "its vocabulary is `{model}` (`tokenizer.ggml.model`), not byte-level BPE (`gpt2`)"
+            "its vocabulary is `{}` (`tokenizer.ggml.model`), not byte-level BPE (`gpt2`)",
+            shown(model)
         )));
     }
     let pre = file
@@ -57,8 +58,9 @@ pub fn tokenizer_from_vocab(
         ),
         other => {
             return Ok(Err(format!(
-                "its byte-level BPE vocabulary uses the pre-tokenizer `{other}` \
-                 (`tokenizer.ggml.pre`), which is not built here (`gpt-2`, `llama-bpe` are)"
+                "its byte-level BPE vocabulary uses the pre-tokenizer `{}` \
+                 (`tokenizer.ggml.pre`), which is not built here (`gpt-2`, `llama-bpe` are)",
+                shown(other)
             )))
         }
     };
@@ -70,10 +72,12 @@ pub fn tokenizer_from_vocab(
         Some(MetaValue::Array(items)) if items.len() == tokens.len() => {
             items.iter().map(|t| t.as_i64().unwrap_or(0)).collect()
         }
-        Some(_) => return Err(file.error(format!(
+        Some(_) => {
+            return Err(file.error(format!(
             "metadata `tokenizer.ggml.token_type` is not an array of {} integers, one per token",
             tokens.len()
-        ))),
+        )))
+        }
     };
 
     let mut vocab = Map::with_capacity(tokens.len());
@@ -81,7 +85,8 @@ pub fn tokenizer_from_vocab(
     for (id, &token) in tokens.iter().enumerate() {
         if vocab.insert(token.to_string(), json!(id)).is_some() {
             return Err(file.error(format!(
-                "metadata `tokenizer.ggml.tokens`: token {id} {token:?} is given twice"
+                "metadata `tokenizer.ggml.tokens`: token {id} \"{}\" is given twice",
+                shown(token)
             )));
         }
         let kind = types.get(id).copied().unwrap_or(1);
@@ -101,8 +106,9 @@ pub fn tokenizer_from_vocab(
         .map(|(i, merge)| match merge.split_once(' ') {
             Some((a, b)) if !b.contains(' ') => Ok(json!([a, b])),
             _ => Err(file.error(format!(
-                "metadata `tokenizer.ggml.merges`: merge {i} {merge:?} is not two symbols \
-                 separated by one space"
+                "metadata `tokenizer.ggml.merges`: merge {i} \"{}\" is not two symbols \
+                 separated by one space",
+                shown(merge)
             ))),
         })
         .collect::<Result<Vec<Value>>>()?;
