@@ -39,6 +39,7 @@ mod op;
 pub mod ops;
 pub mod optim;
 mod pool;
+pub mod quant;
 pub mod rng;
 pub mod shaders;
 mod tensor;

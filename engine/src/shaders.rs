@@ -70,30 +70,90 @@ shaders! {
     COPY = "copy" { "lib/ids", "copy" }
     /// Casts between f32 and f16.
     CAST = "cast" { "lib/ids", "cast" }
-    /// The general matmul, f32 weights, writing C.
+    /// Matmul, general kernel; B stored as f32.
     MATMUL = "matmul" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul" }
-    /// The general matmul, f32 weights, adding into C.
+    /// Matmul, general kernel; B stored as f32, summed into C.
     MATMUL_ACCUMULATE = "matmul+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul" }
-    /// The general matmul, f16 weights, writing C.
+    /// Matmul, general kernel; B stored as f16.
     MATMUL_F16 = "matmul+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul" }
-    /// The general matmul, f16 weights, adding into C.
+    /// Matmul, general kernel; B stored as f16, summed into C.
     MATMUL_F16_ACCUMULATE = "matmul+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul" }
-    /// The tiled matmul, f32 weights, writing C.
+    /// Matmul, general kernel; B stored as bf16.
+    MATMUL_BF16 = "matmul+bf16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "matmul" }
+    /// Matmul, general kernel; B stored as bf16, summed into C.
+    MATMUL_BF16_ACCUMULATE = "matmul+bf16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "matmul" }
+    /// Matmul, general kernel; B stored as q8_0.
+    MATMUL_Q8_0 = "matmul+q8_0" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "matmul" }
+    /// Matmul, general kernel; B stored as q8_0, summed into C.
+    MATMUL_Q8_0_ACCUMULATE = "matmul+q8_0+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "matmul" }
+    /// Matmul, general kernel; B stored as q4_0.
+    MATMUL_Q4_0 = "matmul+q4_0" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "matmul" }
+    /// Matmul, general kernel; B stored as q4_0, summed into C.
+    MATMUL_Q4_0_ACCUMULATE = "matmul+q4_0+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "matmul" }
+    /// Matmul, general kernel; B stored as q4_k.
+    MATMUL_Q4K = "matmul+q4_k" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "matmul" }
+    /// Matmul, general kernel; B stored as q4_k, summed into C.
+    MATMUL_Q4K_ACCUMULATE = "matmul+q4_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "matmul" }
+    /// Matmul, general kernel; B stored as q6_k.
+    MATMUL_Q6K = "matmul+q6_k" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "matmul" }
+    /// Matmul, general kernel; B stored as q6_k, summed into C.
+    MATMUL_Q6K_ACCUMULATE = "matmul+q6_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "matmul" }
+    /// Matmul, tiled kernel; B stored as f32.
     MATMUL_TILED = "matmul_tiled" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul_tiled" }
-    /// The tiled matmul, f32 weights, adding into C.
+    /// Matmul, tiled kernel; B stored as f32, summed into C.
     MATMUL_TILED_ACCUMULATE = "matmul_tiled+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "matmul_tiled" }
-    /// The tiled matmul, f16 weights, writing C.
+    /// Matmul, tiled kernel; B stored as f16.
     MATMUL_TILED_F16 = "matmul_tiled+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul_tiled" }
-    /// The tiled matmul, f16 weights, adding into C.
+    /// Matmul, tiled kernel; B stored as f16, summed into C.
     MATMUL_TILED_F16_ACCUMULATE = "matmul_tiled+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "matmul_tiled" }
-    /// The subgroup matmul, f32 weights, writing C.
+    /// Matmul, tiled kernel; B stored as bf16.
+    MATMUL_TILED_BF16 = "matmul_tiled+bf16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as bf16, summed into C.
+    MATMUL_TILED_BF16_ACCUMULATE = "matmul_tiled+bf16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q8_0.
+    MATMUL_TILED_Q8_0 = "matmul_tiled+q8_0" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q8_0, summed into C.
+    MATMUL_TILED_Q8_0_ACCUMULATE = "matmul_tiled+q8_0+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q4_0.
+    MATMUL_TILED_Q4_0 = "matmul_tiled+q4_0" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q4_0, summed into C.
+    MATMUL_TILED_Q4_0_ACCUMULATE = "matmul_tiled+q4_0+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q4_k.
+    MATMUL_TILED_Q4K = "matmul_tiled+q4_k" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q4_k, summed into C.
+    MATMUL_TILED_Q4K_ACCUMULATE = "matmul_tiled+q4_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q6_k.
+    MATMUL_TILED_Q6K = "matmul_tiled+q6_k" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, tiled kernel; B stored as q6_k, summed into C.
+    MATMUL_TILED_Q6K_ACCUMULATE = "matmul_tiled+q6_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "matmul_tiled" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as f32.
     MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f32", "lib/lanes8", "matmul_subgroup" }
-    /// The subgroup matmul, f32 weights, adding into C.
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as f32, summed into C.
     MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f32", "lib/lanes8", "matmul_subgroup" }
-    /// The subgroup matmul, f16 weights, writing C.
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as f16.
     MATMUL_SUBGROUP_F16 = "matmul_subgroup+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f16", "lib/lanes8", "matmul_subgroup" }
-    /// The subgroup matmul, f16 weights, adding into C.
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as f16, summed into C.
     MATMUL_SUBGROUP_F16_ACCUMULATE = "matmul_subgroup+f16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f16", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as bf16.
+    MATMUL_SUBGROUP_BF16 = "matmul_subgroup+bf16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_bf16", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as bf16, summed into C.
+    MATMUL_SUBGROUP_BF16_ACCUMULATE = "matmul_subgroup+bf16+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_bf16", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q8_0.
+    MATMUL_SUBGROUP_Q8_0 = "matmul_subgroup+q8_0" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_q8_0", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q8_0, summed into C.
+    MATMUL_SUBGROUP_Q8_0_ACCUMULATE = "matmul_subgroup+q8_0+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_q8_0", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q4_0.
+    MATMUL_SUBGROUP_Q4_0 = "matmul_subgroup+q4_0" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_q4_0", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q4_0, summed into C.
+    MATMUL_SUBGROUP_Q4_0_ACCUMULATE = "matmul_subgroup+q4_0+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_q4_0", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q4_k.
+    MATMUL_SUBGROUP_Q4K = "matmul_subgroup+q4_k" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_q4_k", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q4_k, summed into C.
+    MATMUL_SUBGROUP_Q4K_ACCUMULATE = "matmul_subgroup+q4_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_q4_k", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q6_k.
+    MATMUL_SUBGROUP_Q6K = "matmul_subgroup+q6_k" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_q6_k", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, subgroup kernel (8-lane subgroups); B stored as q6_k, summed into C.
+    MATMUL_SUBGROUP_Q6K_ACCUMULATE = "matmul_subgroup+q6_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_q6_k", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
     /// Split-K's reduction, writing C.
     MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "lib/ids", "matmul_splitk" }
     /// Split-K's reduction, adding into C.
@@ -128,8 +188,20 @@ shaders! {
     RMS_NORM_BACKWARD_SUBGROUP = "rms_norm_backward+subgroup" { "lib/ids", "lib/rows_subgroup", "rms_norm_backward" }
     /// Rotary position embedding.
     ROPE = "rope" { "lib/ids", "rope" }
-    /// Embedding lookup.
-    EMBEDDING = "embedding" { "lib/ids", "embedding" }
+    /// Embedding lookup, the table stored as f32.
+    EMBEDDING = "embedding" { "lib/ids", "lib/weights_f32", "embedding" }
+    /// Embedding lookup, the table stored as f16.
+    EMBEDDING_F16 = "embedding+f16" { "lib/ids", "lib/weights_f16", "embedding" }
+    /// Embedding lookup, the table stored as bf16.
+    EMBEDDING_BF16 = "embedding+bf16" { "lib/ids", "lib/weights_bf16", "embedding" }
+    /// Embedding lookup, the table stored as q8_0.
+    EMBEDDING_Q8_0 = "embedding+q8_0" { "lib/ids", "lib/weights_q8_0", "lib/block_bytes", "embedding" }
+    /// Embedding lookup, the table stored as q4_0.
+    EMBEDDING_Q4_0 = "embedding+q4_0" { "lib/ids", "lib/weights_q4_0", "lib/block_bytes", "embedding" }
+    /// Embedding lookup, the table stored as q4_k.
+    EMBEDDING_Q4K = "embedding+q4_k" { "lib/ids", "lib/weights_q4_k", "lib/block_bytes", "embedding" }
+    /// Embedding lookup, the table stored as q6_k.
+    EMBEDDING_Q6K = "embedding+q6_k" { "lib/ids", "lib/weights_q6_k", "lib/block_bytes", "embedding" }
     /// Embedding's backward.
     EMBEDDING_BACKWARD = "embedding_backward" { "lib/ids", "embedding_backward" }
     /// Cross-entropy (workgroup tree).
@@ -152,23 +224,80 @@ shaders! {
     ADAMW = "adamw" { "lib/ids", "adamw" }
 }
 
-/// The matmul variant of `kernel` whose B (the weights) is stored as `weights` (f32 or
-/// f16), writing C or, with `accumulate`, adding into it.
+/// The storage formats of a matmul's B (the weights), in [`MATMUL_VARIANTS`]' order.
+pub const WEIGHT_FORMATS: [DType; 7] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4K,
+    DType::Q6K,
+];
+
+/// Every matmul variant: `[kernel][weight format][accumulate]`, kernels in
+/// [`MatmulKernel`]'s order (general, tiled, subgroup), formats as [`WEIGHT_FORMATS`].
+pub const MATMUL_VARIANTS: [[[&Shader; 2]; 7]; 3] = [
+    [
+        [&MATMUL, &MATMUL_ACCUMULATE],
+        [&MATMUL_F16, &MATMUL_F16_ACCUMULATE],
+        [&MATMUL_BF16, &MATMUL_BF16_ACCUMULATE],
+        [&MATMUL_Q8_0, &MATMUL_Q8_0_ACCUMULATE],
+        [&MATMUL_Q4_0, &MATMUL_Q4_0_ACCUMULATE],
+        [&MATMUL_Q4K, &MATMUL_Q4K_ACCUMULATE],
+        [&MATMUL_Q6K, &MATMUL_Q6K_ACCUMULATE],
+    ],
+    [
+        [&MATMUL_TILED, &MATMUL_TILED_ACCUMULATE],
+        [&MATMUL_TILED_F16, &MATMUL_TILED_F16_ACCUMULATE],
+        [&MATMUL_TILED_BF16, &MATMUL_TILED_BF16_ACCUMULATE],
+        [&MATMUL_TILED_Q8_0, &MATMUL_TILED_Q8_0_ACCUMULATE],
+        [&MATMUL_TILED_Q4_0, &MATMUL_TILED_Q4_0_ACCUMULATE],
+        [&MATMUL_TILED_Q4K, &MATMUL_TILED_Q4K_ACCUMULATE],
+        [&MATMUL_TILED_Q6K, &MATMUL_TILED_Q6K_ACCUMULATE],
+    ],
+    [
+        [&MATMUL_SUBGROUP, &MATMUL_SUBGROUP_ACCUMULATE],
+        [&MATMUL_SUBGROUP_F16, &MATMUL_SUBGROUP_F16_ACCUMULATE],
+        [&MATMUL_SUBGROUP_BF16, &MATMUL_SUBGROUP_BF16_ACCUMULATE],
+        [&MATMUL_SUBGROUP_Q8_0, &MATMUL_SUBGROUP_Q8_0_ACCUMULATE],
+        [&MATMUL_SUBGROUP_Q4_0, &MATMUL_SUBGROUP_Q4_0_ACCUMULATE],
+        [&MATMUL_SUBGROUP_Q4K, &MATMUL_SUBGROUP_Q4K_ACCUMULATE],
+        [&MATMUL_SUBGROUP_Q6K, &MATMUL_SUBGROUP_Q6K_ACCUMULATE],
+    ],
+];
+
+/// The embedding lookups, in [`WEIGHT_FORMATS`]' order.
+pub const EMBEDDING_VARIANTS: [&Shader; 7] = [
+    &EMBEDDING,
+    &EMBEDDING_F16,
+    &EMBEDDING_BF16,
+    &EMBEDDING_Q8_0,
+    &EMBEDDING_Q4_0,
+    &EMBEDDING_Q4K,
+    &EMBEDDING_Q6K,
+];
+
+/// The embedding lookup whose table is stored as `format`.
+pub fn embedding(format: DType) -> &'static Shader {
+    EMBEDDING_VARIANTS[weight_format_index(format)]
+}
+
+fn weight_format_index(format: DType) -> usize {
+    WEIGHT_FORMATS
+        .iter()
+        .position(|&f| f == format)
+        .unwrap_or_else(|| unreachable!("weights are never {format:?}"))
+}
+
+/// The matmul variant of `kernel` whose B (the weights) is stored as `weights`, writing C
+/// or, with `accumulate`, adding into it.
 pub fn matmul(kernel: MatmulKernel, weights: DType, accumulate: bool) -> &'static Shader {
-    use MatmulKernel::{General, Subgroup, Tiled};
-    match (kernel, weights, accumulate) {
-        (General, DType::F32, false) => &MATMUL,
-        (General, DType::F32, true) => &MATMUL_ACCUMULATE,
-        (General, DType::F16, false) => &MATMUL_F16,
-        (General, DType::F16, true) => &MATMUL_F16_ACCUMULATE,
-        (Tiled, DType::F32, false) => &MATMUL_TILED,
-        (Tiled, DType::F32, true) => &MATMUL_TILED_ACCUMULATE,
-        (Tiled, DType::F16, false) => &MATMUL_TILED_F16,
-        (Tiled, DType::F16, true) => &MATMUL_TILED_F16_ACCUMULATE,
-        (Subgroup, DType::F32, false) => &MATMUL_SUBGROUP,
-        (Subgroup, DType::F32, true) => &MATMUL_SUBGROUP_ACCUMULATE,
-        (Subgroup, DType::F16, false) => &MATMUL_SUBGROUP_F16,
-        (Subgroup, DType::F16, true) => &MATMUL_SUBGROUP_F16_ACCUMULATE,
-        (_, other, _) => unreachable!("matmul weights are f32 or f16, not {other:?}"),
-    }
+    let format = weight_format_index(weights);
+    let kernel = match kernel {
+        MatmulKernel::General => 0,
+        MatmulKernel::Tiled => 1,
+        MatmulKernel::Subgroup => 2,
+    };
+    MATMUL_VARIANTS[kernel][format][accumulate as usize]
 }

@@ -10,9 +10,10 @@ use crate::device::{Binding, Device};
 use crate::error::{Error, Result};
 use crate::pool::PooledBuffer;
 
-/// Element types. Compute is f32; ids are u32 (labels i32, where -100 means "no loss");
-/// f16 is a storage format for frozen weights (two halves packed per 32-bit word, so any
-/// device can hold it).
+/// Element types. Compute is f32; ids are u32 (labels i32, where -100 means "no loss").
+/// The others are storage formats for frozen weights, which the matmul kernels read as
+/// their second operand and widen or dequantize to f32 as they load it: f16 and bf16 (two
+/// halves packed per 32-bit word) and GGUF's block formats (see [`crate::quant`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
     /// 32-bit float: every op computes in it.
@@ -20,6 +21,19 @@ pub enum DType {
     /// 16-bit float, storage only: [`Tensor::to_f16`] / [`Tensor::to_f32`] convert, and the
     /// right operand of a matmul may be f16 (widened as it is loaded).
     F16,
+    /// bfloat16 (the top half of an f32), storage only, widened by a shift as it is loaded:
+    /// the format most checkpoints ship in, kept exactly as stored.
+    BF16,
+    /// GGUF q8_0: blocks of 32 values, an f16 scale and 32 signed bytes (8.5 bits a value).
+    Q8_0,
+    /// GGUF q4_0: blocks of 32 values, an f16 scale and 32 nibbles (4.5 bits a value).
+    Q4_0,
+    /// GGUF q4_K: super-blocks of 256 values in 8 sub-blocks with 6-bit scales and mins
+    /// (4.5 bits a value).
+    Q4K,
+    /// GGUF q6_K: super-blocks of 256 values in 16 sub-blocks with 8-bit scales (6.5625
+    /// bits a value).
+    Q6K,
     /// 32-bit unsigned integer: token ids and positions.
     U32,
     /// 32-bit signed integer: labels.
@@ -27,12 +41,66 @@ pub enum DType {
 }
 
 impl DType {
-    /// Bytes per element.
-    pub fn size_in_bytes(self) -> usize {
+    /// Values per storage block: 1 for element formats, 32 or 256 for GGUF's.
+    pub fn block_elements(self) -> usize {
         match self {
-            DType::F16 => 2,
-            _ => 4,
+            DType::Q8_0 | DType::Q4_0 => 32,
+            DType::Q4K | DType::Q6K => 256,
+            _ => 1,
         }
+    }
+
+    /// Bytes per storage block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            DType::F16 | DType::BF16 => 2,
+            DType::Q8_0 => 34,
+            DType::Q4_0 => 18,
+            DType::Q4K => 144,
+            DType::Q6K => 210,
+            DType::F32 | DType::U32 | DType::I32 => 4,
+        }
+    }
+
+    /// Bytes that `numel` values take (whole blocks; before the buffer's rounding to 4).
+    pub fn storage_bytes(self, numel: usize) -> u64 {
+        (numel.div_ceil(self.block_elements()) * self.block_bytes()) as u64
+    }
+
+    /// A frozen-weight format that only a matmul's second operand reads (not f32, u32
+    /// or i32, which every op reads).
+    pub fn is_weight_storage(self) -> bool {
+        !matches!(self, DType::F32 | DType::U32 | DType::I32)
+    }
+
+    /// The name the CLI and GGUF use: `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_k`, `q6_k`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::Q8_0 => "q8_0",
+            DType::Q4_0 => "q4_0",
+            DType::Q4K => "q4_k",
+            DType::Q6K => "q6_k",
+            DType::U32 => "u32",
+            DType::I32 => "i32",
+        }
+    }
+
+    /// The weight format named `name` (case-insensitive; see [`DType::name`]).
+    pub fn from_weight_name(name: &str) -> Option<DType> {
+        [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4K,
+            DType::Q6K,
+        ]
+        .into_iter()
+        .find(|d| d.name().eq_ignore_ascii_case(name))
     }
 }
 
@@ -81,7 +149,7 @@ pub(crate) fn numel(shape: &[usize]) -> usize {
 impl Tensor {
     /// A new, uninitialised tensor (every kernel writes all of its output).
     pub(crate) fn empty(device: &Device, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let bytes = (numel(shape) * dtype.size_in_bytes()) as u64;
+        let bytes = dtype.storage_bytes(numel(shape));
         let limit = device.info().limits.max_buffer_size;
         if bytes > limit {
             return Err(Error::TooLarge {
@@ -121,7 +189,7 @@ impl Tensor {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Tensor> {
-        let bytes = (numel(shape) * dtype.size_in_bytes()) as u64;
+        let bytes = dtype.storage_bytes(numel(shape));
         let limit = device.info().max_binding_bytes();
         if bytes > limit {
             return Err(Error::TooLarge {
@@ -298,7 +366,7 @@ impl Tensor {
 
     /// Bytes of this tensor's data.
     pub fn size_in_bytes(&self) -> u64 {
-        (self.numel() * self.dtype().size_in_bytes()) as u64
+        self.dtype().storage_bytes(self.numel())
     }
 
     pub(crate) fn buffer(&self) -> &wgpu::Buffer {

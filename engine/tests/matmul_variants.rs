@@ -8,8 +8,8 @@
 //! kernel and split: in place when nothing else holds the sum, a copy otherwise.
 //!
 //! Every kernel reads B (the weights) through the same weight slot, so each of these runs
-//! with B stored as f32 and as f16. The f16 cases draw B, round it to f16, and use the
-//! rounded values as the reference's B: widening f16 to f32 is exact, so the f32 bound
+//! with B stored as f32, f16 and bf16. The 16-bit cases draw B, round it, and use the
+//! rounded values as the reference's B: widening either to f32 is exact, so the f32 bound
 //! below holds unchanged.
 //!
 //! Tolerance: a K-term f32 dot product, whatever the order of its additions (split-K
@@ -25,7 +25,7 @@
 mod common;
 
 use common::*;
-use half::f16;
+use half::{bf16, f16};
 use hydralora_engine::gradcheck::gradcheck;
 use hydralora_engine::ops::matmul::{
     matmul_accumulate, matmul_accumulate_with, matmul_scaled_with, matmul_variant, matmul_with,
@@ -79,8 +79,9 @@ struct Case {
     weights: DType,
 }
 
-/// The storage formats of B every kernel takes.
-const WEIGHTS: [DType; 2] = [DType::F32, DType::F16];
+/// The element storage formats of B every kernel takes (the GGUF block formats, which need
+/// whole blocks along a row, are in `tests/quant.rs`).
+const WEIGHTS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
 impl Case {
     fn new(m: usize, k: usize, n: usize, ta: bool, tb: bool) -> Case {
@@ -157,6 +158,12 @@ fn inputs(case: &Case, seed: u64) -> Inputs {
             let halves: Vec<f16> = bv.iter().map(|&x| f16::from_f32(x)).collect();
             bv = halves.iter().map(|h| h.to_f32()).collect();
             Tensor::from_f16(&device(), &halves, &sb).unwrap()
+        }
+        DType::BF16 => {
+            let halves: Vec<bf16> = bv.iter().map(|&x| bf16::from_f32(x)).collect();
+            bv = halves.iter().map(|h| h.to_f32()).collect();
+            let bytes: Vec<u8> = halves.iter().flat_map(|h| h.to_le_bytes()).collect();
+            Tensor::from_blocks(&device(), DType::BF16, &bytes, &sb).unwrap()
         }
         other => unreachable!("{other:?} weights"),
     };

@@ -6,13 +6,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use hydralora_engine::{no_grad, rng::Rng, AdamW, AdamWConfig, Device, Tensor};
+use hydralora_engine::{no_grad, rng::Rng, AdamW, AdamWConfig, DType, Device, Tensor};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::adapter::{attach, trainable_count, trainable_params, AdapterConfig};
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
+use crate::llama::weights::StoredTensor;
 use crate::llama::Llama;
 
 /// What to train in a step benchmark.
@@ -42,9 +43,10 @@ pub struct BenchConfig {
     pub hydra: AdapterConfig,
     /// `bench.adamw` (`lr` 2e-4, `betas` [0.9, 0.999], `eps` 1e-8, `weight_decay` 0 unless given).
     pub adamw: AdamWConfig,
-    /// Store the frozen layer weights as f16 ([`Llama::store_frozen_weights_f16`]); not read
-    /// from the file (false), set by `bench step --f16-weights`. Adapter methods only.
-    pub f16_weights: bool,
+    /// The frozen layer weights' format ([`crate::llama::weight_storage`]): f32 unless
+    /// `bench step --weights` says otherwise; not read from the file. Adapter methods only
+    /// for anything but f32.
+    pub weights: DType,
 }
 
 impl BenchConfig {
@@ -107,21 +109,34 @@ impl BenchConfig {
                 eps: num(&adamw_v, "eps").unwrap_or(1e-8) as f32,
                 weight_decay: num(&adamw_v, "weight_decay").unwrap_or(0.0) as f32,
             },
-            f16_weights: false,
+            weights: DType::F32,
         })
     }
 }
 
 /// A model with random weights (normal, std 0.02; norms 1), seeded.
 pub fn random_model(device: &Device, config: &LlamaConfig, seed: u64) -> Result<Llama> {
+    random_model_as(device, config, seed, DType::F32)
+}
+
+/// [`random_model`] with its frozen weights stored as `weights` (quantized on the host as
+/// each tensor is drawn: an 8B model's f32 weights never exist on the device).
+pub fn random_model_as(
+    device: &Device,
+    config: &LlamaConfig,
+    seed: u64,
+    weights: DType,
+) -> Result<Llama> {
     let mut rng = Rng::new(seed);
-    Llama::from_tensors(device, config.clone(), |name, shape| {
+    Llama::from_stored(device, config.clone(), weights, |name, shape| {
         let n: usize = shape.iter().product();
-        Ok(if name.ends_with("norm.weight") {
+        Ok(StoredTensor::f32(&if name.ends_with("norm.weight") {
             vec![1.0; n]
         } else {
-            (0..n).map(|_| 0.02 * rng.next_normal()).collect()
-        })
+            (0..n)
+                .map(|_| 0.02 * rng.next_normal())
+                .collect::<Vec<f32>>()
+        }))
     })
 }
 
@@ -225,10 +240,7 @@ impl StepRunner {
         method: BenchMethod,
         targets: Option<Vec<String>>,
     ) -> Result<StepRunner> {
-        let mut model = random_model(device, &cfg.model, cfg.seed)?;
-        if cfg.f16_weights {
-            model.store_frozen_weights_f16()?;
-        }
+        let mut model = random_model_as(device, &cfg.model, cfg.seed, cfg.weights)?;
         let adapter = match method {
             BenchMethod::Lora => Some(cfg.lora.clone()),
             BenchMethod::Hydra => Some(cfg.hydra.clone()),

@@ -7,6 +7,7 @@ mod demo;
 mod info;
 mod run_model;
 mod train;
+mod weights;
 
 /// Errors a subcommand reports before the program exits with status 1.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use hydralora::engine::Device;
+use hydralora::engine::{DType, Device};
 use hydralora::model::adapter::{
     attach, gates_by_category, save_adapter, trainable_count, AdapterConfig, Method,
 };
@@ -80,7 +80,15 @@ pub struct TrainArgs {
     /// driver reports it (Vulkan), else no limit].
     #[arg(long, value_name = "SIZE")]
     pub memory_budget: Option<String>,
-    /// Keep the frozen layer weights in f16 (half their memory; computed in f32).
+    /// Store the frozen base weights as f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (computed
+    /// in f32 either way; quantized on the host as the model loads). What is stored so: every
+    /// layer's seven linear weights, the token embedding and an untied lm_head (q6_k under
+    /// q4_0/q4_k, as llama.cpp does); the norms, the adapters and the router stay f32
+    /// [default: as the checkpoint stores them: bf16 stays bf16, f32 stays f32].
+    #[arg(long, value_name = "FORMAT", value_parser = crate::cli::weights::parse_weight_format)]
+    #[serde(default, deserialize_with = "weight_format")]
+    pub weights: Option<DType>,
+    /// The same as `--weights f16`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub f16_weights: Option<bool>,
     /// Scale by alpha / sqrt(r) (rsLoRA).
@@ -169,6 +177,7 @@ impl TrainArgs {
             targets,
             dropout,
             memory_budget,
+            weights,
             f16_weights,
             rslora,
             top_k,
@@ -228,10 +237,11 @@ pub fn run(args: TrainArgs) -> CliResult {
     if budget.is_some() {
         device.set_memory_budget(budget);
     }
-    let mut model = Llama::load(&device, &model_dir)?;
-    if a.f16_weights.unwrap_or(false) {
-        model.store_frozen_weights_f16()?;
-    }
+    let weights = match a.f16_weights {
+        Some(true) => Some(DType::F16),
+        _ => a.weights,
+    };
+    let mut model = Llama::load_as(&device, &model_dir, weights)?;
     let codec = load_codec(&model_dir, &model.config)?;
     let template = match &a.template {
         Some(t) => PromptTemplate::new(t)?,
@@ -535,4 +545,12 @@ fn finish(
     );
     println!("  files:       {}", files.join("\n               "));
     Ok(())
+}
+
+/// `weights = "q4_k"` in a training config file.
+fn weight_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DType>, D::Error> {
+    let name = String::deserialize(d)?;
+    crate::cli::weights::parse_weight_format(&name)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }

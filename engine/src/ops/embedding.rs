@@ -9,7 +9,7 @@ use crate::tensor::{DType, Tensor};
 
 kernel_params! {
     /// The gather's params: `n` ids, rows of `dim`, from one part of the table.
-    pub(crate) struct GatherParams for [shaders::EMBEDDING] {
+    pub(crate) struct GatherParams for each (shaders::EMBEDDING_VARIANTS.iter()) {
         n: u32,
         dim: u32,
         rows: u32,       // rows in this part of the table
@@ -49,7 +49,9 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
     ids.expect_dtype("embedding", DType::U32, "u32 ids")?;
     let dim = *first.shape().last().unwrap_or(&0);
     for part in parts {
-        part.expect_dtype("embedding", DType::F32, "f32")?;
+        if !part.dtype().is_weight_storage() {
+            part.expect_dtype("embedding", DType::F32, "f32 or a weight storage format")?;
+        }
         part.expect_same_device("embedding", ids)?;
         part.expect_bindable("embedding")?;
         if part.rank() != 2 || part.dim(1) != dim {
@@ -67,7 +69,7 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
     let mut row_offset = 0;
     for part in parts {
         dev.dispatch(
-            &shaders::EMBEDDING,
+            shaders::embedding(part.dtype()),
             "gather",
             &GatherParams {
                 n: ids.numel() as u32,
@@ -75,7 +77,7 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
                 rows: part.dim(0) as u32,
                 row_offset: row_offset as u32,
             },
-            &[part.binding(), ids.binding()],
+            &[ids.binding(), part.binding()],
             &[out.binding()],
             grid(dev, out.numel(), 256),
         );

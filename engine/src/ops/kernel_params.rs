@@ -32,12 +32,25 @@ impl KernelParams for [u32] {
 ///
 /// `as "Name"` names the WGSL struct where it differs from the Rust one (two kernels of
 /// one op whose WGSL structs share a name but not a layout); `for [...]` lists the shader
-/// variants that bind it. The struct must also be listed in this file's `all()` (a test
+/// variants that bind it (or `for each (iterator of &&Shader)`, a family kept in a table). The struct must also be listed in this file's `all()` (a test
 /// fails naming any built-in variant whose params struct is not).
 macro_rules! kernel_params {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident $(as $wgsl:literal)? for [$($shader:expr),+ $(,)?] {
+            $($(#[$field_meta:meta])* $field:ident: $ty:ty),* $(,)?
+        }
+    ) => {
+        $crate::ops::kernel_params::kernel_params! {
+            $(#[$meta])*
+            $vis struct $name $(as $wgsl)? for each ([$(&$shader),+].iter()) {
+                $($(#[$field_meta])* $field: $ty),*
+            }
+        }
+    };
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident $(as $wgsl:literal)? for each ($shaders:expr) {
             $($(#[$field_meta:meta])* $field:ident: $ty:ty),* $(,)?
         }
     ) => {
@@ -48,17 +61,23 @@ macro_rules! kernel_params {
             $($(#[$field_meta])* $vis $field: $ty,)*
         }
         $crate::ops::kernel_params::impl_kernel_params!(
-            $name $(as $wgsl)? for [$($shader),+] { $($field),* }
+            $name $(as $wgsl)? for each ($shaders) { $($field),* }
         );
     };
 }
 
 /// Makes a `#[repr(C)]` Pod struct declared elsewhere a kernel's params block: dispatchable,
 /// and registered for the layout test. Name every field, in order:
-/// `impl_kernel_params!(MatmulParams for [shaders::MATMUL, ...] { m, n, k, ... });`
+/// `impl_kernel_params!(SplitKParams for [shaders::MATMUL_SPLITK, ...] { numel, ... });`, or
+/// `for each (<iterator of &Shader>)` for a family listed in a table (the matmul variants).
 /// (`kernel_params!` does this for the structs it declares).
 macro_rules! impl_kernel_params {
     ($name:ident $(as $wgsl:literal)? for [$($shader:expr),+ $(,)?] { $($field:ident),* $(,)? }) => {
+        $crate::ops::kernel_params::impl_kernel_params!(
+            $name $(as $wgsl)? for each ([$(&$shader),+].iter()) { $($field),* }
+        );
+    };
+    ($name:ident $(as $wgsl:literal)? for each ($shaders:expr) { $($field:ident),* $(,)? }) => {
         impl $crate::ops::kernel_params::KernelParams for $name {
             fn bytes(&self) -> &[u8] {
                 bytemuck::bytes_of(self)
@@ -73,7 +92,7 @@ macro_rules! impl_kernel_params {
                 ParamsLayout {
                     rust: stringify!($name),
                     wgsl: [$($wgsl,)? stringify!($name)][0],
-                    shaders: vec![$(&$shader),+],
+                    shaders: $shaders.copied().collect(),
                     size: ::std::mem::size_of::<$name>(),
                     fields: vec![$((
                         stringify!($field),

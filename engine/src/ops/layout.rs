@@ -55,7 +55,7 @@ fn copy_strided(
 }
 
 fn expect_words(op: &'static str, x: &Tensor) -> Result<()> {
-    if x.dtype() == DType::F16 {
+    if x.dtype().block_bytes() != 4 {
         return Err(Error::DType {
             op,
             shape: x.shape().to_vec(),
@@ -280,6 +280,92 @@ impl Tensor {
         let t = Tensor::empty(device, shape, DType::F16)?;
         device.upload(t.buffer(), bytemuck::cast_slice(data));
         Ok(t)
+    }
+
+    /// Uploads a frozen weight in a storage format, `bytes` exactly as [`crate::quant`]
+    /// describes them (a GGUF tensor's data, a safetensors bf16 tensor's): f16, bf16 or a
+    /// GGUF block format, whose blocks run along the last dim. Matmuls read it as their
+    /// second operand; [`Tensor::to_vec_dequantized`] reads it back.
+    pub fn from_blocks(
+        device: &crate::Device,
+        dtype: DType,
+        bytes: &[u8],
+        shape: &[usize],
+    ) -> Result<Tensor> {
+        let why = |why: String| Error::InvalidArgument {
+            op: "from_blocks",
+            shape: shape.to_vec(),
+            why,
+        };
+        if !dtype.is_weight_storage() {
+            return Err(why(format!("{dtype:?} is not a weight storage format")));
+        }
+        let per_block = dtype.block_elements();
+        if shape.last().is_none_or(|&cols| cols % per_block != 0) {
+            return Err(why(format!(
+                "{} stores rows in blocks of {per_block} values: the last dim must be a multiple",
+                dtype.name()
+            )));
+        }
+        let want = dtype.storage_bytes(numel(shape));
+        if bytes.len() as u64 != want {
+            return Err(why(format!(
+                "{} bytes given, {want} needed for {} values of {}",
+                bytes.len(),
+                numel(shape),
+                dtype.name()
+            )));
+        }
+        let t = Tensor::empty(device, shape, dtype)?;
+        device.upload(t.buffer(), bytes);
+        Ok(t)
+    }
+
+    /// Stores f32 host data as a frozen weight of `dtype` (quantized on the host by
+    /// [`crate::quant::quantize`]); f32 uploads as it is.
+    pub fn from_f32_as(
+        device: &crate::Device,
+        data: &[f32],
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        if data.len() != numel(shape) {
+            return Err(Error::HostLength {
+                shape: shape.to_vec(),
+                got: data.len(),
+                want: numel(shape),
+            });
+        }
+        if dtype == DType::F32 {
+            return Tensor::from_slice(device, data, shape);
+        }
+        let row = shape.last().copied().unwrap_or(1);
+        Tensor::from_blocks(
+            device,
+            dtype,
+            &crate::quant::quantize(dtype, data, row)?,
+            shape,
+        )
+    }
+
+    /// Copies a float tensor of any storage format to the host as f32 (block formats and
+    /// halves decoded on the CPU).
+    pub fn to_vec_dequantized(&self) -> Result<Vec<f32>> {
+        match self.dtype() {
+            DType::F32 => self.to_vec_f32(),
+            DType::U32 | DType::I32 => Err(Error::DType {
+                op: "to_vec_dequantized",
+                shape: self.shape().to_vec(),
+                got: self.dtype(),
+                expected: "a float format",
+            }),
+            dtype => {
+                let bytes = self
+                    .device()
+                    .read_bytes(self.buffer(), self.size_in_bytes())?;
+                crate::quant::dequantize(dtype, &bytes, self.numel())
+            }
+        }
     }
 
     /// Copies an f16 tensor to the host.

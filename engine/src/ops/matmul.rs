@@ -96,7 +96,8 @@ pub(crate) struct Strides {
 
 /// One product as the kernels see it: `batch` products C[m, n] = alpha A[m, k] B[k, n] with
 /// strided operands; C is contiguous [batch, m, n]. A is f32; B (the weights) is stored as
-/// `weights` (f32 or f16), which picks the kernel's weight-load piece.
+/// `weights` (f32, or a storage format such as f16, bf16 or a GGUF block format), which
+/// picks the kernel's weight-load piece.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Problem {
     pub alpha: f32,
@@ -136,8 +137,23 @@ fn operand(t: &Tensor) -> Result<Operand> {
 fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<usize>)> {
     a.expect_same_device(OP, b)?;
     a.expect_dtype(OP, DType::F32, "f32")?;
-    if b.dtype() != DType::F16 {
-        b.expect_dtype(OP, DType::F32, "f32 (or f16 for the second operand)")?;
+    if !b.dtype().is_weight_storage() {
+        b.expect_dtype(
+            OP,
+            DType::F32,
+            "f32 (or a weight storage format for the second operand)",
+        )?;
+    }
+    let per_block = b.dtype().block_elements();
+    if per_block > 1 && b.shape().last().is_none_or(|&cols| cols % per_block != 0) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            shape: b.shape().to_vec(),
+            why: format!(
+                "{} weights are blocks of {per_block} along the last dim",
+                b.dtype().name()
+            ),
+        });
     }
     let (oa, ob) = (operand(a)?, operand(b)?);
     let (m, k) = if ta {
@@ -647,13 +663,7 @@ impl MatmulParams {
     }
 }
 
-impl_kernel_params!(MatmulParams for [
-    shaders::MATMUL, shaders::MATMUL_ACCUMULATE, shaders::MATMUL_F16, shaders::MATMUL_F16_ACCUMULATE,
-    shaders::MATMUL_TILED, shaders::MATMUL_TILED_ACCUMULATE, shaders::MATMUL_TILED_F16,
-    shaders::MATMUL_TILED_F16_ACCUMULATE, shaders::MATMUL_SUBGROUP,
-    shaders::MATMUL_SUBGROUP_ACCUMULATE, shaders::MATMUL_SUBGROUP_F16,
-    shaders::MATMUL_SUBGROUP_F16_ACCUMULATE,
-] {
+impl_kernel_params!(MatmulParams for each (shaders::MATMUL_VARIANTS.iter().flatten().flatten()) {
     m, n, k, a_batch, a_row, a_col, b_batch, b_row, b_col, c_batch, c_row, c_col, splits,
     k_chunk, group, alpha
 });

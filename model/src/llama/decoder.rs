@@ -6,8 +6,8 @@ use std::path::Path;
 
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, embedding_parts,
-    human_bytes, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, Device, RopeTables,
-    Tensor, IGNORE_INDEX,
+    human_bytes, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device,
+    RopeTables, Tensor, IGNORE_INDEX,
 };
 
 use crate::adapter::Adapter;
@@ -16,7 +16,7 @@ use crate::llama::config::LlamaConfig;
 use crate::llama::gguf::{gguf_path, GgufModel};
 use crate::llama::layer::Layer;
 use crate::llama::linear::Linear;
-use crate::llama::weights::{llama_tensor_shapes, ModelWeights};
+use crate::llama::weights::{llama_tensor_shapes, ModelWeights, StoredTensor};
 
 /// Keys and values of the tokens seen so far, per layer: [B, nkv, S, hd] each.
 #[derive(Default)]
@@ -57,31 +57,6 @@ impl KvCache {
     }
 }
 
-/// Where [`Llama::from_source`] takes a model's tensors from, by Hugging Face name.
-pub trait WeightSource {
-    /// Tensor `name` as f32 values, row-major, checked against `shape`.
-    fn read_f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
-
-    /// The frozen linear weight `name` (`[d_out, d_in]`) on `device`; f32 unless the source
-    /// keeps another storage.
-    fn frozen_linear(&mut self, device: &Device, name: &str, shape: &[usize]) -> Result<Tensor> {
-        Ok(Tensor::from_slice(
-            device,
-            &self.read_f32(name, shape)?,
-            shape,
-        )?)
-    }
-}
-
-/// A function giving f32 tensors, as a [`WeightSource`].
-struct F32Source<F>(F);
-
-impl<F: FnMut(&str, &[usize]) -> Result<Vec<f32>>> WeightSource for F32Source<F> {
-    fn read_f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        (self.0)(name, shape)
-    }
-}
-
 /// A LLaMA-family causal language model.
 pub struct Llama {
     /// The architecture, from `config.json`.
@@ -102,10 +77,10 @@ pub struct Llama {
 
 impl Llama {
     /// Loads a Hugging Face model folder (`config.json` + safetensors, single or sharded;
-    /// f32, f16 or bf16 weights, uploaded as f32), or a GGUF LLaMA: a `.gguf` file, or a
-    /// folder holding `model.gguf` and no `config.json` (see [`crate::llama::gguf`]). The
-    /// config is validated and every tensor's name and shape checked against it; errors name
-    /// the file and the tensor.
+    /// f32, f16 or bf16 weights), or a GGUF LLaMA: a `.gguf` file, or a folder holding
+    /// `model.gguf` and no `config.json` (see [`crate::llama::gguf`]). The config is
+    /// validated and every tensor's name and shape checked against it; errors name the file
+    /// and the tensor.
     ///
     /// ```no_run
     /// use hydralora_model::{engine::Device, Llama};
@@ -117,17 +92,40 @@ impl Llama {
     /// assert_eq!(logits.shape(), &[1, 3, model.config.vocab_size]);
     /// # Ok(()) }
     /// ```
-    pub fn load(device: &Device, path: impl AsRef<Path>) -> Result<Llama> {
-        let path = path.as_ref();
-        if let Some(file) = gguf_path(path) {
+    pub fn load(device: &Device, dir: impl AsRef<Path>) -> Result<Llama> {
+        Self::load_as(device, dir, None)
+    }
+
+    /// [`Llama::load`], with the frozen layer weights (and an untied lm_head) stored as
+    /// `frozen` (f32, f16, bf16 or a GGUF block format, quantized on the host as they are
+    /// read), or as the checkpoint stores most of them when `None`: a bf16 checkpoint stays
+    /// bf16, byte for byte. See [`weight_storage`] for what each tensor gets. A GGUF model's
+    /// weights are kept as its own blocks when `None`, each tensor in its stored type (a
+    /// Q4_K_M file's q4_K and q6_K alike), its norms in f32.
+    pub fn load_as(device: &Device, dir: impl AsRef<Path>, frozen: Option<DType>) -> Result<Llama> {
+        let dir = dir.as_ref();
+        if let Some(file) = gguf_path(dir) {
             let model = GgufModel::open(file)?;
-            return Self::from_source(device, model.config().clone(), &mut &model);
+            let estimate = frozen.unwrap_or_else(|| model.main_format());
+            let storage = |name: &str, shape: &[usize], stored: DType| match frozen {
+                Some(frozen) => weight_storage(name, shape, frozen),
+                None if name.contains("norm") => DType::F32,
+                None => stored,
+            };
+            return Self::from_stored_with(
+                device,
+                model.config().clone(),
+                estimate,
+                storage,
+                |name, shape| model.stored(name, shape),
+            );
         }
-        let config = LlamaConfig::from_dir(path)?;
-        let weights = ModelWeights::open(path)?;
+        let config = LlamaConfig::from_dir(dir)?;
+        let weights = ModelWeights::open(dir)?;
         weights.check_llama(&config)?;
-        Self::from_tensors(device, config, |name, shape| {
-            weights.expect_f32(name, shape)
+        let frozen = frozen.unwrap_or_else(|| weights.main_float_format());
+        Self::from_stored(device, config, frozen, |name, shape| {
+            weights.expect_stored(name, shape)
         })
     }
 
@@ -135,70 +133,79 @@ impl Llama {
     pub fn from_tensors(
         device: &Device,
         config: LlamaConfig,
-        get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+        mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
     ) -> Result<Llama> {
-        Self::from_source(device, config, &mut F32Source(get))
+        Self::from_stored(device, config, DType::F32, |name, shape| {
+            Ok(StoredTensor::f32(&get(name, shape)?))
+        })
     }
 
-    /// Builds the model from a [`WeightSource`], which chooses how frozen linear weights are
-    /// stored on the device.
-    pub fn from_source(
+    /// Builds the model from a source of named tensors as files store them (checked against
+    /// `shape`), each uploaded in the format [`weight_storage`] gives it for `frozen`:
+    /// as it is when that is its stored format, converted on the host otherwise.
+    pub fn from_stored(
         device: &Device,
         config: LlamaConfig,
-        source: &mut dyn WeightSource,
+        frozen: DType,
+        get: impl FnMut(&str, &[usize]) -> Result<StoredTensor>,
+    ) -> Result<Llama> {
+        let storage =
+            |name: &str, shape: &[usize], _stored: DType| weight_storage(name, shape, frozen);
+        Self::from_stored_with(device, config, frozen, storage, get)
+    }
+
+    /// [`Llama::from_stored`] with each tensor's device format chosen by
+    /// `storage(name, shape, stored format)`; `estimate` is the frozen format the memory
+    /// check assumes.
+    pub fn from_stored_with(
+        device: &Device,
+        config: LlamaConfig,
+        estimate: DType,
+        storage: impl Fn(&str, &[usize], DType) -> DType,
+        mut get: impl FnMut(&str, &[usize]) -> Result<StoredTensor>,
     ) -> Result<Llama> {
         config.validate()?;
-        check_weights_fit(device, &config)?;
+        check_weights_fit(device, &config, estimate)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
             config.vocab_size,
         );
         let (q, kv) = (config.q_dim(), config.kv_dim());
-        let embed = split_rows(
-            device,
-            &source.read_f32("model.embed_tokens.weight", &[v, h])?,
-            v,
-            h,
-        )?;
+        let mut rows = |name: &str, shape: [usize; 2]| -> Result<Vec<Tensor>> {
+            let stored = get(name, &shape)?;
+            let format = storage(name, &shape, stored.dtype);
+            upload_rows(device, stored, shape, format)
+        };
+        let embed = rows("model.embed_tokens.weight", [v, h])?;
+        let lm_head = match config.tie_word_embeddings {
+            true => embed.clone(),
+            false => rows("lm_head.weight", [v, h])?,
+        };
+        let mut tensor = |name: &str, shape: &[usize]| -> Result<Tensor> {
+            let stored = get(name, shape)?;
+            let format = storage(name, shape, stored.dtype);
+            upload(device, stored, shape, format)
+        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
             let mut lin = |s: &str, shape: &[usize]| -> Result<Linear> {
-                Ok(Linear::new(source.frozen_linear(device, &p(s), shape)?))
-            };
-            let q_proj = lin("self_attn.q_proj.weight", &[q, h])?;
-            let k_proj = lin("self_attn.k_proj.weight", &[kv, h])?;
-            let v_proj = lin("self_attn.v_proj.weight", &[kv, h])?;
-            let o_proj = lin("self_attn.o_proj.weight", &[h, q])?;
-            let gate_proj = lin("mlp.gate_proj.weight", &[i, h])?;
-            let up_proj = lin("mlp.up_proj.weight", &[i, h])?;
-            let down_proj = lin("mlp.down_proj.weight", &[h, i])?;
-            let mut norm = |s: &str| -> Result<Tensor> {
-                Ok(Tensor::from_slice(
-                    device,
-                    &source.read_f32(&p(s), &[h])?,
-                    &[h],
-                )?)
+                Ok(Linear::new(tensor(&p(s), shape)?))
             };
             layers.push(Layer {
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
-                gate_proj,
-                up_proj,
-                down_proj,
-                input_norm: norm("input_layernorm.weight")?,
-                post_norm: norm("post_attention_layernorm.weight")?,
+                q_proj: lin("self_attn.q_proj.weight", &[q, h])?,
+                k_proj: lin("self_attn.k_proj.weight", &[kv, h])?,
+                v_proj: lin("self_attn.v_proj.weight", &[kv, h])?,
+                o_proj: lin("self_attn.o_proj.weight", &[h, q])?,
+                gate_proj: lin("mlp.gate_proj.weight", &[i, h])?,
+                up_proj: lin("mlp.up_proj.weight", &[i, h])?,
+                down_proj: lin("mlp.down_proj.weight", &[h, i])?,
+                input_norm: tensor(&p("input_layernorm.weight"), &[h])?,
+                post_norm: tensor(&p("post_attention_layernorm.weight"), &[h])?,
             });
         }
-        let norm = Tensor::from_slice(device, &source.read_f32("model.norm.weight", &[h])?, &[h])?;
-        let lm_head = if config.tie_word_embeddings {
-            embed.clone()
-        } else {
-            split_rows(device, &source.read_f32("lm_head.weight", &[v, h])?, v, h)?
-        };
+        let norm = tensor("model.norm.weight", &[h])?;
         let inv_freq = config.inv_freq();
         Ok(Llama {
             config,
@@ -471,6 +478,12 @@ impl Llama {
             return Err(ModelError::Input("full-parameter training needs the embedding to fit one kernel binding; train an adapter instead".into()));
         }
         let tied = self.config.tie_word_embeddings;
+        self.store_weights_as(DType::F32, |_| true)?; // trained weights are f32
+        for w in [&mut self.embed[0], &mut self.lm_head[0]] {
+            if w.dtype() != DType::F32 {
+                *w = Tensor::from_slice(&self.device, &w.to_vec_dequantized()?, w.shape())?;
+            }
+        }
         let param = |t: &mut Tensor| *t = t.clone().into_param();
         param(&mut self.embed[0]);
         if tied {
@@ -497,10 +510,7 @@ impl Llama {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let mut host: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         for (name, t) in self.named_weights() {
-            let values = match t.dtype() {
-                hydralora_engine::DType::F16 => t.to_f32()?.to_vec_f32()?,
-                _ => t.to_vec_f32()?,
-            };
+            let values = t.to_vec_dequantized()?;
             match host.last_mut() {
                 // Row parts of one matrix are joined back.
                 Some((last, shape, data)) if *last == name => {
@@ -594,15 +604,42 @@ impl Llama {
     /// matmuls widen them to f32 as they load and accumulate in f32). The embedding, the
     /// norms and lm_head stay f32. Not for weights being trained.
     pub fn store_frozen_weights_f16(&mut self) -> Result<()> {
-        for (_, m, linear) in self.linears_mut() {
+        self.store_frozen_weights(DType::F16)
+    }
+
+    /// Stores the frozen linear weights of every layer as `format` (see [`weight_storage`];
+    /// the matmuls widen or dequantize them as they load them). Loading with
+    /// [`Llama::load_as`] does this without ever holding the f32 weights on the device;
+    /// this converts a model already loaded. Not for weights being trained.
+    pub fn store_frozen_weights(&mut self, format: DType) -> Result<()> {
+        for (_, m, linear) in self.linears() {
             if linear.weight.requires_grad() {
                 return Err(ModelError::Input(format!(
-                    "{m} is being trained: only frozen weights can be stored as f16"
+                    "{m} is being trained: only frozen weights can be stored as {}",
+                    format.name()
                 )));
             }
-            if linear.weight.dtype() == hydralora_engine::DType::F32 {
-                linear.weight = linear.weight.to_f16()?;
+        }
+        self.store_weights_as(format, |name| name.starts_with("model.layers."))
+    }
+
+    /// Re-stores every layer linear weight whose name `which` accepts in the format
+    /// [`weight_storage`] gives it (converted on the host; f32 to f16 on the device).
+    fn store_weights_as(&mut self, format: DType, which: impl Fn(&str) -> bool) -> Result<()> {
+        for (l, m, linear) in self.linears_mut() {
+            let name = format!("{}.weight", Layer::module_path(l, m));
+            let shape = linear.weight.shape().to_vec();
+            let want = weight_storage(&name, &shape, format);
+            if !which(&name) || linear.weight.dtype() == want {
+                continue;
             }
+            linear.weight = match (linear.weight.dtype(), want) {
+                (DType::F32, DType::F16) => linear.weight.to_f16()?,
+                _ => {
+                    let values = linear.weight.to_vec_dequantized()?;
+                    Tensor::from_f32_as(linear.weight.device(), &values, &shape, want)?
+                }
+            };
         }
         Ok(())
     }
@@ -613,31 +650,104 @@ impl Llama {
     }
 }
 
-/// Refuses, before anything is uploaded, a model whose weights (f32, as loaded) would take
-/// the device's pool past its memory budget.
-fn check_weights_fit(device: &Device, c: &LlamaConfig) -> Result<()> {
+/// Refuses, before anything is uploaded, a model whose weights (in the formats
+/// [`weight_storage`] gives them for `frozen`) would take the device's pool past its
+/// memory budget.
+fn check_weights_fit(device: &Device, c: &LlamaConfig, frozen: DType) -> Result<()> {
     let Some(budget) = device.memory_budget() else {
         return Ok(());
     };
     let need: u64 = llama_tensor_shapes(c)
         .iter()
-        .map(|(_, shape)| pool_bytes(shape.iter().product::<usize>() as u64 * 4))
+        .map(|(name, shape)| {
+            let numel = shape.iter().product::<usize>();
+            pool_bytes(weight_storage(name, shape, frozen).storage_bytes(numel))
+        })
         .sum();
     let held = device.pool_stats().in_use;
     if held + need <= budget {
         return Ok(());
     }
     Err(ModelError::Input(format!(
-        "the model's weights need {} of device memory as loaded (f32), over the memory budget \
-         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory \
-         or raise the budget",
+        "the model's weights need {} of device memory as loaded ({}), over the memory budget \
+         of {}{} (--memory-budget, Device::set_memory_budget): use a device with more memory, \
+         raise the budget or store the frozen weights smaller (--weights q4_k)",
         human_bytes(need),
+        frozen.name(),
         human_bytes(budget),
         match held {
             0 => String::new(),
             _ => format!(" with {} already held", human_bytes(held)),
         }
     )))
+}
+
+/// The format a weight named `name` of `shape` is kept in when the frozen weights are
+/// `frozen`:
+/// - the norms: f32 (rms_norm computes with them in f32);
+/// - the layers' linear weights and the token embedding: `frozen` (the lookup reads every
+///   format, through the matmul's weight pieces);
+/// - an untied lm_head: `frozen`, except that 4-bit layers get a q6_k lm_head, as
+///   llama.cpp's Q4_K_M and Q4_0 files do (the logits are the most sensitive product);
+/// - a block format whose block does not divide the rows falls back to q8_0 (blocks of
+///   32), or to f32 when even that does not divide them.
+pub fn weight_storage(name: &str, shape: &[usize], frozen: DType) -> DType {
+    let wanted = if name.contains("norm") {
+        DType::F32
+    } else if name == "lm_head.weight" && matches!(frozen, DType::Q4_0 | DType::Q4K) {
+        DType::Q6K
+    } else {
+        frozen
+    };
+    let cols = shape.last().copied().unwrap_or(1);
+    [wanted, DType::Q8_0, DType::F32]
+        .into_iter()
+        .find(|d| cols % d.block_elements() == 0 && (*d == wanted || wanted.block_elements() > 1))
+        .unwrap_or(DType::F32)
+}
+
+/// Uploads a stored tensor as `format`: its own bytes when it is stored so, else widened
+/// (and quantized) on the host.
+fn upload(device: &Device, stored: StoredTensor, shape: &[usize], format: DType) -> Result<Tensor> {
+    if stored.dtype == format {
+        return Ok(match format {
+            DType::F32 => Tensor::from_slice(device, &stored.to_f32(numel(shape))?, shape)?,
+            _ => Tensor::from_blocks(device, format, &stored.bytes, shape)?,
+        });
+    }
+    let values = stored.to_f32(numel(shape))?;
+    Ok(Tensor::from_f32_as(device, &values, shape, format)?)
+}
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// A [rows, cols] matrix uploaded as `format` in row blocks that each fit one kernel
+/// binding (the embedding and lm_head of a large vocabulary): one block when it fits.
+fn upload_rows(
+    device: &Device,
+    stored: StoredTensor,
+    [rows, cols]: [usize; 2],
+    format: DType,
+) -> Result<Vec<Tensor>> {
+    let limit = device.info().max_binding_bytes();
+    if format.storage_bytes(rows * cols) <= limit {
+        return Ok(vec![upload(device, stored, &[rows, cols], format)?]);
+    }
+    let rows_per_part =
+        ((limit / format.storage_bytes(cols).max(1)) as usize).clamp(1, rows.max(1));
+    let values = stored.to_f32(rows * cols)?;
+    drop(stored);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let n = rows_per_part.min(rows - start);
+        let part = &values[start * cols..(start + n) * cols];
+        parts.push(Tensor::from_f32_as(device, part, &[n, cols], format)?);
+        start += n;
+    }
+    Ok(parts)
 }
 
 /// labels[:, 1:] followed by -100: what logits[:, t] is scored against.
@@ -647,22 +757,4 @@ pub fn shift_labels(labels: &[i32], batch: usize, t: usize) -> Vec<i32> {
         out[b * t..b * t + t - 1].copy_from_slice(&labels[b * t + 1..b * t + t]);
     }
     out
-}
-
-/// Uploads a [rows, cols] matrix as row blocks that each fit one kernel binding.
-fn split_rows(device: &Device, data: &[f32], rows: usize, cols: usize) -> Result<Vec<Tensor>> {
-    let limit = device.info().max_binding_bytes() as usize;
-    let rows_per_part = (limit / (cols.max(1) * 4)).clamp(1, rows.max(1));
-    let mut parts = Vec::new();
-    let mut start = 0;
-    while start < rows {
-        let n = rows_per_part.min(rows - start);
-        parts.push(Tensor::from_slice(
-            device,
-            &data[start * cols..(start + n) * cols],
-            &[n, cols],
-        )?);
-        start += n;
-    }
-    Ok(parts)
 }

@@ -19,6 +19,8 @@ use serde_json::Value;
 
 pub use safetensors::Dtype;
 
+use hydralora_engine::DType;
+
 use crate::error::{ModelError, Result};
 use crate::llama::config::{read_json_object, LlamaConfig, CONFIG_FILE};
 
@@ -29,6 +31,35 @@ pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// The dtypes [`WeightFile::read_f32`] converts.
 const FLOAT_DTYPES: &str = "F32, F16, BF16";
+
+/// One tensor as a file stores it: its format and its little-endian, row-major bytes
+/// (for a block format, whole blocks along each row, as [`hydralora_engine::quant`] says).
+#[derive(Clone, Debug)]
+pub struct StoredTensor {
+    /// The storage format.
+    pub dtype: DType,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl StoredTensor {
+    /// f32 values as stored tensor.
+    pub fn f32(values: &[f32]) -> StoredTensor {
+        StoredTensor {
+            dtype: DType::F32,
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The values widened to f32 (`numel` of them).
+    pub fn to_f32(&self, numel: usize) -> Result<Vec<f32>> {
+        Ok(hydralora_engine::quant::dequantize(
+            self.dtype,
+            &self.bytes,
+            numel,
+        )?)
+    }
+}
 
 /// A tensor name with its shape, e.g. `("model.norm.weight", vec![64])`.
 pub type TensorShape = (String, Vec<usize>);
@@ -134,6 +165,28 @@ impl WeightFile {
     /// Reads a float tensor as f32 after checking its shape; errors name the tensor, the file
     /// and both shapes.
     pub fn expect_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
+        self.expect_f32_shape(name, expected)?;
+        Ok(self.read_f32(name)?.1)
+    }
+
+    /// A float tensor's bytes as stored (F32, F16 or BF16), after checking its shape: what
+    /// [`crate::Llama::load_as`] uploads as it is when the weight's format is kept.
+    pub fn expect_stored(&self, name: &str, expected: &[usize]) -> Result<StoredTensor> {
+        self.expect_f32_shape(name, expected)?;
+        let info = self.info(name)?;
+        let dtype = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => return Err(self.unsupported(name, other, FLOAT_DTYPES)),
+        };
+        Ok(StoredTensor {
+            dtype,
+            bytes: self.bytes(name, info)?.to_vec(),
+        })
+    }
+
+    fn expect_f32_shape(&self, name: &str, expected: &[usize]) -> Result<()> {
         let found = &self.info(name)?.shape;
         if found != expected {
             return Err(ModelError::TensorShape {
@@ -143,7 +196,7 @@ impl WeightFile {
                 found: found.clone(),
             });
         }
-        Ok(self.read_f32(name)?.1)
+        Ok(())
     }
 
     /// Reads an I32 tensor (e.g. the fixtures' `input_ids` and `labels`): its shape and values.
@@ -359,6 +412,29 @@ impl ModelWeights {
     pub fn expect_f32(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
         self.locate(name, Some(expected))?
             .expect_f32(name, expected)
+    }
+
+    /// A float tensor's stored bytes after checking its shape; see
+    /// [`WeightFile::expect_stored`].
+    pub fn expect_stored(&self, name: &str, expected: &[usize]) -> Result<StoredTensor> {
+        self.locate(name, Some(expected))?
+            .expect_stored(name, expected)
+    }
+
+    /// The float format most of the weights are stored in (F32 when none is F16 or BF16):
+    /// the frozen weights' format when the user names none.
+    pub fn main_float_format(&self) -> DType {
+        let mut counts = [0usize; 3];
+        for name in self.names() {
+            match self.dtype(name) {
+                Some(Dtype::F32) => counts[0] += 1,
+                Some(Dtype::F16) => counts[1] += 1,
+                Some(Dtype::BF16) => counts[2] += 1,
+                _ => {}
+            }
+        }
+        let most = (0..3).max_by_key(|&i| (counts[i], i == 0)).unwrap_or(0);
+        [DType::F32, DType::F16, DType::BF16][most]
     }
 
     /// Reads an I32 tensor; see [`WeightFile::read_i32`].

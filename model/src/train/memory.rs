@@ -196,13 +196,13 @@ fn model_weights(model: &Llama, params: &[Tensor], f16_frozen: bool) -> u64 {
                 (true, _) => DType::F16,
                 (false, d) => d,
             };
-            pool_bytes((t.numel() * dtype.size_in_bytes()) as u64)
+            pool_bytes(dtype.storage_bytes(t.numel()))
         })
         .sum();
     let extra: u64 = params
         .iter()
         .filter(|p| !named.iter().any(|(_, t)| t.id() == p.id()))
-        .map(|p| pool_bytes((p.numel() * p.dtype().size_in_bytes()) as u64))
+        .map(|p| pool_bytes(p.dtype().storage_bytes(p.numel())))
         .sum();
     base + extra
 }

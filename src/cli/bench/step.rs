@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use hydralora::engine::Device;
+use hydralora::engine::{DType, Device};
 use hydralora::model::bench::{
     bench_forward, bench_step, bench_step_pair, BenchConfig, BenchMethod, PairReport,
 };
@@ -40,8 +40,12 @@ pub struct StepArgs {
     /// (`--targets`, else `--method`'s from the config), and print the time ratio.
     #[arg(long, value_enum, conflicts_with = "profile")]
     versus: Option<MethodArg>,
-    /// Keep the frozen layer weights in f16 (as `train --f16-weights`); adapter methods only.
-    #[arg(long)]
+    /// Store the frozen layer weights as f32, f16, bf16, q8_0, q4_0, q4_k or q6_k (as
+    /// `train --weights`); adapter methods only for anything but f32.
+    #[arg(long, value_name = "FORMAT", value_parser = crate::cli::weights::parse_weight_format)]
+    weights: Option<DType>,
+    /// The same as `--weights f16`.
+    #[arg(long, conflicts_with = "weights")]
     f16_weights: bool,
 }
 
@@ -57,10 +61,18 @@ impl MethodArg {
 
 pub fn run_step(a: StepArgs) -> CliResult {
     let mut cfg = BenchConfig::from_file(&a.config)?;
-    if a.f16_weights && [Some(a.method), a.versus].contains(&Some(MethodArg::Full)) {
-        return Err("--f16-weights keeps frozen weights in f16: not with --method full".into());
+    let weights = match a.f16_weights {
+        true => DType::F16,
+        false => a.weights.unwrap_or(DType::F32),
+    };
+    if weights != DType::F32 && [Some(a.method), a.versus].contains(&Some(MethodArg::Full)) {
+        return Err(format!(
+            "--weights {} stores the frozen weights: not with --method full, which trains them all in f32",
+            weights.name()
+        )
+        .into());
     }
-    cfg.f16_weights = a.f16_weights;
+    cfg.weights = weights;
     let device = Device::new()?;
     if let Some(versus) = a.versus {
         let targets = a.targets.clone().or_else(|| match a.method {
@@ -98,10 +110,9 @@ pub fn run_step(a: StepArgs) -> CliResult {
         r.method,
         r.targets,
         r.trainable_params,
-        if a.f16_weights {
-            ", frozen weights in f16"
-        } else {
-            ""
+        match weights {
+            DType::F32 => String::new(),
+            w => format!(", frozen weights in {}", w.name()),
         }
     );
     println!(

@@ -115,6 +115,20 @@ impl GgmlType {
         }
     }
 
+    /// The engine's name of the format.
+    pub fn dtype(self) -> hydralora_engine::DType {
+        use hydralora_engine::DType;
+        match self {
+            GgmlType::F32 => DType::F32,
+            GgmlType::F16 => DType::F16,
+            GgmlType::BF16 => DType::BF16,
+            GgmlType::Q8_0 => DType::Q8_0,
+            GgmlType::Q4_0 => DType::Q4_0,
+            GgmlType::Q4K => DType::Q4K,
+            GgmlType::Q6K => DType::Q6K,
+        }
+    }
+
     /// Whether the type is one of the block-quantized ones.
     pub fn is_quantized(self) -> bool {
         self.block_len() > 1

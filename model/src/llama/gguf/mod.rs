@@ -11,22 +11,20 @@
 //! whole blocks in every ggml type, so the permutation is undone on the stored bytes, before
 //! any dequantization.
 
-pub mod dequant;
 pub mod file;
 pub mod vocab;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use hydralora_engine::{Device, Tensor};
+use hydralora_engine::DType;
 
 use crate::error::{ModelError, Result};
 use crate::llama::config::{
     Llama3RopeScaling, LlamaConfig, CONFIG_FILE, DEFAULT_MAX_POSITION_EMBEDDINGS,
     DEFAULT_ROPE_THETA,
 };
-use crate::llama::decoder::WeightSource;
-use crate::llama::weights::{check_llama_tensors, Present};
+use crate::llama::weights::{check_llama_tensors, Present, StoredTensor};
 
 pub use file::{GgmlType, GgufFile, GgufTensor, MetaValue};
 
@@ -119,6 +117,31 @@ impl GgufModel {
         Ok((tensor.ggml_type, Cow::Owned(unpermuted)))
     }
 
+    /// Hugging Face tensor `name` as stored (q/k rows un-permuted), checked against `shape`.
+    pub fn stored(&self, name: &str, shape: &[usize]) -> Result<StoredTensor> {
+        let (ggml_type, bytes) = self.blocks(name, shape)?;
+        Ok(StoredTensor {
+            dtype: ggml_type.dtype(),
+            bytes: bytes.into_owned(),
+        })
+    }
+
+    /// The type most linear weights are stored in, as the engine names it (the frozen
+    /// format the memory estimate assumes).
+    pub fn main_format(&self) -> DType {
+        let mut counts: Vec<(GgmlType, usize)> = Vec::new();
+        for t in self.file.tensors().iter().filter(|t| t.dims.len() == 2) {
+            match counts.iter_mut().find(|(ty, _)| *ty == t.ggml_type) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((t.ggml_type, 1)),
+            }
+        }
+        counts
+            .into_iter()
+            .max_by_key(|&(_, n)| n)
+            .map_or(DType::F32, |(ty, _)| ty.dtype())
+    }
+
     /// Hugging Face tensor `name` as f32 values, row-major, checked against `shape`.
     pub fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let (ggml_type, bytes) = self.blocks(name, shape)?;
@@ -129,36 +152,9 @@ impl GgufModel {
     }
 }
 
-impl WeightSource for &GgufModel {
-    fn read_f32(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        GgufModel::read_f32(self, name, shape)
-    }
-
-    fn frozen_linear(&mut self, device: &Device, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let (ggml_type, bytes) = self.blocks(name, shape)?;
-        upload(device, ggml_type, &bytes, shape).map_err(|e| match e {
-            ModelError::Input(why) => self
-                .file
-                .error(format!("tensor `{}`: {why}", gguf_name(name))),
-            other => other,
-        })
-    }
-}
-
-/// Uploads a frozen weight `shape` stored as `ggml_type` blocks: the one place that decides
-/// how each type is kept on the device.
-pub fn upload(
-    device: &Device,
-    ggml_type: GgmlType,
-    bytes: &[u8],
-    shape: &[usize],
-) -> Result<Tensor> {
-    let values = to_f32(ggml_type, bytes).map_err(ModelError::Input)?;
-    Ok(Tensor::from_slice(device, &values, shape)?)
-}
-
-/// The values of `bytes`, whole blocks of `ggml_type`, as f32.
+/// The values of `bytes`, whole blocks of `ggml_type`, as f32 (the engine's dequantizer).
 pub fn to_f32(ggml_type: GgmlType, bytes: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    let dtype = ggml_type.dtype();
     let block = ggml_type.block_bytes();
     if bytes.len() % block != 0 {
         return Err(format!(
@@ -166,32 +162,8 @@ pub fn to_f32(ggml_type: GgmlType, bytes: &[u8]) -> std::result::Result<Vec<f32>
             bytes.len()
         ));
     }
-    Ok(match ggml_type {
-        GgmlType::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        GgmlType::F16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        GgmlType::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-            .collect(),
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4K | GgmlType::Q6K => {
-            let blocks = bytes.len() / block;
-            let mut values = Vec::with_capacity(blocks * ggml_type.block_len());
-            let dequantize = match ggml_type {
-                GgmlType::Q8_0 => dequant::q8_0,
-                GgmlType::Q4_0 => dequant::q4_0,
-                GgmlType::Q4K => dequant::q4_k,
-                _ => dequant::q6_k,
-            };
-            dequantize(bytes, &mut values);
-            values
-        }
-    })
+    let numel = bytes.len() / block * ggml_type.block_len();
+    hydralora_engine::quant::dequantize(dtype, bytes, numel).map_err(|e| e.to_string())
 }
 
 /// Hugging Face rows of a q or k weight from llama.cpp's: `bytes` holds `rows` equal rows,
