@@ -62,3 +62,17 @@ fn a_gguf_file_path_loads_with_its_tokenizer() {
         from_folder.to_vec_f32().unwrap()
     );
 }
+
+/// A Q4_K_M file's weights stay its own blocks on the device: q4_K layers, a q6_K lm_head
+/// and layer (llama.cpp's mix), f32 norms.
+#[test]
+fn quantized_weights_stay_as_the_file_stores_them() {
+    use hydralora::engine::DType;
+    let dev = common::device();
+    let model = Llama::load(&dev, fixtures().join("tiny-q4-k-m")).unwrap();
+    assert_eq!(model.layers[0].q_proj.weight.dtype(), DType::Q4K);
+    assert_eq!(model.layers[1].down_proj.weight.dtype(), DType::Q6K);
+    assert_eq!(model.embed[0].dtype(), DType::Q4K);
+    assert_eq!(model.lm_head[0].dtype(), DType::Q6K);
+    assert_eq!(model.norm.dtype(), DType::F32);
+}
