@@ -168,6 +168,10 @@ fn small_models_written_by_the_gguf_package_open() {
 // was wrong
 // ---------------------------------------------------------------------------------------------
 
+/// One tensor of a [`Builder`]: name, dims, ggml type id, an offset overriding the honest
+/// one, data bytes.
+type TensorEntry = (String, Vec<u64>, u32, Option<u64>, usize);
+
 /// A GGUF file written byte by byte, to make every lie.
 #[derive(Clone)]
 struct Builder {
@@ -177,8 +181,7 @@ struct Builder {
     kv_count: Option<u64>,
     /// Encoded key/values.
     kvs: Vec<Vec<u8>>,
-    /// (name, dims, type, offset, data bytes) per tensor.
-    tensors: Vec<(String, Vec<u64>, u32, Option<u64>, usize)>,
+    tensors: Vec<TensorEntry>,
 }
 
 fn string(s: &str) -> Vec<u8> {

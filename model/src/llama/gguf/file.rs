@@ -474,7 +474,7 @@ impl TensorInfo {
     ) -> std::result::Result<GgufTensor, String> {
         let name = self.name;
         let err = |why: String| format!("tensor `{}` {why}", shown(&name));
-        let ggml_type = self.ggml_type.map_err(|why| err(why))?;
+        let ggml_type = self.ggml_type.map_err(&err)?;
         // ggml's own limit: the element count fits an i64.
         let count = self
             .dims
