@@ -1,6 +1,6 @@
 //! LLaMA models in GGUF files, as llama.cpp writes and quantizes them.
 //!
-//! [`file`] reads the container (checked against the file before anything is allocated);
+//! [`file`](mod@file) reads the container (checked against the file before anything is allocated);
 //! this module reads a LLaMA from it: the hyper-parameters from the `llama.*` metadata, the
 //! tensors under Hugging Face names, and llama.cpp's own row order of `attn_q` and `attn_k`
 //! undone. [`vocab`] builds the tokenizer from the file's vocabulary.
