@@ -64,7 +64,12 @@ fn ids() -> Vec<u32> {
 
 /// Loss and the gradients of a LoRA adapter on every target, for the same seed.
 fn loss_and_adapter_grads(model: &mut Llama) -> (f32, Vec<Vec<f32>>) {
-    attach(model, &AdapterConfig::lora(4, 8.0, &["q_proj", "down_proj"]), 7).unwrap();
+    attach(
+        model,
+        &AdapterConfig::lora(4, 8.0, &["q_proj", "down_proj"]),
+        7,
+    )
+    .unwrap();
     let ids = ids();
     let labels: Vec<i32> = ids.iter().map(|&t| t as i32).collect();
     let loss = model
@@ -137,15 +142,31 @@ fn a_k_quant_wide_model_in_every_format_computes_on_its_stored_weights() {
 #[test]
 fn each_weight_gets_the_format_it_should() {
     let q4k = |name: &str, shape: &[usize]| weight_storage(name, shape, DType::Q4K);
-    assert_eq!(q4k("model.layers.0.input_layernorm.weight", &[256]), DType::F32);
-    assert_eq!(q4k("model.layers.0.mlp.up_proj.weight", &[512, 256]), DType::Q4K);
+    assert_eq!(
+        q4k("model.layers.0.input_layernorm.weight", &[256]),
+        DType::F32
+    );
+    assert_eq!(
+        q4k("model.layers.0.mlp.up_proj.weight", &[512, 256]),
+        DType::Q4K
+    );
     assert_eq!(q4k("model.embed_tokens.weight", &[96, 256]), DType::Q4K);
     assert_eq!(q4k("lm_head.weight", &[96, 256]), DType::Q6K);
     // Rows of 160: not whole 256-blocks, but whole 32-blocks; rows of 100: neither.
-    assert_eq!(q4k("model.layers.0.mlp.down_proj.weight", &[64, 160]), DType::Q8_0);
-    assert_eq!(q4k("model.layers.0.mlp.down_proj.weight", &[64, 100]), DType::F32);
     assert_eq!(
-        weight_storage("model.layers.0.mlp.down_proj.weight", &[64, 100], DType::BF16),
+        q4k("model.layers.0.mlp.down_proj.weight", &[64, 160]),
+        DType::Q8_0
+    );
+    assert_eq!(
+        q4k("model.layers.0.mlp.down_proj.weight", &[64, 100]),
+        DType::F32
+    );
+    assert_eq!(
+        weight_storage(
+            "model.layers.0.mlp.down_proj.weight",
+            &[64, 100],
+            DType::BF16
+        ),
         DType::BF16
     );
 }

@@ -237,7 +237,10 @@ fn dequantize_q4_k(b: &[u8], out: &mut Vec<f32>) {
         for (half, shift) in [(0, 0), (1, 4)] {
             let (sc, m) = q4_k_scale_min(scales, 2 * chunk + half);
             let (step, offset) = (d * sc as f32, dmin * m as f32);
-            out.extend(qs.iter().map(|&q| step * ((q >> shift) & 15) as f32 - offset));
+            out.extend(
+                qs.iter()
+                    .map(|&q| step * ((q >> shift) & 15) as f32 - offset),
+            );
         }
     }
 }
@@ -317,9 +320,19 @@ mod tests {
     #[test]
     fn every_format_round_trips_within_its_step() {
         let x = values(4 * 512);
-        for dtype in [DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4K, DType::Q6K] {
+        for dtype in [
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4K,
+            DType::Q6K,
+        ] {
             let bytes = quantize(dtype, &x, 512).unwrap();
-            assert_eq!(bytes.len() as u64, dtype.storage_bytes(x.len()), "{dtype:?}");
+            assert_eq!(
+                bytes.len() as u64,
+                dtype.storage_bytes(x.len()),
+                "{dtype:?}"
+            );
             let y = dequantize(dtype, &bytes, x.len()).unwrap();
             // Worst error as a fraction of each block's largest magnitude.
             let block = dtype.block_elements().max(32);
@@ -328,7 +341,10 @@ mod tests {
                 .zip(y.chunks(block))
                 .map(|(a, b)| {
                     let amax = a.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
-                    a.iter().zip(b).fold(0.0f32, |m, (p, q)| m.max((p - q).abs())) / amax
+                    a.iter()
+                        .zip(b)
+                        .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()))
+                        / amax
                 })
                 .fold(0.0f32, f32::max);
             let bound = match dtype {

@@ -35,7 +35,9 @@ const FORMATS: [(DType, &str); 4] = [
 ];
 
 fn data(file: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/quant")
+        .join(file);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -47,7 +49,11 @@ fn floats(file: &str) -> Vec<f32> {
 }
 
 fn rms(a: &[f32], b: &[f32]) -> f64 {
-    let sum: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let sum: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     (sum / a.len() as f64).sqrt()
 }
 
@@ -66,8 +72,8 @@ fn q8_0_and_q4_0_quantize_to_llama_cpps_exact_bytes() {
 #[test]
 fn llama_cpp_blocks_dequantize_to_the_gguf_packages_values() {
     for (dtype, name) in FORMATS {
-        let ours = quant::dequantize(dtype, &data(&format!("{name}.llamacpp.bin")), ROWS * COLS)
-            .unwrap();
+        let ours =
+            quant::dequantize(dtype, &data(&format!("{name}.llamacpp.bin")), ROWS * COLS).unwrap();
         let theirs = floats(&format!("{name}.llamacpp.f32"));
         assert_bits_eq(name, &ours, &theirs);
     }
@@ -107,7 +113,11 @@ fn reference(x: &[f32], w: &[f32], m: usize, transposed: bool) -> (Vec<f64>, Vec
         for o in 0..outer {
             let (mut s, mut a) = (0.0f64, 0.0f64);
             for j in 0..inner {
-                let wv = if transposed { w[o * k + j] } else { w[j * k + o] } as f64;
+                let wv = if transposed {
+                    w[o * k + j]
+                } else {
+                    w[j * k + o]
+                } as f64;
                 let p = x[i * inner + j] as f64 * wv;
                 s += p;
                 a += p.abs();
@@ -126,8 +136,13 @@ fn every_kernel_multiplies_by_llama_cpps_blocks_both_ways() {
     let subgroup_here = subgroups_of_8(&dev);
     let m = 12;
     for (dtype, name) in FORMATS {
-        let w = Tensor::from_blocks(&dev, dtype, &data(&format!("{name}.llamacpp.bin")), &[ROWS, COLS])
-            .unwrap();
+        let w = Tensor::from_blocks(
+            &dev,
+            dtype,
+            &data(&format!("{name}.llamacpp.bin")),
+            &[ROWS, COLS],
+        )
+        .unwrap();
         let w_ref = floats(&format!("{name}.llamacpp.f32"));
         for transposed in [true, false] {
             let inner = if transposed { COLS } else { ROWS };
@@ -141,7 +156,8 @@ fn every_kernel_multiplies_by_llama_cpps_blocks_both_ways() {
                 }
                 for splits in [1, 3] {
                     let variant = MatmulVariant::new(kernel, splits);
-                    let what = format!("{name} {variant} x W{}", if transposed { "^T" } else { "" });
+                    let what =
+                        format!("{name} {variant} x W{}", if transposed { "^T" } else { "" });
                     let c = matmul_with(&x, &w, false, transposed, variant)
                         .unwrap_or_else(|e| panic!("{what}: {e}"));
                     assert_within(&what, &read(&c), &want, &bound);
@@ -167,7 +183,10 @@ fn block_weights_refuse_what_they_cannot_be() {
     assert!(err.to_string().contains("blocks of 256"), "{err}");
     // The wrong byte count names both counts.
     let err = Tensor::from_blocks(&dev, DType::Q8_0, &[0; 30], &[1, 32]).unwrap_err();
-    assert!(err.to_string().contains("30 bytes given, 34 needed"), "{err}");
+    assert!(
+        err.to_string().contains("30 bytes given, 34 needed"),
+        "{err}"
+    );
     // A block weight is a matmul's second operand only.
     // 127 in every value: the scale d = 127 / 127 = 1 is exact in f16.
     let w = Tensor::from_f32_as(&dev, &[127.0; 64], &[2, 32], DType::Q8_0).unwrap();

@@ -137,7 +137,9 @@ pub fn random_model_as(
         Ok(StoredTensor::f32(&if name.ends_with("norm.weight") {
             vec![1.0; n]
         } else {
-            (0..n).map(|_| 0.02 * rng.next_normal()).collect::<Vec<f32>>()
+            (0..n)
+                .map(|_| 0.02 * rng.next_normal())
+                .collect::<Vec<f32>>()
         }))
     })
 }

@@ -113,6 +113,16 @@ pub enum ModelError {
         why: String,
     },
 
+    /// A GGUF file is damaged, lies about its sizes, or holds something this reader does not
+    /// take (an architecture, a tensor type, a metadata value of the wrong type).
+    #[error("GGUF file `{}`: {why}", file.display())]
+    Gguf {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong, naming the key or the tensor.
+        why: String,
+    },
+
     /// The index of sharded weights (`model.safetensors.index.json`) is inconsistent.
     #[error("`{}`: {why}", file.display())]
     Index {

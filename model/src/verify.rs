@@ -1,17 +1,30 @@
 //! Checks against reference fixtures made by Hugging Face `transformers` (+ `peft`): the
 //! logic behind `hydralora verify` and the parity tests. A fixtures folder holds case
-//! folders, each a model folder with an `expected.safetensors` (see `../shared/fixtures`).
+//! folders, each a model folder with an `expected.safetensors` (see `../shared/fixtures`), or
+//! a `model.gguf` with one (see `../shared/fixtures-gguf`).
 
 use std::path::{Path, PathBuf};
 
 use hydralora_engine::Device;
 
 use crate::error::{ModelError, Result};
+use crate::llama::gguf::{GgufFile, GGUF_FILE};
 use crate::llama::weights::WeightFile;
 use crate::llama::Llama;
 
 /// The environment variable naming another fixtures folder of the same layout.
 pub const FIXTURES_ENV: &str = "HYDRALORA_FIXTURES";
+/// The environment variable naming another folder of GGUF fixtures (the layout of
+/// `../shared/fixtures-gguf`).
+pub const GGUF_FIXTURES_ENV: &str = "HYDRALORA_GGUF_FIXTURES";
+
+/// How far llama.cpp's own CPU logits (`logits_llamacpp`) may be from ours, relative to
+/// max(1, max |logit|), for a GGUF of float tensors: llama.cpp keeps its KV cache in f16
+/// (the fixtures README measures 4e-4).
+pub const LLAMACPP_FLOAT_TOLERANCE: f64 = 1e-3;
+/// The same for a quantized GGUF: llama.cpp also quantizes the activations to 8 bits in its
+/// quantized dot products (the README measures up to 2.3e-2).
+pub const LLAMACPP_QUANTIZED_TOLERANCE: f64 = 5e-2;
 
 /// One comparison with the reference: the error measured and the tolerance it must meet.
 #[derive(Clone, Debug)]
@@ -51,20 +64,30 @@ pub fn fixtures_root(default: impl AsRef<Path>) -> PathBuf {
         .unwrap_or_else(|| default.as_ref().to_path_buf())
 }
 
-/// Every case folder under `root` (a folder with `config.json` and `expected.safetensors`),
-/// sorted by name. An empty or missing folder is an error: a check that checks nothing
-/// must not pass.
+/// `$HYDRALORA_GGUF_FIXTURES` if set, else `default`.
+pub fn gguf_fixtures_root(default: impl AsRef<Path>) -> PathBuf {
+    std::env::var_os(GGUF_FIXTURES_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default.as_ref().to_path_buf())
+}
+
+/// Every case folder under `root` (a folder with `expected.safetensors` and a model: a
+/// `config.json` and its weights, or a `model.gguf`), sorted by name. An empty or missing
+/// folder is an error: a check that checks nothing must not pass.
 pub fn find_cases(root: &Path) -> Result<Vec<PathBuf>> {
     let entries =
         std::fs::read_dir(root).map_err(|e| ModelError::io("read the fixtures folder", root, e))?;
     let mut cases: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("config.json").is_file() && p.join("expected.safetensors").is_file())
+        .filter(|p| {
+            let has_model = p.join("config.json").is_file() || p.join(GGUF_FILE).is_file();
+            has_model && p.join("expected.safetensors").is_file()
+        })
         .collect();
     cases.sort();
     if cases.is_empty() {
         return Err(ModelError::Input(format!(
-            "no fixture cases (folders with config.json and expected.safetensors) in `{}`",
+            "no fixture cases (folders with expected.safetensors and config.json or {GGUF_FILE}) in `{}`",
             root.display()
         )));
     }
@@ -175,7 +198,7 @@ pub fn check_base_model_with(
         let loss = model.causal_lm_loss_from_hidden(&hidden, inputs.batch, &inputs.labels)?;
         Ok((logits.to_vec_f32()?, loss.to_vec_f32()?))
     })?;
-    Ok(vec![
+    let mut checks = vec![
         value_check(
             &name,
             "base logits",
@@ -183,7 +206,33 @@ pub fn check_base_model_with(
             &expected.read_f32("logits")?.1,
         ),
         value_check(&name, "base loss", &loss, &expected.read_f32("loss")?.1),
-    ])
+    ];
+    if expected.contains("logits_llamacpp") {
+        checks.push(llamacpp_check(case, &name, &logits, &expected)?);
+    }
+    Ok(checks)
+}
+
+/// Our logits against llama.cpp's own (`logits_llamacpp`) at the looser tolerance of its
+/// arithmetic: [`LLAMACPP_FLOAT_TOLERANCE`] or [`LLAMACPP_QUANTIZED_TOLERANCE`] of
+/// max(1, max |logit|), by the GGUF's tensor types.
+fn llamacpp_check(case: &Path, name: &str, logits: &[f32], expected: &WeightFile) -> Result<Check> {
+    let reference = expected.read_f32("logits_llamacpp")?.1;
+    let quantized = GgufFile::open(case.join(GGUF_FILE))?
+        .tensors()
+        .iter()
+        .any(|t| t.ggml_type.is_quantized());
+    let relative = if quantized {
+        LLAMACPP_QUANTIZED_TOLERANCE
+    } else {
+        LLAMACPP_FLOAT_TOLERANCE
+    };
+    Ok(Check {
+        case: name.into(),
+        name: "base logits vs llama.cpp".into(),
+        error: max_abs_error(logits, &reference),
+        tolerance: value_tolerance(&reference) * relative / 1e-4,
+    })
 }
 
 /// A logits- or loss-style check (max abs error within the value tolerance).

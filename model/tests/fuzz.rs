@@ -4,12 +4,15 @@
 //! sharded index, then every tensor read), `config.json` (`LlamaConfig::from_file`),
 //! `adapter_config.json` (`AdapterConfig::from_file`), `tokenizer.json` (`Tokenizer::from_file`,
 //! then an encode and decode), JSONL data (`read_jsonl`, `parse_line`), `char_codec.json`
-//! (`CharCodec::load`) and the trainer's `trainer_state.json` (`checkpoint::read_state`).
+//! (`CharCodec::load`), the trainer's `trainer_state.json` (`checkpoint::read_state`) and GGUF
+//! files (`GgufFile::open`, every tensor read as f32, then `GgufModel::open` and the tokenizer
+//! of the file's vocabulary).
 //!
 //! Inputs: arbitrary bytes, mutations of the seed corpus in `tests/fuzz-corpus/<reader>/`
 //! (bit flips, truncations, insertions of hostile tokens, splices, numbers replaced by huge or
 //! odd ones), generated safetensors headers with lying lengths, offsets, shapes and dtypes,
-//! deeply nested JSON. Every case must return `Ok` or `Err`: a panic, a case that runs past
+//! deeply nested JSON, generated GGUF files with lying counts, lengths, dimensions, types and
+//! offsets. Every case must return `Ok` or `Err`: a panic, a case that runs past
 //! [`CASE_TIMEOUT`] or a single allocation larger than [`alloc_limit`] fails the test with the
 //! input. The corpus files themselves are replayed; `valid-*` ones must load.
 //!
@@ -26,6 +29,8 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use hydralora_model::data::{parse_line, read_jsonl, PromptTemplate, ReadOptions};
+use hydralora_model::llama::gguf::vocab::tokenizer_from_vocab;
+use hydralora_model::llama::gguf::{to_f32, GgufFile, GgufModel};
 use hydralora_model::llama::weights::{
     Dtype, ModelWeights, WeightFile, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
 };
@@ -129,10 +134,11 @@ enum Reader {
     Jsonl,
     Codec,
     State,
+    Gguf,
 }
 
 impl Reader {
-    const ALL: [Reader; 8] = [
+    const ALL: [Reader; 9] = [
         Reader::Safetensors,
         Reader::ShardIndex,
         Reader::Config,
@@ -141,6 +147,7 @@ impl Reader {
         Reader::Jsonl,
         Reader::Codec,
         Reader::State,
+        Reader::Gguf,
     ];
 
     /// The corpus folder of the reader's seeds.
@@ -154,12 +161,13 @@ impl Reader {
             Reader::Jsonl => "jsonl",
             Reader::Codec => "codec",
             Reader::State => "state",
+            Reader::Gguf => "gguf",
         }
     }
 
     /// Whether the reader parses JSON (for the deep-nesting inputs).
     fn is_json(self) -> bool {
-        !matches!(self, Reader::Safetensors)
+        !matches!(self, Reader::Safetensors | Reader::Gguf)
     }
 }
 
@@ -279,6 +287,39 @@ fn run_reader(reader: Reader, dir: &Path, bytes: &[u8], errors: &mut Vec<String>
         Reader::State => {
             fs::write(dir.join(STATE_FILE), bytes).unwrap();
             note(read_state(dir).map(drop).map_err(text));
+        }
+        Reader::Gguf => {
+            let path = dir.join("model.gguf");
+            fs::write(&path, bytes).unwrap();
+            let file = match GgufFile::open(&path) {
+                Ok(file) => file,
+                Err(e) => return note(Err(e.to_string())),
+            };
+            for tensor in file.tensors() {
+                let read = file.data(tensor).map_err(then).and_then(|data| {
+                    to_f32(tensor.ggml_type, data).map_err(|e| format!("{FOLLOW_UP}{e}"))
+                });
+                match read {
+                    // What was read matches the header (NaN and infinity are just values).
+                    Ok(values) => {
+                        assert_eq!(values.len(), tensor.len(), "tensor `{}`", tensor.name)
+                    }
+                    Err(e) => note(Err(e)),
+                }
+            }
+            note(
+                tokenizer_from_vocab(&file, Some(0))
+                    .map_err(then)
+                    .and_then(|built| match built {
+                        Ok(tokenizer) => tokenizer
+                            .encode("hello é world", true)
+                            .and_then(|ids| tokenizer.decode(&ids))
+                            .map(drop)
+                            .map_err(then),
+                        Err(why) => Err(format!("{FOLLOW_UP}{why}")),
+                    }),
+            );
+            note(GgufModel::open(&path).map(drop).map_err(then));
         }
     }
 }
@@ -699,6 +740,139 @@ fn safetensors_file() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A GGUF file with a generated header: metadata of every type with lengths that may lie,
+/// tensor infos with real and bogus types, huge or zero dimensions, offsets that may lie,
+/// counts that may lie, and a data section of any size.
+fn gguf_file() -> impl Strategy<Value = Vec<u8>> {
+    let string = |s: &[u8]| {
+        let mut b = (s.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(s);
+        b
+    };
+    let length = prop_oneof![
+        4 => Just(None),
+        1 => proptest::sample::select(vec![0u64, 1, 7, 1 << 20, 1 << 40, u64::MAX]).prop_map(Some),
+    ];
+    // (value type, array item type, item count, claimed length)
+    let kv = (
+        0u32..14,
+        0u32..14,
+        0usize..4,
+        length.clone(),
+        proptest::sample::select(vec![
+            "general.architecture",
+            "general.alignment",
+            "llama.block_count",
+            "llama.embedding_length",
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.model",
+            "x",
+        ]),
+    );
+    let dim = prop_oneof![
+        4 => 1u64..65,
+        1 => proptest::sample::select(vec![0u64, 256, 1 << 32, 1 << 62, u64::MAX]),
+    ];
+    let ggml_type = prop_oneof![
+        4 => proptest::sample::select(vec![0u32, 1, 2, 8, 12, 14, 30]),
+        1 => 0u32..64,
+        1 => Just(u32::MAX),
+    ];
+    let offset = prop_oneof![
+        3 => Just(None),
+        1 => proptest::sample::select(vec![1u64, 32, 4096, 1 << 40, u64::MAX]).prop_map(Some),
+    ];
+    let tensor = (proptest::collection::vec(dim, 0..6), ggml_type, offset);
+    (
+        proptest::collection::vec(kv, 0..5),
+        proptest::collection::vec(tensor, 0..4),
+        (length.clone(), length),
+        0usize..300,
+        prop_oneof![Just(3u32), Just(2), 0u32..5],
+    )
+        .prop_map(
+            move |(kvs, tensors, (tensor_count, kv_count), data, version)| {
+                let mut out = b"GGUF".to_vec();
+                out.extend(version.to_le_bytes());
+                out.extend(tensor_count.unwrap_or(tensors.len() as u64).to_le_bytes());
+                out.extend(kv_count.unwrap_or(kvs.len() as u64).to_le_bytes());
+                for (kind, item, count, claimed, key) in kvs {
+                    out.extend(string(key.as_bytes()));
+                    out.extend(kind.to_le_bytes());
+                    let value = |kind: u32, out: &mut Vec<u8>| match kind {
+                        8 => out.extend(string(b"llama")),
+                        0..=13 => out.extend(
+                            1u64.to_le_bytes()
+                                [..[1, 1, 2, 2, 4, 4, 4, 1, 8, 4, 8, 8, 8, 0][kind as usize]]
+                                .iter(),
+                        ),
+                        _ => {}
+                    };
+                    if kind == 9 {
+                        out.extend(item.to_le_bytes());
+                        out.extend(claimed.unwrap_or(count as u64).to_le_bytes());
+                        for _ in 0..count {
+                            value(item, &mut out);
+                        }
+                    } else if let (8, Some(len)) = (kind, claimed) {
+                        out.extend(len.to_le_bytes());
+                    } else {
+                        value(kind, &mut out);
+                    }
+                }
+                let mut next = 0u64;
+                for (dims, ggml_type, offset) in &tensors {
+                    out.extend(string(b"t"));
+                    out.extend((dims.len() as u32).to_le_bytes());
+                    for d in dims {
+                        out.extend(d.to_le_bytes());
+                    }
+                    out.extend(ggml_type.to_le_bytes());
+                    out.extend(offset.unwrap_or(next).to_le_bytes());
+                    let count = dims
+                        .iter()
+                        .try_fold(1u64, |n, &d| n.checked_mul(d))
+                        .unwrap_or(0);
+                    let size = count.saturating_mul(4).checked_next_multiple_of(32);
+                    next = next.saturating_add(size.unwrap_or(u64::MAX));
+                }
+                out.resize(out.len().next_multiple_of(32) + data, 0x3c);
+                out
+            },
+        )
+}
+
+/// GGUF files that lie in their first bytes.
+fn hostile_gguf() -> Vec<Vec<u8>> {
+    let header = |version: u32, tensors: u64, kvs: u64| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(version.to_le_bytes());
+        b.extend(tensors.to_le_bytes());
+        b.extend(kvs.to_le_bytes());
+        b
+    };
+    let mut long_string = header(3, 0, 1);
+    long_string.extend(u64::MAX.to_le_bytes());
+    let mut long_array = header(3, 0, 1);
+    long_array.extend(1u64.to_le_bytes());
+    long_array.push(b'k');
+    long_array.extend(9u32.to_le_bytes());
+    long_array.extend(8u32.to_le_bytes());
+    long_array.extend((1u64 << 40).to_le_bytes());
+    vec![
+        Vec::new(),
+        b"GGUF".to_vec(),
+        header(3, 0, 0),
+        header(3, u64::MAX, 0),
+        header(3, 0, u64::MAX),
+        header(3, 1 << 30, 1 << 30),
+        header(1, 0, 0),
+        header(3u32.swap_bytes(), 0, 0),
+        long_string,
+        long_array,
+    ]
+}
+
 /// Deeply nested JSON, and other inputs every JSON reader must refuse cleanly.
 fn hostile_json() -> Vec<Vec<u8>> {
     let mut inputs = vec![
@@ -768,10 +942,10 @@ fn hostile_safetensors() -> Vec<Vec<u8>> {
 fn fuzz(reader: Reader, cases: u32, strategy: impl Strategy<Value = Vec<u8>>) {
     let started = Instant::now();
     let dir = TempDir::new().unwrap();
-    let mut fixed = if reader.is_json() {
-        hostile_json()
-    } else {
-        hostile_safetensors()
+    let mut fixed = match reader {
+        Reader::Gguf => hostile_gguf(),
+        _ if reader.is_json() => hostile_json(),
+        _ => hostile_safetensors(),
     };
     if reader == Reader::Jsonl {
         let lines: Vec<u8> = hostile_json()
@@ -810,6 +984,12 @@ fn fuzz_safetensors() {
     let seeds = seeds(Reader::Safetensors);
     let strategy = prop_oneof![2 => input(seeds), 1 => safetensors_file()];
     fuzz(Reader::Safetensors, CASES * 2, strategy);
+}
+
+#[test]
+fn fuzz_gguf() {
+    let strategy = prop_oneof![2 => input(seeds(Reader::Gguf)), 1 => gguf_file()];
+    fuzz(Reader::Gguf, CASES * 2, strategy);
 }
 
 #[test]

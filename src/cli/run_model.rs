@@ -20,7 +20,8 @@ use super::CliResult;
 /// The model folder, and an adapter folder to put on it.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    /// A Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a GGUF
+    /// LLaMA file (model.gguf: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K tensors).
     #[arg(long)]
     pub model: PathBuf,
     /// A PEFT LoRA or HydraLoRA adapter folder (adapter_config.json + adapter_model.safetensors).

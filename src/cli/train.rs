@@ -46,7 +46,8 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// The Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    /// The Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a GGUF
+    /// LLaMA file (model.gguf: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K tensors).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// JSONL data: {"text"}, Alpaca, Dolly or chat {"messages"} lines (repeat for several files).
@@ -212,7 +213,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     let model_dir = a
         .model
         .clone()
-        .ok_or("--model is required (a Hugging Face model folder)")?;
+        .ok_or("--model is required (a Hugging Face model folder or a .gguf file)")?;
     if a.data.is_empty() {
         return Err("--data is required (one or more JSONL files)".into());
     }

@@ -15,7 +15,15 @@ mod tests {
 
     #[test]
     fn every_format_parses_by_its_name_and_others_are_refused() {
-        for d in [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4K, DType::Q6K] {
+        for d in [
+            DType::F32,
+            DType::F16,
+            DType::BF16,
+            DType::Q8_0,
+            DType::Q4_0,
+            DType::Q4K,
+            DType::Q6K,
+        ] {
             assert_eq!(parse_weight_format(d.name()), Ok(d));
             assert_eq!(parse_weight_format(&d.name().to_uppercase()), Ok(d));
         }

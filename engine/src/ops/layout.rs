@@ -340,7 +340,12 @@ impl Tensor {
             return Tensor::from_slice(device, data, shape);
         }
         let row = shape.last().copied().unwrap_or(1);
-        Tensor::from_blocks(device, dtype, &crate::quant::quantize(dtype, data, row)?, shape)
+        Tensor::from_blocks(
+            device,
+            dtype,
+            &crate::quant::quantize(dtype, data, row)?,
+            shape,
+        )
     }
 
     /// Copies a float tensor of any storage format to the host as f32 (block formats and

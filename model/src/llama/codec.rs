@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
+use crate::llama::gguf::file::GgufFile;
+use crate::llama::gguf::gguf_path;
+use crate::llama::gguf::vocab::tokenizer_from_vocab;
 use crate::llama::tokenizer::{Tokenizer, TOKENIZER_FILE};
 use crate::llama::weights::write_atomically;
 
@@ -303,8 +306,15 @@ fn excerpt(text: &str, max_chars: usize) -> String {
 
 /// The codec of the model folder `dir`: its `tokenizer.json` (with the config's BOS and EOS,
 /// see [`HfCodec::from_dir`]), else its `char_codec.json`. Neither is an error naming both.
+///
+/// For a GGUF model (a `.gguf` file, or a folder with `model.gguf` and no `config.json`): the
+/// tokenizer of the file's own vocabulary when it is byte-level BPE, else the `tokenizer.json`
+/// beside the file.
 pub fn load_codec(dir: impl AsRef<Path>, config: &LlamaConfig) -> Result<Box<dyn TextCodec>> {
     let dir = dir.as_ref();
+    if let Some(file) = gguf_path(dir) {
+        return gguf_codec(&file, config);
+    }
     if dir.join(TOKENIZER_FILE).is_file() {
         return Ok(Box::new(HfCodec::from_dir(dir, config)?));
     }
@@ -316,4 +326,23 @@ pub fn load_codec(dir: impl AsRef<Path>, config: &LlamaConfig) -> Result<Box<dyn
         "`{}` has neither a `{TOKENIZER_FILE}` nor a `{CHAR_CODEC_FILE}`",
         dir.display()
     )))
+}
+
+/// The codec of the GGUF model `path`; see [`load_codec`].
+fn gguf_codec(path: &Path, config: &LlamaConfig) -> Result<Box<dyn TextCodec>> {
+    let eos = config.eos_token_ids.first().copied();
+    let file = GgufFile::open(path)?;
+    let why = match tokenizer_from_vocab(&file, config.bos_token_id)? {
+        Ok(tokenizer) => return Ok(Box::new(HfCodec::new(tokenizer, eos, None)?)),
+        Err(why) => why,
+    };
+    let beside = path.parent().unwrap_or(Path::new(".")).join(TOKENIZER_FILE);
+    if beside.is_file() {
+        let tokenizer = Tokenizer::from_file(beside, config.bos_token_id)?;
+        return Ok(Box::new(HfCodec::new(tokenizer, eos, None)?));
+    }
+    Err(ModelError::Gguf {
+        file: path.to_path_buf(),
+        why: format!("{why}, and there is no `{TOKENIZER_FILE}` beside it"),
+    })
 }

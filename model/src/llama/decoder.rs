@@ -15,6 +15,7 @@ use hydralora_engine::{
 use crate::adapter::Adapter;
 use crate::error::{ModelError, Result};
 use crate::llama::config::LlamaConfig;
+use crate::llama::gguf::{gguf_path, GgufModel};
 use crate::llama::layer::Layer;
 use crate::llama::linear::Linear;
 use crate::llama::weights::{llama_tensor_shapes, ModelWeights, StoredTensor};
@@ -86,8 +87,10 @@ pub struct Llama {
 
 impl Llama {
     /// Loads a Hugging Face model folder (`config.json` + safetensors, single or sharded;
-    /// f32, f16 or bf16 weights, uploaded as f32). The config is validated and every tensor's
-    /// name and shape checked against it; errors name the file and the tensor.
+    /// f32, f16 or bf16 weights), or a GGUF LLaMA: a `.gguf` file, or a folder holding
+    /// `model.gguf` and no `config.json` (see [`crate::llama::gguf`]). The config is
+    /// validated and every tensor's name and shape checked against it; errors name the file
+    /// and the tensor.
     ///
     /// ```no_run
     /// use hydralora_model::{engine::Device, Llama};
@@ -106,9 +109,27 @@ impl Llama {
     /// [`Llama::load`], with the frozen layer weights (and an untied lm_head) stored as
     /// `frozen` (f32, f16, bf16 or a GGUF block format, quantized on the host as they are
     /// read), or as the checkpoint stores most of them when `None`: a bf16 checkpoint stays
-    /// bf16, byte for byte. See [`weight_storage`] for what each tensor gets.
+    /// bf16, byte for byte. See [`weight_storage`] for what each tensor gets. A GGUF model's
+    /// weights are kept as its own blocks when `None`, each tensor in its stored type (a
+    /// Q4_K_M file's q4_K and q6_K alike), its norms in f32.
     pub fn load_as(device: &Device, dir: impl AsRef<Path>, frozen: Option<DType>) -> Result<Llama> {
         let dir = dir.as_ref();
+        if let Some(file) = gguf_path(dir) {
+            let model = GgufModel::open(file)?;
+            let estimate = frozen.unwrap_or_else(|| model.main_format());
+            let storage = |name: &str, shape: &[usize], stored: DType| match frozen {
+                Some(frozen) => weight_storage(name, shape, frozen),
+                None if name.contains("norm") => DType::F32,
+                None => stored,
+            };
+            return Self::from_stored_with(
+                device,
+                model.config().clone(),
+                estimate,
+                storage,
+                |name, shape| model.stored(name, shape),
+            );
+        }
         let config = LlamaConfig::from_dir(dir)?;
         let weights = ModelWeights::open(dir)?;
         weights.check_llama(&config)?;
@@ -136,10 +157,25 @@ impl Llama {
         device: &Device,
         config: LlamaConfig,
         frozen: DType,
+        get: impl FnMut(&str, &[usize]) -> Result<StoredTensor>,
+    ) -> Result<Llama> {
+        let storage =
+            |name: &str, shape: &[usize], _stored: DType| weight_storage(name, shape, frozen);
+        Self::from_stored_with(device, config, frozen, storage, get)
+    }
+
+    /// [`Llama::from_stored`] with each tensor's device format chosen by
+    /// `storage(name, shape, stored format)`; `estimate` is the frozen format the memory
+    /// check assumes.
+    pub fn from_stored_with(
+        device: &Device,
+        config: LlamaConfig,
+        estimate: DType,
+        storage: impl Fn(&str, &[usize], DType) -> DType,
         mut get: impl FnMut(&str, &[usize]) -> Result<StoredTensor>,
     ) -> Result<Llama> {
         config.validate()?;
-        check_weights_fit(device, &config, frozen)?;
+        check_weights_fit(device, &config, estimate)?;
         let (h, i, v) = (
             config.hidden_size,
             config.intermediate_size,
@@ -147,8 +183,9 @@ impl Llama {
         );
         let (q, kv) = (config.q_dim(), config.kv_dim());
         let mut rows = |name: &str, shape: [usize; 2]| -> Result<Vec<Tensor>> {
-            let format = weight_storage(name, &shape, frozen);
-            upload_rows(device, get(name, &shape)?, shape, format)
+            let stored = get(name, &shape)?;
+            let format = storage(name, &shape, stored.dtype);
+            upload_rows(device, stored, shape, format)
         };
         let embed = rows("model.embed_tokens.weight", [v, h])?;
         let lm_head = match config.tie_word_embeddings {
@@ -156,8 +193,9 @@ impl Llama {
             false => rows("lm_head.weight", [v, h])?,
         };
         let mut tensor = |name: &str, shape: &[usize]| -> Result<Tensor> {
-            let format = weight_storage(name, shape, frozen);
-            upload(device, get(name, shape)?, shape, format)
+            let stored = get(name, shape)?;
+            let format = storage(name, shape, stored.dtype);
+            upload(device, stored, shape, format)
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
@@ -820,7 +858,8 @@ fn upload_rows(
     if format.storage_bytes(rows * cols) <= limit {
         return Ok(vec![upload(device, stored, &[rows, cols], format)?]);
     }
-    let rows_per_part = ((limit / format.storage_bytes(cols).max(1)) as usize).clamp(1, rows.max(1));
+    let rows_per_part =
+        ((limit / format.storage_bytes(cols).max(1)) as usize).clamp(1, rows.max(1));
     let values = stored.to_f32(rows * cols)?;
     drop(stored);
     let mut parts = Vec::new();
@@ -842,4 +881,3 @@ pub fn shift_labels(labels: &[i32], batch: usize, t: usize) -> Vec<i32> {
     }
     out
 }
-

@@ -1,7 +1,8 @@
 //! The base model: a Hugging Face LLaMA model folder and what is made of it.
 //!
 //! Host side: [`config`] reads `config.json` / `generation_config.json`, [`weights`] reads and
-//! writes safetensors weight files, [`tokenizer`] wraps `tokenizer.json` and [`codec`] puts
+//! writes safetensors weight files, [`gguf`] reads llama.cpp's GGUF files (weights, config and
+//! vocabulary), [`tokenizer`] wraps `tokenizer.json` and [`codec`] puts
 //! text <-> token ids behind one trait. On the GPU: [`Linear`] (a frozen linear layer that
 //! may carry an adapter), the [`Llama`] decoder, and [`generate()`].
 
@@ -9,6 +10,7 @@ pub mod codec;
 pub mod config;
 pub mod decoder;
 pub mod generate;
+pub mod gguf;
 pub mod layer;
 pub mod linear;
 pub mod tokenizer;

@@ -38,16 +38,22 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>, bos_token_id: Option<u32>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let bytes = fs::read(&path).map_err(|e| ModelError::io("read", &path, e))?;
+        Self::from_json(&bytes, path, bos_token_id)
+    }
+
+    /// A tokenizer from the bytes of a `tokenizer.json`; `path` names where they came from
+    /// in errors (e.g. a GGUF file whose vocabulary they were built from).
+    pub fn from_json(bytes: &[u8], path: PathBuf, bos_token_id: Option<u32>) -> Result<Self> {
         // Check the JSON syntax first: `tokenizers` 0.23 panics (`expect("Helper")`) on a
         // syntax error inside the `decoder` object instead of returning its error.
-        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(|e| {
             ModelError::Tokenizer {
                 file: path.clone(),
                 why: format!("cannot load it: invalid JSON: {e}"),
             }
         })?;
         let inner =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| ModelError::Tokenizer {
+            tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer {
                 file: path.clone(),
                 why: format!("cannot load it: {e}"),
             })?;

@@ -507,10 +507,14 @@ pub fn llama_tensor_shapes(config: &LlamaConfig) -> Vec<TensorShape> {
 }
 
 /// The tensors present: name -> (shape, file holding it).
-type Present<'a> = BTreeMap<&'a str, (&'a [usize], &'a Path)>;
+pub(crate) type Present<'a> = BTreeMap<&'a str, (&'a [usize], &'a Path)>;
 
 /// Compares `present` with [`llama_tensor_shapes`]; `source` is named for missing tensors.
-fn check_llama_tensors(config: &LlamaConfig, present: &Present, source: &Path) -> Result<()> {
+pub(crate) fn check_llama_tensors(
+    config: &LlamaConfig,
+    present: &Present,
+    source: &Path,
+) -> Result<()> {
     // A config claiming more layers than the files could hold (9 tensors each): check
     // only one layer more than it could hold, which reports the same first missing or
     // mis-shaped tensor without listing (allocating) every claimed one.
