@@ -306,9 +306,11 @@ fn the_loss_is_the_same_with_and_without_recording() {
     let labels_t = Tensor::from_i32(&device(), &labels, &[n]).unwrap();
     let hidden = param(&h, &[n, hd]);
     let w_t = param(&w, &[v, hd]);
-    let recorded = linear_cross_entropy_chunked(&hidden, &[w_t.clone()], &labels_t, 3).unwrap();
+    let recorded =
+        linear_cross_entropy_chunked(&hidden, std::slice::from_ref(&w_t), &labels_t, 3).unwrap();
     let plain =
-        no_grad(|| linear_cross_entropy_chunked(&hidden, &[w_t.clone()], &labels_t, 3)).unwrap();
+        no_grad(|| linear_cross_entropy_chunked(&hidden, std::slice::from_ref(&w_t), &labels_t, 3))
+            .unwrap();
     assert!(recorded.tracks_grad() && !plain.tracks_grad());
     assert_bits_eq(
         "loss with and without recording",
@@ -349,6 +351,6 @@ fn bad_shapes_are_errors() {
     assert!(linear_cross_entropy(&hidden, &[], &labels).is_err());
     assert!(linear_cross_entropy(&hidden, &[w.clone(), wrong_h], &labels).is_err());
     let short = Tensor::from_i32(&dev, &[0, 1], &[2]).unwrap();
-    assert!(linear_cross_entropy(&hidden, &[w.clone()], &short).is_err());
+    assert!(linear_cross_entropy(&hidden, std::slice::from_ref(&w), &short).is_err());
     assert!(linear_cross_entropy(&hidden, &[w], &labels).is_ok());
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, checkpoint,
     embedding_parts, human_bytes, is_recording, linear_cross_entropy_chunked, loss_chunk_rows,
-    no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device, RopeTables, Tensor,
-    IGNORE_INDEX,
+    no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device, RopeTables,
+    Tensor, IGNORE_INDEX,
 };
 
 use crate::adapter::Adapter;

@@ -406,10 +406,9 @@ fn refusal(
         ));
     }
     let advice = match advice.is_empty() {
-        true => format!(
-            "Even one sequence of one token does not fit: train fewer modules or a lower \
-             rank, store the frozen weights smaller (--weights q4_k), or raise the budget"
-        ),
+        true => "Even one sequence of one token does not fit: train fewer modules or a lower \
+                 rank, store the frozen weights smaller (--weights q4_k), or raise the budget"
+            .to_string(),
         false => format!("It would fit with {}", advice.join(", or with ")),
     };
     let how = match checkpoint {
