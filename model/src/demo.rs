@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use hydralora_engine::{rng::Rng, Device};
+use hydralora_engine::{rng::Rng, DType, Device};
 use serde::Serialize;
 
 use crate::adapter::{self, attach, trainable_count, AdapterConfig};
@@ -52,6 +52,9 @@ pub struct DemoOptions {
     pub cache_dir: PathBuf,
     /// Where `results.json`, the pictures and the seed-0 adapters are written.
     pub out_dir: PathBuf,
+    /// How the fine-tuning runs store the frozen base (`demo --weights`; see
+    /// [`crate::llama::weight_storage`]): None keeps the trained base's f32.
+    pub weights: Option<DType>,
 }
 
 impl DemoOptions {
@@ -66,6 +69,7 @@ impl DemoOptions {
             batch: 32,
             cache_dir,
             out_dir,
+            weights: None,
         }
     }
 
@@ -406,7 +410,7 @@ pub fn run_demo(
         "demo-base-v{BASE_VERSION}-{}steps",
         opts.base_steps
     ));
-    let load_base = || Llama::load(device, &base_dir);
+    let load_base = || Llama::load_as(device, &base_dir, opts.weights);
     on_event(DemoEvent::Phase(
         "exact match of the base model (before fine-tuning)".into(),
     ));

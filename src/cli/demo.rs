@@ -28,6 +28,11 @@ pub struct DemoArgs {
     /// Print the per-task table as JSON (task, method, exact match, trainable params).
     #[arg(long)]
     pub json: bool,
+    /// Fine-tune on the base stored as this format (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k; as
+    /// `train --weights`). The demo's base is 64 wide: K-quant rows (256) fall back to q8_0,
+    /// so q4_0 is its 4-bit case.
+    #[arg(long, value_name = "FORMAT", value_parser = crate::cli::weights::parse_weight_format)]
+    pub weights: Option<hydralora::engine::DType>,
 }
 
 pub fn run(a: DemoArgs) -> CliResult {
@@ -43,6 +48,7 @@ pub fn run(a: DemoArgs) -> CliResult {
     if let Some(s) = a.steps {
         opts.finetune_steps = s.max(1);
     }
+    opts.weights = a.weights;
     let device = Device::new()?;
     eprintln!("device: {} ({})", device.info().name, device.info().backend);
     let bar = indicatif::ProgressBar::new(0);
