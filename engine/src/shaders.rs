@@ -225,15 +225,7 @@ shaders! {
 }
 
 /// The storage formats of a matmul's B (the weights), in [`MATMUL_VARIANTS`]' order.
-pub const WEIGHT_FORMATS: [DType; 7] = [
-    DType::F32,
-    DType::F16,
-    DType::BF16,
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4K,
-    DType::Q6K,
-];
+pub const WEIGHT_FORMATS: [DType; 7] = DType::WEIGHT_FORMATS;
 
 /// Every matmul variant: `[kernel][weight format][accumulate]`, kernels in
 /// [`MatmulKernel`]'s order (general, tiled, subgroup), formats as [`WEIGHT_FORMATS`].

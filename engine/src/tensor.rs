@@ -88,19 +88,23 @@ impl DType {
         }
     }
 
+    /// The frozen-weight formats, in the order the shader tables (`shaders::MATMUL_VARIANTS`,
+    /// `shaders::EMBEDDING_VARIANTS`) list their variants.
+    pub const WEIGHT_FORMATS: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q8_0,
+        DType::Q4_0,
+        DType::Q4K,
+        DType::Q6K,
+    ];
+
     /// The weight format named `name` (case-insensitive; see [`DType::name`]).
     pub fn from_weight_name(name: &str) -> Option<DType> {
-        [
-            DType::F32,
-            DType::F16,
-            DType::BF16,
-            DType::Q8_0,
-            DType::Q4_0,
-            DType::Q4K,
-            DType::Q6K,
-        ]
-        .into_iter()
-        .find(|d| d.name().eq_ignore_ascii_case(name))
+        DType::WEIGHT_FORMATS
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(name))
     }
 }
 
