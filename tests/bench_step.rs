@@ -60,6 +60,16 @@ fn steps_compile_nothing_new_hold_the_pool_and_submit_once() {
         );
         assert!(r.median_s >= r.min_s && r.min_s > 0.0);
         assert_eq!(r.tokens_per_step, 32);
+        assert_eq!(r.timed_steps, 4);
+        // `--steps 0` (a memory measurement): the warm-up step alone, whose peak is the
+        // first step's peak of any longer run.
+        let warmup_only = bench_step(&device(), &cfg, method, None, 1, 0, false).unwrap();
+        assert_eq!(warmup_only.timed_steps, 0, "{method:?}");
+        assert_eq!(
+            warmup_only.peak_pool_bytes_last_step, r.peak_pool_bytes_first_step,
+            "{method:?}: the warm-up alone peaks where a longer run's first step does"
+        );
+        assert!(warmup_only.median_s > 0.0);
     }
 }
 

@@ -180,6 +180,10 @@ pub struct StepReport {
     pub median_s: f64,
     /// Fastest timed step, in seconds.
     pub min_s: f64,
+    /// Steps timed after the warm-up. 0 when only the warm-up ran (a memory measurement of a
+    /// model too big to step twice on a slow device): the times are then the warm-up's, which
+    /// include compiling every pipeline.
+    pub timed_steps: usize,
     /// tokens_per_step / median_s.
     pub tokens_per_s: f64,
     /// Matmul FLOPs counted for one step (see `flops_formula`).
@@ -340,7 +344,10 @@ impl StepRunner {
         profile: Vec<KernelTime>,
     ) -> StepReport {
         let device = self.model.device();
-        let timed = &samples[warmup..];
+        let timed = match &samples[warmup..] {
+            [] => samples,
+            timed => timed,
+        };
         let mut times: Vec<f64> = timed.iter().map(|s| s.seconds).collect();
         times.sort_by(f64::total_cmp);
         let median = times[times.len() / 2];
@@ -377,6 +384,7 @@ impl StepRunner {
             },
             median_s: median,
             min_s: times[0],
+            timed_steps: samples.len() - warmup,
             tokens_per_s: (b * t) as f64 / median,
             flops_per_step: flops,
             flops_formula: format!("{formula}; forward = 2 T (linear + lm_head params) + 4 B H T^2 hd per layer = {:.3} GFLOP", fwd / 1e9),
@@ -396,7 +404,9 @@ impl StepRunner {
 }
 
 /// Times `steps` training steps after `warmup` steps; `targets` overrides the config's.
-/// With `profile`, one more step runs with every dispatch timed (needs `TIMESTAMP_QUERY`).
+/// `steps` 0 runs the warm-up alone (its peak is the memory measurement; its time includes
+/// compiling the pipelines). With `profile`, one more step runs with every dispatch timed
+/// (needs `TIMESTAMP_QUERY`).
 pub fn bench_step(
     device: &Device,
     cfg: &BenchConfig,
@@ -408,7 +418,7 @@ pub fn bench_step(
 ) -> Result<StepReport> {
     let mut runner = StepRunner::new(device, cfg, method, targets)?;
     let warmup = warmup.max(1);
-    let samples = (0..warmup + steps.max(1))
+    let samples = (0..warmup + steps)
         .map(|_| runner.step(cfg.batch))
         .collect::<Result<Vec<_>>>()?;
     let kernels = match profile {

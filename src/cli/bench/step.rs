@@ -28,7 +28,9 @@ pub struct StepArgs {
     /// Comma-separated target modules, overriding the config's.
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
-    /// Timed steps, after one warm-up step.
+    /// Timed steps, after one warm-up step. 0 runs the warm-up step alone: its memory peak,
+    /// and a time that includes compiling every pipeline (for models too big to step twice on
+    /// a slow device, such as bench-8b on a CPU driver).
     #[arg(long, default_value_t = 5)]
     steps: usize,
     #[arg(long)]
@@ -95,7 +97,7 @@ pub fn run_step(a: StepArgs) -> CliResult {
         a.method.method(),
         a.targets,
         1,
-        a.steps.max(1),
+        a.steps,
         a.profile,
     )?;
     if a.json {
@@ -125,12 +127,16 @@ pub fn run_step(a: StepArgs) -> CliResult {
             ""
         }
     );
-    println!(
-        "time per step:      median {:.3} s, min {:.3} s ({} timed steps)",
-        r.median_s,
-        r.min_s,
-        a.steps.max(1)
-    );
+    match r.timed_steps {
+        0 => println!(
+            "time per step:      {:.3} s, the warm-up step alone (pipeline compiles included; --steps 0)",
+            r.median_s
+        ),
+        n => println!(
+            "time per step:      median {:.3} s, min {:.3} s ({n} timed steps)",
+            r.median_s, r.min_s
+        ),
+    }
     println!("tokens/s:           {:.0}", r.tokens_per_s);
     println!(
         "FLOPs per step:     {:.3} GFLOP = {}",
