@@ -106,8 +106,8 @@ fn checkpointed_layers_give_bitwise_the_loss_and_gradients_of_recorded_ones() {
         let params = trainable_params(&model);
         assert_checkpointing_changes_nothing(what, model, &params);
     }
-    // Full-parameter training: the layers' own weights are read inside the checkpoints. (The
-    // embedding gets no gradient either way: the forward's `embedding_parts` records no op.)
+    // Full-parameter training: the layers' own weights are read inside the checkpoints, the
+    // embedding before them.
     let mut model = Llama::load(&common::device(), TINY).unwrap();
     let params: Vec<_> = model
         .make_trainable()

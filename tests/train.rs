@@ -220,3 +220,57 @@ fn evaluation_breaks_the_loss_down_by_category() {
     assert!((stats.per_category["even"] as f64 - mean(&[single[0], single[2]])).abs() < 1e-5);
     assert!((stats.per_category["odd"] as f64 - mean(&[single[1], single[3]])).abs() < 1e-5);
 }
+
+/// Full-parameter training trains the token embedding: its gradient agrees with central
+/// finite differences of the loss on the entries that matter most, and the rows of tokens the
+/// batch does not hold get none (the fixture model's lm_head is untied).
+#[test]
+fn full_training_gives_the_embedding_its_gradient() {
+    let mut model = Llama::load(&common::device(), TINY).unwrap();
+    let params = model.make_trainable().unwrap();
+    let (_, embed) = params
+        .iter()
+        .find(|(name, _)| name == "model.embed_tokens.weight")
+        .expect("the embedding is trainable");
+    let (batch, seq) = (2, 24);
+    let data = examples(batch, seq, 7);
+    let ids: Vec<u32> = data.iter().flat_map(|e| e.ids.clone()).collect();
+    let labels: Vec<i32> = data.iter().flat_map(|e| e.labels.clone()).collect();
+    let loss = |model: &Llama| {
+        let logits = model.forward(&ids, batch, None).unwrap();
+        model.causal_lm_loss(&logits, &labels).unwrap()
+    };
+    let grads = loss(&model).backward().unwrap();
+    let grad = grads
+        .get(embed)
+        .expect("the embedding has a gradient")
+        .to_vec_f32()
+        .unwrap();
+    let dim = embed.dim(1);
+    for (row, g) in grad.chunks(dim).enumerate() {
+        if !ids.contains(&(row as u32)) {
+            assert!(g.iter().all(|&v| v == 0.0), "row {row} is not in the batch");
+        }
+    }
+    // The largest entries: there an f32 loss resolves a step of 1e-2 to a few percent.
+    let mut largest: Vec<usize> = (0..grad.len()).collect();
+    largest.sort_by(|&a, &b| grad[b].abs().total_cmp(&grad[a].abs()));
+    let values = embed.to_vec_f32().unwrap();
+    let eps = 1e-2f32;
+    for &i in &largest[..4] {
+        let at = |x: f32| {
+            let mut moved = values.clone();
+            moved[i] = x;
+            embed.write_f32(&moved).unwrap();
+            loss(&model).to_vec_f32().unwrap()[0] as f64
+        };
+        let numeric = (at(values[i] + eps) - at(values[i] - eps)) / (2.0 * eps as f64);
+        embed.write_f32(&values).unwrap();
+        let analytic = grad[i] as f64;
+        assert!(
+            (numeric - analytic).abs() <= 0.05 * analytic.abs() + 1e-5,
+            "entry {i} (token {}): finite difference {numeric:e}, gradient {analytic:e}",
+            i / dim
+        );
+    }
+}

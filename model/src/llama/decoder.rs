@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, checkpoint,
-    embedding_parts, human_bytes, is_recording, linear_cross_entropy_chunked, loss_chunk_rows,
-    no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device, RopeTables,
-    Tensor, IGNORE_INDEX,
+    embedding, embedding_parts, human_bytes, is_recording, linear_cross_entropy_chunked,
+    loss_chunk_rows, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device,
+    RopeTables, Tensor, IGNORE_INDEX,
 };
 
 use crate::adapter::Adapter;
@@ -351,7 +351,11 @@ impl Llama {
         let positions: Vec<u32> = (past..past + t).map(|p| p as u32).collect();
         let tables = RopeTables::new(&self.device, &positions, &self.inv_freq)?;
         let ids_t = Tensor::from_u32(&self.device, ids, &[batch * t])?;
-        let mut x = embedding_parts(&self.embed, &ids_t)?; // [B T, H]
+        let mut x = match self.embed.as_slice() {
+            // Recorded: full-parameter training trains the table (its rows get dY's rows).
+            [table] => embedding(table, &ids_t)?, // [B T, H]
+            parts => embedding_parts(parts, &ids_t)?, // frozen only: too large to train
+        };
         inspect("the embedding", &x)?;
         let dims = Dims { b: batch, t };
         for (l, layer) in self.layers.iter().enumerate() {
