@@ -5,6 +5,7 @@ The layout is the one described in `../shared/fixtures/README.md`; one case fold
 
     config.json, generation_config.json      a LlamaForCausalLM config (transformers' save_pretrained)
     model.safetensors                        random weights, HF names, stored in f32, f16 or bf16
+      or model.gguf                          a quantized file from ../shared/fixtures-gguf, as llama.cpp wrote it
     expected.safetensors                     input_ids, labels [B,T] i32; logits [B,T,V], loss [1] f32
     fixture.json                             the case's settings
     lora*/                                   a PEFT LoRA adapter (peft's save_pretrained) + expected.safetensors
@@ -126,6 +127,24 @@ CASES = {
              "r": 4, "alpha": 6, "experts": 2},
         ],
     },
+    # A quantized base as llama.cpp writes it: ../shared/fixtures-gguf/tiny-q4-k-m (Q4_K layers,
+    # Q6_K output; hidden 256, untied, vocab 512), copied as the case's model.gguf. The float64
+    # reference runs on the file's dequantized weights (transformers' GGUF loader dequantizes with
+    # the `gguf` package and undoes llama.cpp's Q/K row permutation): the math of an engine that
+    # dequantizes frozen weights inside its kernels. Adapters and optimizer are f32 as usual.
+    "gguf-q4-k-m": {
+        "gguf": "tiny-q4-k-m",
+        "batch": 2,
+        "seq": 16,
+        "seed": 4,
+        "adapters": [
+            # All seven targets with random A and B: at lr 1e-2 the float32 AdamW curve drifts
+            # from float64 by more than the tolerance (chaotic); at 1e-3 it stays well inside.
+            {"dir": "lora", "kind": "lora", "targets": ALL_TARGETS, "r": 4, "alpha": 8, "seed": 0,
+             "adamw": {**ADAMW, "lr": 1e-3}},
+            {"dir": "hydra-2", "kind": "hydra", "targets": MLP, "r": 4, "alpha": 8, "experts": 2},
+        ],
+    },
     # The layout of ../shared/fixtures/tiny-llama (new random values).
     "tiny-llama": {
         "config": {
@@ -221,8 +240,13 @@ def attach_hydra(model: LlamaForCausalLM, r: int, alpha: float, experts: int, ta
 # ---------------------------------------------------------------------------------------------
 # The reference computation, shared by `generate` and `check`.
 # ---------------------------------------------------------------------------------------------
+GGUF_FILE = "model.gguf"
+GGUF_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures-gguf"
+
+
 def load_base(case: Path, dtype=torch.float64) -> LlamaForCausalLM:
-    model = LlamaForCausalLM.from_pretrained(case, dtype=dtype, attn_implementation="eager")
+    gguf = {"gguf_file": GGUF_FILE} if (case / GGUF_FILE).is_file() else {}
+    model = LlamaForCausalLM.from_pretrained(case, dtype=dtype, attn_implementation="eager", **gguf)
     model.eval()  # no dropout anywhere (the configs have none either)
     return model
 
@@ -348,7 +372,7 @@ def make_inputs(batch: int, seq: int, vocab: int, gen: torch.Generator):
 
 def save_lora(case: Path, spec: dict, gen_seed: int):
     """A PEFT adapter with random nonzero A and B, saved by peft's save_pretrained."""
-    base = LlamaForCausalLM.from_pretrained(case, dtype=torch.float32)
+    base = load_base(case, torch.float32)
     base.name_or_path = None  # adapter_config.json's base_model_name_or_path: null, as the originals
     cfg = LoraConfig(
         r=spec["r"],
@@ -371,7 +395,7 @@ def save_lora(case: Path, spec: dict, gen_seed: int):
 
 def save_hydra(case: Path, spec: dict, gen: torch.Generator, cfg: dict):
     """A HydraLoRA adapter with random nonzero A, B_i and router, in the official key names."""
-    config = LlamaConfig(**cfg)
+    config = cfg if isinstance(cfg, LlamaConfig) else LlamaConfig(**cfg)
     base = LlamaForCausalLM(config)
     params = attach_hydra(base, spec["r"], spec["alpha"], spec["experts"], spec["targets"])
     tensors = {}
@@ -407,18 +431,25 @@ def generate(name: str, root: Path):
     case.mkdir(parents=True)
     gen = torch.Generator().manual_seed(spec["seed"])
 
-    # The model: random f32 values rounded to the case's dtype and saved by save_pretrained
-    # (which writes config.json and generation_config.json, and leaves out a tied lm_head).
-    config = LlamaConfig(**spec["config"])
-    model = LlamaForCausalLM(config)
-    random_weights(model, gen)
-    if config.tie_word_embeddings:
-        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    model = model.to(DTYPES[spec["dtype"]])
-    model.save_pretrained(case)
-    stored = load_file(case / "model.safetensors")
-    assert all(t.dtype == DTYPES[spec["dtype"]] for t in stored.values())
-    assert ("lm_head.weight" in stored) != config.tie_word_embeddings
+    if "gguf" in spec:
+        # The model: llama.cpp's file as it is.
+        source = GGUF_FIXTURES / spec["gguf"]
+        shutil.copyfile(source / GGUF_FILE, case / GGUF_FILE)
+        config = load_base(case).config
+        spec = {**spec, "config": config.to_dict(), "dtype": "gguf " + spec["gguf"]}
+    else:
+        # The model: random f32 values rounded to the case's dtype and saved by save_pretrained
+        # (which writes config.json and generation_config.json, and leaves out a tied lm_head).
+        config = LlamaConfig(**spec["config"])
+        model = LlamaForCausalLM(config)
+        random_weights(model, gen)
+        if config.tie_word_embeddings:
+            assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+        model = model.to(DTYPES[spec["dtype"]])
+        model.save_pretrained(case)
+        stored = load_file(case / "model.safetensors")
+        assert all(t.dtype == DTYPES[spec["dtype"]] for t in stored.values())
+        assert ("lm_head.weight" in stored) != config.tie_word_embeddings
 
     ids, labels = make_inputs(spec["batch"], spec["seq"], config.vocab_size, gen)
     for i, a in enumerate(spec["adapters"]):
@@ -427,8 +458,19 @@ def generate(name: str, root: Path):
         else:
             save_hydra(case, a, gen, spec["config"])
         (case / a["dir"]).mkdir(exist_ok=True)
+        if "adamw" in a:  # read by `reference` (and by the engine's checks) from fixture.json
+            (case / a["dir"] / "fixture.json").write_text(json.dumps({"adamw": a["adamw"]}) + "\n")
 
     ref = reference(case, ids, labels)
+    if "gguf" in spec:
+        # The same file's float64 logits from the fixtures (made without transformers' GGUF
+        # loader: un-permuted and dequantized by hand) on their own ids: the loader must agree.
+        theirs = load_file(source / "expected.safetensors")
+        with torch.no_grad():
+            ours, _ = forward(load_base(case), theirs["input_ids"], theirs["labels"])
+        diff = (ours.float() - theirs["logits"]).abs().max().item()
+        print(f"{case}: transformers' GGUF loader vs {source.name}'s logits: max |a-b| {diff:.2e}")
+        assert diff <= 1e-5 * max(1.0, theirs["logits"].abs().max().item()), diff
     save_file({k: v.contiguous() for k, v in ref[""].items()}, case / "expected.safetensors")
     fixture = {
         "case": name,
@@ -451,7 +493,7 @@ def generate(name: str, root: Path):
             info["experts"] = a["experts"]
         else:
             info["use_rslora"] = a.get("use_rslora", False)
-        info.update({"targets": a["targets"], "adamw": ADAMW, "losses": tensors["adamw_losses"].tolist()})
+        info.update({"targets": a["targets"], "adamw": a.get("adamw", ADAMW), "losses": tensors["adamw_losses"].tolist()})
         (case / a["dir"] / "fixture.json").write_text(json.dumps(info, indent=1) + "\n")
     size = sum(f.stat().st_size for f in case.rglob("*") if f.is_file())
     print(f"{case}: {size} bytes; base loss {ref['']['loss'].item():.6f}; "
