@@ -8,8 +8,10 @@
 //! Loader::new(tokenized, batch, pad, seed).next_batch() -> Batch  [batch, seq], right padded
 //! ```
 //!
-//! Loss is taken only on response tokens (and EOS); a `text` line is all response. The
-//! category is carried along for per-category metrics and never used by training.
+//! Loss is taken only on response tokens (and EOS); a `text` line is all response, and a
+//! multi-turn chat line trains every assistant turn (rendered with the model's chat template,
+//! [`ChatTemplate`], end-of-turn tokens included). The category is carried along for
+//! per-category metrics and never used by training.
 
 mod chat;
 mod loader;
