@@ -155,7 +155,7 @@ fn chat_prompt_holds_every_turn_before_the_last_assistant_message_and_trains_the
     assert_eq!(
         examples[0],
         Example {
-            trained_in_prompt: vec![hello..hello + "hello".len()],
+            trained_in_prompt: std::iter::once(hello..hello + "hello".len()).collect(),
             ..example(prompt, "4", Some("math"))
         }
     );

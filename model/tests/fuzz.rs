@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use hydralora_model::data::{parse_line, read_jsonl, PromptTemplate, ReadOptions};
+use hydralora_model::data::{parse_line, read_jsonl, ReadOptions};
 use hydralora_model::llama::gguf::vocab::tokenizer_from_vocab;
 use hydralora_model::llama::gguf::{to_f32, GgufFile, GgufModel};
 use hydralora_model::llama::weights::{

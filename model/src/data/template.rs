@@ -216,9 +216,9 @@ pub(crate) const CHAT_ROLE_CLOSE: &str = "|>\n";
 pub fn render_chat_prompt(history: &[ChatMessage]) -> String {
     let mut prompt = String::new();
     for message in history {
-        let _ = write!(
+        let _ = writeln!(
             prompt,
-            "{CHAT_ROLE_OPEN}{}{CHAT_ROLE_CLOSE}{}\n",
+            "{CHAT_ROLE_OPEN}{}{CHAT_ROLE_CLOSE}{}",
             message.role, message.content
         );
     }
