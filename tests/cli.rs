@@ -385,3 +385,137 @@ fn a_memory_budget_too_small_is_refused_up_front_and_writes_no_checkpoint() {
         "{err}"
     );
 }
+
+#[test]
+fn chat_lines_use_the_model_s_template_in_train_eval_and_generate() {
+    let dir = model_dir("chat");
+    // The character codec has no '|' or '}': a template in its alphabet.
+    let template = "{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}\
+                    {% if add_generation_prompt %}[assistant]{% endif %}";
+    let config = serde_json::json!({ "chat_template": template });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let data = dir.join("chat.jsonl");
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            let category = ["a", "b"][i % 2];
+            serde_json::json!({"messages": [
+                {"role": "user", "content": format!("hi {i}")},
+                {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "twice?"},
+                {"role": "assistant", "content": format!("{i}{i}")},
+            ], "category": category})
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.join("run");
+    let (ok, o, e) = hydralora(&[
+        "train",
+        "--model",
+        dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--method",
+        "hydra",
+        "--experts",
+        "2",
+        "--rank",
+        "2",
+        "--targets",
+        "q_proj",
+        "--steps",
+        "2",
+        "--eval-split",
+        "0",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{o}\n{e}");
+    assert!(
+        e.contains("chat lines: rendered with the chat template of")
+            && e.contains("tokenizer_config.json"),
+        "{e}"
+    );
+    // A HydraLoRA run without an eval split still draws its router, from the training data.
+    let svg = std::fs::read_to_string(out.join("router.svg")).unwrap();
+    assert!(svg.contains(">a<") && svg.contains(">b<"), "{svg}");
+    let svg = std::fs::read_to_string(out.join("router-by-layer.svg")).unwrap();
+    assert!(svg.contains(">b e1<") && svg.contains(">layer 1<"), "{svg}");
+
+    let adapter = out.join("adapter");
+    let router = dir.join("eval-router.svg");
+    let (ok, o, e) = hydralora(&[
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--max-tokens",
+        "3",
+        "--batch",
+        "4",
+        "--router-svg",
+        router.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{o}\n{e}");
+    let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    assert!(v["per_category"]["a"]["exact_match"].is_number(), "{v}");
+    assert!(router.is_file() && dir.join("eval-router-by-layer.svg").is_file());
+    let (ok, _, e) = hydralora(&[
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--router-svg",
+        router.to_str().unwrap(),
+    ]);
+    assert!(!ok && e.contains("HydraLoRA"), "{e}");
+
+    // eval --template: an adapter trained with a template is evaluated with it.
+    let alpaca = data_file(&dir);
+    let (ok, o, e) = hydralora(&[
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--data",
+        alpaca.to_str().unwrap(),
+        "--template",
+        "Q: {instruction}\nA: ",
+        "--no-generate",
+    ]);
+    assert!(ok, "{o}\n{e}");
+    let (ok, _, e) = hydralora(&[
+        "eval",
+        "--model",
+        dir.to_str().unwrap(),
+        "--data",
+        alpaca.to_str().unwrap(),
+        "--template",
+        "Q: {instrution}",
+    ]);
+    assert!(!ok && e.contains("instrution"), "{e}");
+
+    let (ok, o, e) = hydralora(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--chat",
+        "--system",
+        "be brief",
+        "--prompt",
+        "hi 3",
+        "--max-tokens",
+        "4",
+    ]);
+    assert!(ok, "{o}\n{e}");
+    assert!(
+        o.starts_with("[system]be brief\n[user]hi 3\n[assistant]"),
+        "{o}"
+    );
+}

@@ -5,7 +5,7 @@ mod common;
 
 use hydralora::engine::rng::Rng;
 use hydralora::model::llama::generate::pick;
-use hydralora::model::{generate, Llama, SamplingConfig};
+use hydralora::model::{generate, generate_greedy_batch, Llama, SamplingConfig};
 
 fn tiny_model() -> Llama {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-llama");
@@ -158,4 +158,48 @@ fn sampling_filters_behave() {
             "token {i}: {freq} vs {p}"
         );
     }
+}
+
+#[test]
+fn batched_greedy_generation_gives_each_prompt_s_own_tokens() {
+    let model = tiny_model();
+    // Lengths 5, 5, 3, 5, 3, 8, 5: groups of equal length, one cut by the batch of 3.
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![1, 17, 42, 5, 88],
+        vec![1, 3, 9, 27, 81],
+        vec![1, 64, 2],
+        vec![1, 5, 5, 5, 5],
+        vec![1, 95, 7],
+        vec![1, 11, 22, 33, 44, 55, 66, 77],
+        vec![1, 90, 80, 70, 60],
+    ];
+    let budgets = [20, 12, 16, 0, 20, 9, 20];
+    let one_at_a_time = |stop_tokens: &[u32]| -> Vec<Vec<u32>> {
+        prompts
+            .iter()
+            .zip(budgets)
+            .map(|(prompt, max_new_tokens)| {
+                let cfg = SamplingConfig {
+                    max_new_tokens,
+                    stop_tokens: stop_tokens.to_vec(),
+                    ..Default::default()
+                };
+                generate(&model, prompt, &cfg, |_| true).unwrap()
+            })
+            .collect()
+    };
+    let alone = one_at_a_time(&[]);
+    assert_eq!(alone[3], Vec::<u32>::new());
+    // A token some answer has in its middle ends that answer early when it is a stop token.
+    let stop = alone[0][alone[0].len() / 2];
+    let alone_stopped = one_at_a_time(&[stop]);
+    assert!(alone_stopped[0].len() < alone[0].len());
+    for batch in [1, 3, 8] {
+        let batched = generate_greedy_batch(&model, &prompts, &budgets, &[], batch).unwrap();
+        assert_eq!(batched, alone, "batch {batch}");
+        let batched = generate_greedy_batch(&model, &prompts, &budgets, &[stop], batch).unwrap();
+        assert_eq!(batched, alone_stopped, "batch {batch}, stop token {stop}");
+    }
+    assert!(generate_greedy_batch(&model, &prompts, &budgets[1..], &[], 2).is_err());
+    assert!(generate_greedy_batch(&model, &prompts, &budgets, &[], 0).is_err());
 }

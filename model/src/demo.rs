@@ -13,11 +13,11 @@ use serde::Serialize;
 
 use crate::adapter::{self, attach, trainable_count, AdapterConfig};
 use crate::bench::random_model;
-use crate::data::{tokenize, Example, TokenizedExample};
+use crate::data::{prompt_and_response_ids, tokenize, Example, TokenizedExample};
 use crate::error::{ModelError, Result};
 use crate::llama::codec::{CharCodec, TextCodec};
 use crate::llama::config::LlamaConfig;
-use crate::llama::generate::{generate, SamplingConfig};
+use crate::llama::generate::generate_greedy_batch;
 use crate::llama::Llama;
 use crate::report::{heatmap_svg, line_chart_svg, Series};
 use crate::train::{ScheduleKind, StepStats, TrainSettings, Trainable, Trainer};
@@ -187,6 +187,7 @@ pub fn task_example(task: &str, rng: &mut Rng) -> Example {
         prompt: format!("{tag}:{input}="),
         response: output,
         category: Some(task.to_string()),
+        ..Example::default()
     }
 }
 
@@ -257,26 +258,73 @@ pub fn adapter_pair(model: &Llama) -> (AdapterConfig, AdapterConfig) {
     (AdapterConfig::lora(r, 2.0 * r as f32, &targets), hydra)
 }
 
-/// Exact match of greedy generation against each example's response, per category.
+/// How [`exact_match_with`] generates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExactMatchOptions {
+    /// Most new tokens per example; `None`: the expected answer's token count + 2 (enough to
+    /// see it and the stop token after it).
+    pub max_new_tokens: Option<usize>,
+    /// Tokens that end an answer (a model's end-of-turn ids); the codec's EOS is one too.
+    pub stop_tokens: Vec<u32>,
+    /// Examples per forward (those with prompts of the same length share one).
+    pub batch: usize,
+}
+
+impl Default for ExactMatchOptions {
+    fn default() -> Self {
+        ExactMatchOptions {
+            max_new_tokens: None,
+            stop_tokens: Vec::new(),
+            batch: 8,
+        }
+    }
+}
+
+/// Exact match of greedy generation against each example's response, per category, with
+/// the default [`ExactMatchOptions`].
 pub fn exact_match(
     model: &Llama,
     codec: &dyn TextCodec,
     examples: &[Example],
 ) -> Result<BTreeMap<String, f64>> {
+    exact_match_with(model, codec, examples, &ExactMatchOptions::default())
+}
+
+/// Exact match of greedy generation against each example's response, per category (the
+/// fraction of examples whose generated text is the response's text).
+///
+/// Generation starts from the example's prompt as it is trained on
+/// ([`crate::data::prompt_and_response_ids`]: a multi-turn chat's earlier turns included) and
+/// is batched ([`generate_greedy_batch`]). The expected answer is the response's tokens up to
+/// its first stop token: a chat template's end-of-turn token, or the codec's EOS, and what
+/// follows it, are not part of the answer.
+pub fn exact_match_with(
+    model: &Llama,
+    codec: &dyn TextCodec,
+    examples: &[Example],
+    options: &ExactMatchOptions,
+) -> Result<BTreeMap<String, f64>> {
+    let mut stops = options.stop_tokens.clone();
+    stops.extend(codec.eos_id());
+    let mut prompts = Vec::with_capacity(examples.len());
+    let mut answers = Vec::with_capacity(examples.len());
+    let mut budgets = Vec::with_capacity(examples.len());
+    for example in examples {
+        let (prompt, response) = prompt_and_response_ids(example, codec)?;
+        let answer_len = (response.iter())
+            .position(|id| stops.contains(id))
+            .unwrap_or(response.len());
+        answers.push(codec.decode(&response[..answer_len])?);
+        budgets.push(options.max_new_tokens.unwrap_or(answer_len + 2));
+        prompts.push(prompt);
+    }
+    let generated = generate_greedy_batch(model, &prompts, &budgets, &stops, options.batch)?;
     let mut hits: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for ex in examples {
-        let mut prompt = codec.bos_id().into_iter().collect::<Vec<_>>();
-        prompt.extend(codec.encode(&ex.prompt)?);
-        let cfg = SamplingConfig {
-            max_new_tokens: ex.response.chars().count() + 2,
-            stop_tokens: codec.eos_id().into_iter().collect(),
-            ..Default::default()
-        };
-        let out = generate(model, &prompt, &cfg, |_| true)?;
+    for ((example, answer), out) in examples.iter().zip(&answers).zip(&generated) {
         let entry = hits
-            .entry(ex.category.clone().unwrap_or_default())
+            .entry(example.category.clone().unwrap_or_default())
             .or_default();
-        entry.0 += usize::from(codec.decode(&out)? == ex.response);
+        entry.0 += usize::from(codec.decode(out)? == *answer);
         entry.1 += 1;
     }
     Ok(hits

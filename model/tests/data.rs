@@ -58,6 +58,7 @@ fn example(prompt: &str, response: &str, category: Option<&str>) -> Example {
         prompt: prompt.into(),
         response: response.into(),
         category: category.map(String::from),
+        ..Example::default()
     }
 }
 
@@ -137,7 +138,7 @@ fn text_lines_are_all_response() {
 }
 
 #[test]
-fn chat_prompt_holds_every_turn_before_the_last_assistant_message() {
+fn chat_prompt_holds_every_turn_before_the_last_assistant_message_and_trains_them() {
     let line = json!({"messages": [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "hi"},
@@ -148,22 +149,24 @@ fn chat_prompt_holds_every_turn_before_the_last_assistant_message() {
     .to_string();
     let (examples, report) = read_lines(&[&line]);
     assert_eq!(report.formats.chat, 1);
+    let prompt =
+        "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\nhello\n<|user|>\n2+2?\n<|assistant|>\n";
+    let hello = prompt.find("hello").unwrap();
     assert_eq!(
         examples[0],
-        example(
-            "<|system|>\nbe brief\n<|user|>\nhi\n<|assistant|>\nhello\n<|user|>\n2+2?\n<|assistant|>\n",
-            "4",
-            Some("math")
-        )
+        Example {
+            trained_in_prompt: std::iter::once(hello..hello + "hello".len()).collect(),
+            ..example(prompt, "4", Some("math"))
+        }
     );
-    // The earlier assistant turn is prompt: no label on it.
+    // The earlier assistant turn is in the prompt, and trained on.
     let codec = CharCodec::from_texts([examples[0].prompt.as_str(), "4"]).unwrap();
     let (tokenized, _) = tokenize(&examples, &codec, 1000).unwrap();
     let trained: Vec<u32> = (tokenized[0].labels.iter())
         .filter(|&&l| l != IGNORE_INDEX)
         .map(|&l| l as u32)
         .collect();
-    assert_eq!(codec.decode(&trained).unwrap(), "4");
+    assert_eq!(codec.decode(&trained).unwrap(), "hello4");
     assert_eq!(trained.last(), Some(&CharCodec::EOS));
 }
 
@@ -217,7 +220,7 @@ fn files_are_concatenated_and_formats_detected_per_line() {
 
 #[test]
 fn parse_line_reports_the_format() {
-    let template = PromptTemplate::default();
+    let options = ReadOptions::default();
     let cases = [
         (r#"{"text": "t"}"#, Format::Text),
         (r#"{"instruction": "i", "output": "o"}"#, Format::Alpaca),
@@ -233,7 +236,7 @@ fn parse_line_reports_the_format() {
         ),
     ];
     for (line, format) in cases {
-        assert_eq!(parse_line(line, &template).unwrap().1, format, "{line}");
+        assert_eq!(parse_line(line, &options).unwrap().1, format, "{line}");
     }
 }
 

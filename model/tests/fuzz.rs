@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
-use hydralora_model::data::{parse_line, read_jsonl, PromptTemplate, ReadOptions};
+use hydralora_model::data::{parse_line, read_jsonl, ReadOptions};
 use hydralora_model::llama::gguf::vocab::tokenizer_from_vocab;
 use hydralora_model::llama::gguf::{to_f32, GgufFile, GgufModel};
 use hydralora_model::llama::weights::{
@@ -272,11 +272,11 @@ fn run_reader(reader: Reader, dir: &Path, bytes: &[u8], errors: &mut Vec<String>
                 };
                 note(read_jsonl(&[&path], &options).map(drop).map_err(text));
             }
-            let template = PromptTemplate::default();
+            let options = ReadOptions::default();
             let text = String::from_utf8_lossy(bytes);
             let lines = text.trim_start_matches('\u{feff}').lines();
             for line in lines.filter(|l| !l.trim().is_empty()) {
-                note(parse_line(line, &template).map(drop));
+                note(parse_line(line, &options).map(drop));
             }
         }
         Reader::Codec => {

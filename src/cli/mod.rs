@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 mod demo;
 mod info;
+mod router_svg;
 mod run_model;
 mod train;
 mod weights;

@@ -8,13 +8,18 @@ use clap::Args;
 use hydralora::engine::Device;
 use hydralora::model::adapter::load_adapter;
 use hydralora::model::adapter::merge_lora;
-use hydralora::model::data::{read_jsonl, tokenize, Example, PromptTemplate, ReadOptions};
-use hydralora::model::demo::exact_match;
+use hydralora::model::data::{
+    encode_prompt, read_jsonl, render_chat_prompt, tokenize, ChatMessage, ChatTemplate, Example,
+    PromptTemplate, ReadOptions,
+};
+use hydralora::model::demo::{exact_match_with, ExactMatchOptions};
 use hydralora::model::llama::codec::{load_codec, TextCodec};
 use hydralora::model::train::evaluate;
 use hydralora::model::verify::{check_all, fixtures_root};
 use hydralora::model::{generate, GenerationConfig, Llama, SamplingConfig};
 
+use super::router_svg::{by_layer_path, is_hydra, write_router_svgs};
+use super::train::chat_format;
 use super::CliResult;
 
 /// The model folder, and an adapter folder to put on it.
@@ -43,13 +48,26 @@ impl ModelArgs {
     }
 }
 
+/// Where a model's chat template comes from, for `--help`.
+const CHAT_TEMPLATE_SOURCES: &str = "the model's own chat template: chat_template.jinja or \
+    tokenizer_config.json's chat_template beside the model, or a GGUF's tokenizer.chat_template; \
+    a model without one gets the built-in <|role|> format";
+
 #[derive(Debug, Args)]
+#[command(after_help = format!("--chat renders the prompt with {CHAT_TEMPLATE_SOURCES}."))]
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The text to continue.
+    /// The text to continue (with --chat: the user's message).
     #[arg(long)]
     pub prompt: String,
+    /// The prompt is a user message: render it with the model's chat template, as training
+    /// renders chat lines, and generate the assistant's reply.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
     /// Most new tokens [default: generation_config.json's max_new_tokens, else 128].
     #[arg(long)]
     pub max_tokens: Option<usize>,
@@ -70,8 +88,18 @@ pub fn generate_cmd(a: GenerateArgs) -> CliResult {
     let device = Device::new()?;
     let (model, codec) = a.model.load(&device)?;
     let gen = GenerationConfig::from_dir(&a.model.model)?;
-    let mut prompt: Vec<u32> = codec.bos_id().into_iter().collect();
-    prompt.extend(codec.encode(&a.prompt)?);
+    let (text, prompt) = if a.chat {
+        let template = ChatTemplate::from_model(&a.model.model)?;
+        eprintln!("chat: {}", chat_format(template.as_ref()));
+        chat_prompt(
+            template.as_ref(),
+            codec.as_ref(),
+            a.system.as_deref(),
+            &a.prompt,
+        )?
+    } else {
+        (a.prompt.clone(), encode_prompt(codec.as_ref(), &a.prompt)?)
+    };
     let sampling = SamplingConfig {
         max_new_tokens: a.max_tokens.or(gen.max_new_tokens).unwrap_or(128),
         temperature: a
@@ -92,7 +120,7 @@ pub fn generate_cmd(a: GenerateArgs) -> CliResult {
         use_cache: true,
     };
     let mut out = std::io::stdout();
-    print!("{}", a.prompt);
+    print!("{text}");
     // Decode the growing sequence and print what is new: multi-byte pieces appear whole.
     let mut generated = Vec::new();
     let mut shown = String::new();
@@ -121,7 +149,36 @@ pub fn generate_cmd(a: GenerateArgs) -> CliResult {
     }
 }
 
+/// The prompt of a chat's first reply, as text and as ids: `system` and `user` rendered with
+/// the model's chat template (whose text carries its own BOS), else in the built-in format.
+fn chat_prompt(
+    template: Option<&ChatTemplate>,
+    codec: &dyn TextCodec,
+    system: Option<&str>,
+    user: &str,
+) -> Result<(String, Vec<u32>), Box<dyn std::error::Error>> {
+    let message = |role: &str, content: &str| ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let mut messages: Vec<ChatMessage> = system.map(|s| message("system", s)).into_iter().collect();
+    messages.push(message("user", user));
+    Ok(match template {
+        Some(template) => {
+            let text = template.render(&messages, true)?;
+            let ids = codec.encode(&text)?;
+            (text, ids)
+        }
+        None => {
+            let text = render_chat_prompt(&messages);
+            let ids = encode_prompt(codec, &text)?;
+            (text, ids)
+        }
+    })
+}
+
 #[derive(Debug, Args)]
+#[command(after_help = format!("Chat lines are rendered with {CHAT_TEMPLATE_SOURCES}, as in training."))]
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
@@ -130,6 +187,22 @@ pub struct EvalArgs {
     pub data: Vec<PathBuf>,
     #[arg(long, default_value_t = 512)]
     pub max_len: usize,
+    /// The prompt template of Alpaca and Dolly lines, with {instruction} and {input}: the
+    /// one the adapter was trained with [default: Alpaca].
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Most new tokens per example in the greedy generation [default: the expected
+    /// answer's length + 2 tokens].
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Examples per forward in the greedy generation (those whose prompts have the same
+    /// number of tokens run together; the answers are those of one at a time).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Write the router heatmaps of a HydraLoRA adapter here: the mean gate weight of each
+    /// expert per category (all layers), and in <stem>-by-layer.svg layer by layer.
+    #[arg(long, value_name = "PATH")]
+    pub router_svg: Option<PathBuf>,
     /// Skip the greedy-generation exact match (perplexity only).
     #[arg(long)]
     pub no_generate: bool,
@@ -144,21 +217,45 @@ pub fn eval_cmd(a: EvalArgs) -> CliResult {
     if a.data.is_empty() {
         return Err("--data is required".into());
     }
+    let template = match &a.template {
+        Some(t) => PromptTemplate::new(t)?,
+        None => PromptTemplate::alpaca(),
+    };
     let device = Device::new()?;
-    let (model, codec) = a.model.load(&device)?;
-    let (examples, _) = read_jsonl(
+    let (mut model, codec) = a.model.load(&device)?;
+    if a.router_svg.is_some() && !is_hydra(&model) {
+        return Err(
+            "--router-svg needs a HydraLoRA adapter (--adapter): only HydraLoRA has a \
+                    router"
+                .into(),
+        );
+    }
+    let chat_template = ChatTemplate::from_model(&a.model.model)?;
+    let (examples, report) = read_jsonl(
         &a.data,
         &ReadOptions {
             skip_bad_lines: a.skip_bad_lines,
-            template: PromptTemplate::alpaca(),
+            template,
+            chat_template: chat_template.clone(),
         },
     )?;
+    if report.formats.chat > 0 {
+        eprintln!("chat lines: {}", chat_format(chat_template.as_ref()));
+    }
     let (tokens, _) = tokenize(
         &examples,
         codec.as_ref(),
         a.max_len.min(model.config.max_position_embeddings),
     )?;
     let stats = evaluate(&model, &tokens, 8)?;
+    if let Some(path) = &a.router_svg {
+        write_router_svgs(&mut model, &tokens, None, path)?;
+        eprintln!(
+            "router heatmaps written to {} and {}",
+            path.display(),
+            by_layer_path(path).display()
+        );
+    }
     let em: BTreeMap<String, f64> = if a.no_generate {
         BTreeMap::new()
     } else {
@@ -169,7 +266,14 @@ pub fn eval_cmd(a: EvalArgs) -> CliResult {
                 ..e.clone()
             })
             .collect();
-        exact_match(&model, codec.as_ref(), &labelled)?
+        let mut stop_tokens = model.config.eos_token_ids.clone();
+        stop_tokens.extend(GenerationConfig::from_dir(&a.model.model)?.eos_token_ids);
+        let options = ExactMatchOptions {
+            max_new_tokens: a.max_tokens,
+            stop_tokens,
+            batch: a.batch.max(1),
+        };
+        exact_match_with(&model, codec.as_ref(), &labelled, &options)?
     };
     if a.json {
         let per: BTreeMap<&String, serde_json::Value> = stats

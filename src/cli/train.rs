@@ -11,19 +11,18 @@ use std::time::Instant;
 
 use clap::Args;
 use hydralora::engine::{DType, Device};
-use hydralora::model::adapter::{
-    attach, gates_by_category, save_adapter, trainable_count, AdapterConfig, Method,
-};
+use hydralora::model::adapter::{attach, save_adapter, trainable_count, AdapterConfig, Method};
 use hydralora::model::data::{
-    read_jsonl, split_eval, tokenize, PromptTemplate, ReadOptions, TokenizedExample,
+    read_jsonl, split_eval, tokenize, ChatTemplate, PromptTemplate, ReadOptions, TokenizedExample,
 };
 use hydralora::model::llama::codec::load_codec;
-use hydralora::model::report::{heatmap_svg, line_chart_svg, Series};
+use hydralora::model::report::{line_chart_svg, Series};
 use hydralora::model::train::memory::parse_bytes;
 use hydralora::model::train::{ScheduleKind, TrainSettings, Trainer};
 use hydralora::model::{Llama, TARGET_MODULES};
 use serde::Deserialize;
 
+use super::router_svg::{is_hydra, write_router_svgs};
 use super::CliResult;
 
 /// Every setting is a flag, or a key of the same name (kebab-case) in `--config FILE.toml`;
@@ -38,7 +37,11 @@ use super::CliResult;
     after_help = "Every setting can also be a key of the same name in --config FILE.toml (flags win).\n\n\
 Example:\n  hydralora train --model ./TinyLlama-1.1B --data train.jsonl --method hydra --experts 4 \\\n      \
 --rank 8 --alpha 16 --lr 2e-4 --epochs 2 --micro-batch 4 --output runs/hydra\n\n\
-Writes <output>/adapter, checkpoint/, metrics.jsonl, loss.svg and (hydra with categories) router.svg.\n\
+Writes <output>/adapter, checkpoint/, metrics.jsonl, loss.svg and (hydra) router.svg and\n\
+router-by-layer.svg (from the eval split, else from up to 64 training examples per category).\n\
+Chat lines are rendered with the model's own chat template: chat_template.jinja or\n\
+tokenizer_config.json's chat_template beside the model, or a GGUF's tokenizer.chat_template;\n\
+a model without one gets the built-in <|role|> format. Every assistant turn is trained on.\n\
 Continue an interrupted run with the same flags plus --resume."
 )]
 pub struct TrainArgs {
@@ -154,7 +157,8 @@ pub struct TrainArgs {
     /// Skip malformed JSONL lines (counted and reported) instead of stopping at the first.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub skip_bad_lines: Option<bool>,
-    /// A prompt template with {instruction} and {input} [default: Alpaca].
+    /// A prompt template with {instruction} and {input}, for Alpaca and Dolly lines
+    /// [default: Alpaca]. Chat lines use the model's own chat template (see below).
     #[arg(long)]
     pub template: Option<String>,
 }
@@ -253,14 +257,19 @@ pub fn run(args: TrainArgs) -> CliResult {
         Some(t) => PromptTemplate::new(t)?,
         None => PromptTemplate::alpaca(),
     };
+    let chat_template = ChatTemplate::from_model(&model_dir)?;
     let (examples, read_report) = read_jsonl(
         &a.data,
         &ReadOptions {
             skip_bad_lines: a.skip_bad_lines.unwrap_or(false),
             template,
+            chat_template: chat_template.clone(),
         },
     )?;
     eprintln!("data: {read_report}");
+    if read_report.formats.chat > 0 {
+        eprintln!("chat lines: {}", chat_format(chat_template.as_ref()));
+    }
     let (train, eval) = match a.eval_split.unwrap_or(0.05) {
         f if f > 0.0 && examples.len() >= 2 => split_eval(examples, f, seed)?,
         _ => (examples, Vec::new()),
@@ -321,6 +330,12 @@ pub fn run(args: TrainArgs) -> CliResult {
         checkpoint_activations: a.checkpoint_activations.unwrap_or(false),
         ..Default::default()
     };
+    // The router pictures come from the eval split, else from some training examples.
+    let router_examples = match (is_hydra(&model), eval_tokens.is_empty()) {
+        (true, true) => first_per_category(&train_tokens, ROUTER_EXAMPLES_PER_CATEGORY),
+        (true, false) => eval_tokens.clone(),
+        (false, _) => Vec::new(),
+    };
     let checkpoint = output.join("checkpoint");
     let pad = codec.pad_id();
     let mut trainer = if a.resume {
@@ -343,7 +358,33 @@ pub fn run(args: TrainArgs) -> CliResult {
         a.eval_interval.unwrap_or(50),
         a.save_interval.unwrap_or(100),
     )?;
-    finish(&mut trainer, &eval_tokens, &output, outcome)
+    finish(&mut trainer, &router_examples, &output, outcome)
+}
+
+/// Most training examples per category the router pictures are drawn from when there is no
+/// eval split (each is one more forward).
+const ROUTER_EXAMPLES_PER_CATEGORY: usize = 64;
+
+/// The first `cap` examples of each category (examples without one are a category).
+fn first_per_category(examples: &[TokenizedExample], cap: usize) -> Vec<TokenizedExample> {
+    let mut taken: BTreeMap<Option<&str>, usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    for example in examples {
+        let count = taken.entry(example.category.as_deref()).or_default();
+        if *count < cap {
+            *count += 1;
+            out.push(example.clone());
+        }
+    }
+    out
+}
+
+/// Which chat format is used, in words.
+pub fn chat_format(template: Option<&ChatTemplate>) -> String {
+    match template {
+        Some(template) => format!("rendered with {}", template.origin()),
+        None => "the model has no chat template: the built-in <|role|> format".into(),
+    }
 }
 
 struct Outcome {
@@ -475,7 +516,7 @@ fn per_category(m: &BTreeMap<String, f32>) -> String {
 
 fn finish(
     trainer: &mut Trainer,
-    eval: &[TokenizedExample],
+    router_examples: &[TokenizedExample],
     output: &Path,
     o: Outcome,
 ) -> CliResult {
@@ -501,33 +542,11 @@ fn finish(
     }
     line_chart_svg(&curve, "loss", "loss", &series)?;
     files.push(curve.display().to_string());
-    let hydra = trainer
-        .model
-        .adapter
-        .as_ref()
-        .is_some_and(|a| a.method == Method::Hydra);
-    let mut groups: BTreeMap<String, Vec<Vec<u32>>> = BTreeMap::new();
-    for ex in eval {
-        if let Some(c) = &ex.category {
-            groups.entry(c.clone()).or_default().push(ex.ids.clone());
-        }
-    }
-    if hydra && !groups.is_empty() {
-        let groups: Vec<(String, Vec<Vec<u32>>)> = groups.into_iter().collect();
-        let rows = gates_by_category(&mut trainer.model, &groups)?;
-        let names: Vec<String> = groups.iter().map(|(n, _)| n.clone()).collect();
-        let experts: Vec<String> = (0..rows.first().map_or(0, Vec::len))
-            .map(|i| format!("expert {i}"))
-            .collect();
+    if is_hydra(&trainer.model) && !router_examples.is_empty() {
         let path = output.join("router.svg");
-        heatmap_svg(
-            &path,
-            "router: mean gate weight per category (all layers)",
-            &names,
-            &experts,
-            &rows,
-        )?;
-        files.push(path.display().to_string());
+        for file in write_router_svgs(&mut trainer.model, router_examples, None, &path)? {
+            files.push(file.display().to_string());
+        }
     }
     println!(
         "{}",

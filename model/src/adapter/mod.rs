@@ -30,7 +30,8 @@ pub use files::{
 pub use forward::{dropout_mask, Adapter, Dropout};
 pub use merge::merge_lora;
 pub use router::{
-    balance_loss, gates_by_category, record_gates, recorded_gates, router_stats, RouterStats,
+    balance_loss, gates_by_category, gates_by_category_and_layer, record_gates, recorded_gates,
+    router_stats, CategoryGates, RouterStats,
 };
 
 /// Adds a fresh adapter to every target module: A and the router Kaiming-uniform (bound

@@ -105,23 +105,70 @@ pub fn gates_by_category(
     model: &mut Llama,
     groups: &[(String, Vec<Vec<u32>>)],
 ) -> Result<Vec<Vec<f32>>> {
+    Ok(gates_by_category_and_layer(model, groups)?.overall)
+}
+
+/// Mean gate weights per category, over all layers and layer by layer
+/// ([`gates_by_category_and_layer`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CategoryGates {
+    /// `[category][expert]`: the mean over every router of the model.
+    pub overall: Vec<Vec<f32>>,
+    /// `[category][layer][expert]`: the mean over the routers of each decoder layer (the
+    /// layer's adapted modules); a layer without a router has an empty row.
+    pub by_layer: Vec<Vec<Vec<f32>>>,
+}
+
+/// Mean gate weight of each expert per category of `groups` (name, its token ids), over
+/// every router and over each layer's routers. Each sequence runs alone (no padding in the
+/// gates); each (sequence, router) pair weighs the same.
+pub fn gates_by_category_and_layer(
+    model: &mut Llama,
+    groups: &[(String, Vec<Vec<u32>>)],
+) -> Result<CategoryGates> {
+    let layers = model.config.num_hidden_layers;
     record_gates(model, true);
-    let mut rows = Vec::with_capacity(groups.len());
+    let mut gates = CategoryGates {
+        overall: Vec::with_capacity(groups.len()),
+        by_layer: Vec::with_capacity(groups.len()),
+    };
     for (_, sequences) in groups {
-        let mut sum: Vec<f64> = Vec::new();
-        let mut n = 0usize;
+        let mut overall = GateMean::default();
+        let mut by_layer = vec![GateMean::default(); layers];
         for ids in sequences {
             no_grad(|| model.hidden_states(ids, 1, None))?; // the gates are all it needs
             for s in router_stats(model)? {
-                sum.resize(s.mean_gate.len(), 0.0);
-                for (acc, g) in sum.iter_mut().zip(&s.mean_gate) {
-                    *acc += *g as f64;
-                }
-                n += 1;
+                overall.add(&s.mean_gate);
+                by_layer[s.layer].add(&s.mean_gate);
             }
         }
-        rows.push(sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect());
+        gates.overall.push(overall.mean());
+        gates
+            .by_layer
+            .push(by_layer.iter().map(GateMean::mean).collect());
     }
     record_gates(model, false);
-    Ok(rows)
+    Ok(gates)
+}
+
+/// A running mean of gate vectors.
+#[derive(Clone, Default)]
+struct GateMean {
+    sum: Vec<f64>, // [E]
+    count: usize,
+}
+
+impl GateMean {
+    fn add(&mut self, gate: &[f32]) {
+        self.sum.resize(gate.len(), 0.0);
+        for (acc, &g) in self.sum.iter_mut().zip(gate) {
+            *acc += f64::from(g);
+        }
+        self.count += 1;
+    }
+
+    fn mean(&self) -> Vec<f32> {
+        let n = self.count.max(1) as f64;
+        self.sum.iter().map(|s| (s / n) as f32).collect()
+    }
 }

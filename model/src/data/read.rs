@@ -3,8 +3,10 @@
 //! The format is detected per line, from the line's fields (so a file may mix formats):
 //!
 //! - **chat**, a `messages` field: `[{"role", "content"}, ...]`. The last message must be from
-//!   `assistant`: it is the response; every message before it is prompt, rendered by
-//!   [`render_chat_prompt`].
+//!   `assistant`. The conversation is rendered with the model's chat template
+//!   ([`ReadOptions::chat_template`]), else in the built-in `<|role|>` format
+//!   ([`render_chat_prompt`]); every assistant turn is trained on, the last one is the
+//!   response.
 //! - **Alpaca**, `instruction` and `output` (and an optional `input`): the prompt is
 //!   [`PromptTemplate::render`] of instruction and input, the response is `output`.
 //! - **Dolly**, `instruction` and `response` (and an optional `context`): as Alpaca, with
@@ -24,7 +26,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::template::{render_chat_prompt, ChatMessage, PromptTemplate};
+use super::chat::{render_builtin_conversation, ChatTemplate};
+#[cfg(doc)]
+use super::template::render_chat_prompt;
+use super::template::{ChatMessage, PromptTemplate};
 use super::Example;
 use crate::error::{ModelError, Result};
 
@@ -39,6 +44,9 @@ pub struct ReadOptions {
     pub skip_bad_lines: bool,
     /// The prompt template of Alpaca and Dolly lines.
     pub template: PromptTemplate,
+    /// The model's chat template for chat lines ([`ChatTemplate::from_model`]); `None`: the
+    /// built-in `<|role|>` format.
+    pub chat_template: Option<ChatTemplate>,
 }
 
 /// The shape of a data line.
@@ -241,7 +249,7 @@ fn read_file(
         if read == 0 {
             break;
         }
-        match parse_bytes(&bytes, line == 1, &options.template) {
+        match parse_bytes(&bytes, line == 1, options) {
             Ok(None) => report.blank_lines += 1,
             Ok(Some((example, format))) => {
                 report.lines += 1;
@@ -270,7 +278,7 @@ fn read_file(
 fn parse_bytes(
     bytes: &[u8],
     first_line: bool,
-    template: &PromptTemplate,
+    options: &ReadOptions,
 ) -> std::result::Result<Option<(Example, Format)>, String> {
     let mut bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
@@ -286,43 +294,41 @@ fn parse_bytes(
     if text.trim().is_empty() {
         return Ok(None);
     }
-    parse_line(text, template).map(Some)
+    parse_line(text, options).map(Some)
 }
 
 /// One JSONL line as an example, with its detected format; the error says what is wrong
 /// (without file or line, which the caller adds).
 ///
 /// ```
-/// use hydralora_model::data::{parse_line, Format, PromptTemplate};
+/// use hydralora_model::data::{parse_line, Format, ReadOptions};
+/// let options = ReadOptions::default(); // Alpaca prompts, the built-in chat format
 /// let line = r#"{"instruction": "Add.", "input": "2 + 2", "output": "4", "category": "math"}"#;
-/// let (example, format) = parse_line(line, &PromptTemplate::alpaca()).unwrap();
+/// let (example, format) = parse_line(line, &options).unwrap();
 /// assert_eq!(format, Format::Alpaca);
 /// assert_eq!(example.prompt, "### Instruction:\nAdd.\n\n### Input:\n2 + 2\n\n### Response:\n");
 /// assert_eq!(example.response, "4");
 /// assert_eq!(example.category.as_deref(), Some("math"));
-/// assert!(parse_line(r#"{"output": "4"}"#, &PromptTemplate::alpaca()).is_err());
+/// assert!(parse_line(r#"{"output": "4"}"#, &options).is_err());
 /// ```
 pub fn parse_line(
     line: &str,
-    template: &PromptTemplate,
+    options: &ReadOptions,
 ) -> std::result::Result<(Example, Format), String> {
+    let template = &options.template;
     let value: Value = serde_json::from_str(line).map_err(|e| json_reason(&e))?;
     let Value::Object(object) = value else {
         return Err(format!("expected a JSON object, found {}", kind(&value)));
     };
     let fields = Fields(&object);
     let format = detect(&object)?;
-    let (prompt, response) = match format {
-        Format::Text => (String::new(), fields.string("text")?),
+    let mut example = match format {
+        Format::Text => plain(String::new(), fields.string("text")?),
         Format::Alpaca => instruction(&fields, template, "input", "output")?,
         Format::Dolly => instruction(&fields, template, "context", "response")?,
-        Format::Chat => chat(&object["messages"])?,
+        Format::Chat => chat(&object["messages"], options.chat_template.as_ref())?,
     };
-    let example = Example {
-        prompt,
-        response,
-        category: fields.category()?,
-    };
+    example.category = fields.category()?;
     Ok((example, format))
 }
 
@@ -362,16 +368,26 @@ fn instruction(
     template: &PromptTemplate,
     input: &str,
     output: &str,
-) -> std::result::Result<(String, String), String> {
+) -> std::result::Result<Example, String> {
     let instruction = fields.string("instruction")?;
     let input = fields.optional_string(input)?.unwrap_or_default();
     let prompt = template.render(&instruction, &input)?;
-    Ok((prompt, fields.string(output)?))
+    Ok(plain(prompt, fields.string(output)?))
 }
 
-/// The prompt (every message but the last) and response (the last, from `assistant`) of a
-/// chat line's `messages`.
-fn chat(messages: &Value) -> std::result::Result<(String, String), String> {
+/// An example of one prompt and one response, without a category.
+fn plain(prompt: String, response: String) -> Example {
+    Example {
+        prompt,
+        response,
+        ..Example::default()
+    }
+}
+
+/// The example of a chat line's `messages`: the conversation rendered with `template` (else
+/// in the built-in format), every assistant turn trained on, the last one (the last
+/// message, which must be from `assistant`) the response.
+fn chat(messages: &Value, template: Option<&ChatTemplate>) -> std::result::Result<Example, String> {
     let Value::Array(items) = messages else {
         return Err(format!(
             "field `messages` must be an array, found {}",
@@ -394,7 +410,21 @@ fn chat(messages: &Value) -> std::result::Result<(String, String), String> {
             last.role
         ));
     }
-    Ok((render_chat_prompt(history), last.content.clone()))
+    let rendered = match template {
+        Some(template) => template.render_conversation(&messages)?,
+        None => render_builtin_conversation(&messages),
+    };
+    let mut turns = rendered.assistant_turns;
+    let response = turns.pop().expect("the last message is from the assistant");
+    let mut text = rendered.text;
+    text.truncate(response.end);
+    Ok(Example {
+        response: text.split_off(response.start),
+        prompt: text,
+        trained_in_prompt: turns,
+        specials_in_text: template.is_some(),
+        category: None,
+    })
 }
 
 /// `messages[index]`: an object with string `role` (not empty) and `content`.

@@ -197,7 +197,7 @@ impl PromptTemplate {
 }
 
 /// One message of a chat example.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, ...
     pub role: String,
@@ -205,13 +205,23 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// The prompt for the next assistant reply after `history`: each message as
-/// `<|role|>\ncontent\n`, then `<|assistant|>\n`.
+/// What opens a message's role in the built-in chat format (`<|role|>\n`).
+pub(crate) const CHAT_ROLE_OPEN: &str = "<|";
+/// What closes a message's role in the built-in chat format.
+pub(crate) const CHAT_ROLE_CLOSE: &str = "|>\n";
+
+/// The prompt for the next assistant reply after `history` in the built-in chat format, for
+/// models without a chat template: each message as `<|role|>\ncontent\n`, then
+/// `<|assistant|>\n`.
 pub fn render_chat_prompt(history: &[ChatMessage]) -> String {
     let mut prompt = String::new();
     for message in history {
-        let _ = write!(prompt, "<|{}|>\n{}\n", message.role, message.content);
+        let _ = writeln!(
+            prompt,
+            "{CHAT_ROLE_OPEN}{}{CHAT_ROLE_CLOSE}{}",
+            message.role, message.content
+        );
     }
-    prompt.push_str("<|assistant|>\n");
+    let _ = write!(prompt, "{CHAT_ROLE_OPEN}assistant{CHAT_ROLE_CLOSE}");
     prompt
 }

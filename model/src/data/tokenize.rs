@@ -90,7 +90,12 @@ impl fmt::Display for TokenizeReport {
 /// The prompt is encoded alone, as it will be at generation time ([`encode_prompt`]); the
 /// response tokens are those that `prompt + response` encodes to after the prompt's tokens.
 /// Where a tokenizer merges across the boundary (the prompt's tokens are not a prefix of the
-/// whole's), the response is encoded alone instead.
+/// whole's), the response is encoded alone instead. A multi-turn chat's pieces
+/// ([`Example::pieces`]) are encoded so, one after the other: the earlier assistant turns get
+/// labels, the rest of the prompt does not.
+///
+/// An example whose text carries the model's special tokens ([`Example::specials_in_text`]:
+/// a chat template rendered it) gets neither the codec's BOS nor its EOS id.
 ///
 /// Examples left without a trained token are dropped and counted; none left, `max_len == 0`,
 /// no examples, or an id outside the codec's vocabulary are errors.
@@ -100,7 +105,7 @@ impl fmt::Display for TokenizeReport {
 /// use hydralora_model::CharCodec;
 /// # fn main() -> hydralora_model::Result<()> {
 /// let codec = CharCodec::new("abc".chars())?; // <pad> 0, <bos> 1, <eos> 2, a 3, b 4, c 5
-/// let example = Example { prompt: "ab".into(), response: "c".into(), category: None };
+/// let example = Example { prompt: "ab".into(), response: "c".into(), ..Example::default() };
 /// let (tokens, report) = tokenize(&[example], &codec, 16)?;
 /// assert_eq!(tokens[0].ids, [1, 3, 4, 5, 2]); // <bos> a b c <eos>
 /// assert_eq!(tokens[0].labels, [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 5, 2]);
@@ -121,8 +126,13 @@ pub fn tokenize<C: TextCodec + ?Sized>(
         ));
     }
     let encoded = parallel_map(examples, |index, example| {
-        encode_example(example, codec)
-            .map_err(|e| ModelError::Input(format!("example {}: {e}", index + 1)))
+        let Encoded { ids, labels, .. } = encode_example(example, codec)
+            .map_err(|e| ModelError::Input(format!("example {}: {e}", index + 1)))?;
+        Ok(TokenizedExample {
+            ids,
+            labels,
+            category: None,
+        })
     })?;
     let mut report = TokenizeReport {
         examples: examples.len(),
@@ -167,56 +177,97 @@ pub fn tokenize<C: TextCodec + ?Sized>(
 }
 
 /// The ids a prompt is given to the model as: `[BOS] + prompt tokens` (what generation should
-/// start from, matching training).
+/// start from, matching training). A prompt a chat template rendered carries its own BOS:
+/// encode it with [`TextCodec::encode`] alone.
 pub fn encode_prompt<C: TextCodec + ?Sized>(codec: &C, prompt: &str) -> Result<Vec<u32>> {
     let mut ids: Vec<u32> = codec.bos_id().into_iter().collect();
     ids.extend(codec.encode(prompt)?);
     Ok(ids)
 }
 
+/// An example's ids before its response (what generation starts from: BOS, the prompt, the
+/// earlier turns of a chat) and its response's ids (EOS included when the codec adds one),
+/// tokenized as [`tokenize`] does.
+pub fn prompt_and_response_ids<C: TextCodec + ?Sized>(
+    example: &Example,
+    codec: &C,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut tokenized = encode_example(example, codec)?;
+    let response = tokenized.response_len;
+    let split = tokenized.ids.len() - response;
+    let response_ids = tokenized.ids.split_off(split);
+    Ok((tokenized.ids, response_ids))
+}
+
+/// An example's ids and labels, untruncated, and how many ids its response has.
+struct Encoded {
+    ids: Vec<u32>,
+    labels: Vec<i32>,
+    response_len: usize,
+}
+
 /// One example, untruncated, without its category.
-fn encode_example<C: TextCodec + ?Sized>(example: &Example, codec: &C) -> Result<TokenizedExample> {
-    let prompt_ids = codec.encode(&example.prompt)?;
-    let mut response = response_ids(codec, &example.prompt, &prompt_ids, &example.response)?;
-    response.extend(codec.eos_id());
-    let mut prompt: Vec<u32> = codec.bos_id().into_iter().collect();
-    prompt.extend(prompt_ids);
+fn encode_example<C: TextCodec + ?Sized>(example: &Example, codec: &C) -> Result<Encoded> {
+    // BOS and EOS ids only where the text does not carry the model's own special tokens.
+    let codec_specials = !example.specials_in_text;
+    let mut ids: Vec<u32> = codec
+        .bos_id()
+        .filter(|_| codec_specials)
+        .into_iter()
+        .collect();
+    let mut labels = vec![IGNORE_INDEX; ids.len()];
+    let mut text = String::new();
+    let mut text_ids: Vec<u32> = Vec::new(); // the ids of `text`
+    let mut response_len = 0;
+    for (piece, trained) in example.pieces() {
+        let new = continuation_ids(codec, &text, &text_ids, piece)?;
+        labels.extend(new.iter().map(|&id| match trained {
+            true => id as i32,
+            false => IGNORE_INDEX,
+        }));
+        response_len = new.len();
+        text.push_str(piece);
+        text_ids.extend(new);
+    }
+    ids.extend(text_ids);
+    if let Some(eos) = codec.eos_id().filter(|_| codec_specials) {
+        ids.push(eos);
+        labels.push(eos as i32);
+        response_len += 1;
+    }
     let vocab = codec.vocab_size();
-    if let Some(&id) = prompt
-        .iter()
-        .chain(&response)
-        .find(|&&id| id as usize >= vocab)
-    {
+    if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
         return Err(ModelError::Input(format!(
             "token id {id} is outside the codec's vocabulary of {vocab} ids"
         )));
     }
-    let labels = (prompt.iter().map(|_| IGNORE_INDEX))
-        .chain(response.iter().map(|&id| id as i32))
-        .collect();
-    let mut ids = prompt;
-    ids.extend(response);
-    Ok(TokenizedExample {
+    Ok(Encoded {
         ids,
         labels,
-        category: None,
+        response_len,
     })
 }
 
-/// The response's token ids as they follow the prompt's `prompt_ids` (see [`tokenize`]).
-fn response_ids<C: TextCodec + ?Sized>(
+/// The ids `piece` adds after `text` (whose ids are `text_ids`): what `text + piece` encodes
+/// to after `text_ids`, so that a prompt is tokenized as it will be at generation time. Where
+/// the tokenizer merges across the boundary (`text_ids` is not a prefix of the whole's), the
+/// piece is encoded alone instead.
+fn continuation_ids<C: TextCodec + ?Sized>(
     codec: &C,
-    prompt: &str,
-    prompt_ids: &[u32],
-    response: &str,
+    text: &str,
+    text_ids: &[u32],
+    piece: &str,
 ) -> Result<Vec<u32>> {
-    if prompt.is_empty() {
-        return codec.encode(response);
+    if piece.is_empty() {
+        return Ok(Vec::new());
     }
-    let whole = codec.encode(&format!("{prompt}{response}"))?;
-    match whole.strip_prefix(prompt_ids) {
+    if text.is_empty() {
+        return codec.encode(piece);
+    }
+    let whole = codec.encode(&format!("{text}{piece}"))?;
+    match whole.strip_prefix(text_ids) {
         Some(rest) => Ok(rest.to_vec()),
-        None => codec.encode(response),
+        None => codec.encode(piece),
     }
 }
 

@@ -120,6 +120,111 @@ pub fn generate(
     Ok(out)
 }
 
+/// Greedy decoding of many prompts, several per forward: prompts of the same length run
+/// together, up to `batch` at a time, through one KV cache (the attention kernels have no
+/// padding mask, so only prompts of equal length can share a forward). Each sequence stops at
+/// a token of `stop_tokens` (not returned), after `max_new_tokens[i]` tokens, or at the
+/// model's `max_position_embeddings`; a batch runs until its last sequence stops.
+///
+/// Returns each prompt's new tokens, in the prompts' order: the tokens [`generate`] gives
+/// one prompt at a time, greedy. (Row by row, a batched product sums in the same order as a
+/// product of one row where the kernels do not split K differently by row count: always on
+/// models up to K = 1024; in the rest, a float rounding can differ and flip a near tie.)
+/// Errors: an empty prompt, `max_new_tokens` not one per prompt, `batch` 0, an id outside the
+/// vocabulary.
+pub fn generate_greedy_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    max_new_tokens: &[usize],
+    stop_tokens: &[u32],
+    batch: usize,
+) -> Result<Vec<Vec<u32>>> {
+    if max_new_tokens.len() != prompts.len() || batch == 0 {
+        return Err(ModelError::Input(format!(
+            "batched generation needs one token budget per prompt ({} for {} prompts) and a \
+             batch of at least 1 (got {batch})",
+            max_new_tokens.len(),
+            prompts.len()
+        )));
+    }
+    if prompts.iter().any(Vec::is_empty) {
+        return Err(ModelError::Input("a prompt has no tokens".into()));
+    }
+    // Prompt indices by prompt length: each group can share a forward.
+    let mut by_length: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for (i, prompt) in prompts.iter().enumerate() {
+        by_length.entry(prompt.len()).or_default().push(i);
+    }
+    let mut out = vec![Vec::new(); prompts.len()];
+    for group in by_length.values() {
+        for chunk in group.chunks(batch) {
+            let chunk_prompts: Vec<&[u32]> = chunk.iter().map(|&i| prompts[i].as_slice()).collect();
+            let budgets: Vec<usize> = chunk.iter().map(|&i| max_new_tokens[i]).collect();
+            let new = greedy_same_length(model, &chunk_prompts, &budgets, stop_tokens)?;
+            for (&i, tokens) in chunk.iter().zip(new) {
+                out[i] = tokens;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Greedy decoding of prompts of one length as one batch `[B, T]`, then `[B, 1]` per step.
+fn greedy_same_length(
+    model: &Llama,
+    prompts: &[&[u32]],
+    max_new_tokens: &[usize],
+    stop_tokens: &[u32],
+) -> Result<Vec<Vec<u32>>> {
+    let b = prompts.len();
+    let max_len = model.config.max_position_embeddings;
+    let steps = max_new_tokens.iter().copied().max().unwrap_or(0);
+    let mut cache = KvCache::new();
+    let mut out = vec![Vec::new(); b];
+    let mut running: Vec<bool> = max_new_tokens.iter().map(|&n| n > 0).collect();
+    let mut feed: Vec<u32> = prompts.concat(); // [B, T] row-major, then [B, 1]
+    let mut length = prompts[0].len();
+    for _ in 0..steps {
+        if !running.contains(&true) || length >= max_len {
+            break;
+        }
+        let logits = last_logits_batch(model, &feed, b, Some(&mut cache))?; // [B * V]
+        let vocab = logits.len() / b;
+        feed = logits.chunks(vocab).map(argmax).collect();
+        for (row, &token) in feed.iter().enumerate() {
+            // A finished row still feeds a token (the batch moves together); it is not kept.
+            if !running[row] {
+                continue;
+            }
+            if stop_tokens.contains(&token) {
+                running[row] = false;
+                continue;
+            }
+            out[row].push(token);
+            running[row] = out[row].len() < max_new_tokens[row];
+        }
+        length += 1;
+    }
+    Ok(out)
+}
+
+/// Logits [B * V] of the last position of each of `batch` sequences, ids [B, T] row-major.
+fn last_logits_batch(
+    model: &Llama,
+    ids: &[u32],
+    batch: usize,
+    cache: Option<&mut KvCache>,
+) -> Result<Vec<f32>> {
+    let t = ids.len() / batch;
+    no_grad(|| {
+        let hidden = model.hidden_states(ids, batch, cache)?; // [B T, H]
+        let h = hidden.dim(1);
+        let last = hidden.reshape(&[batch, t, h])?.narrow(1, t - 1, 1)?; // [B, 1, H]
+        let last = last.reshape(&[batch, h])?;
+        Ok(model.project_vocab(&last)?.to_vec_f32()?)
+    })
+}
+
 /// Logits [V] of the last position of a single sequence.
 fn last_logits(model: &Llama, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Vec<f32>> {
     no_grad(|| {

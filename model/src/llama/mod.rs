@@ -19,7 +19,7 @@ pub mod weights;
 pub use codec::{load_codec, CharCodec, HfCodec, TextCodec, CHAR_CODEC_FILE};
 pub use config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use decoder::{weight_storage, KvCache, Llama};
-pub use generate::{generate, SamplingConfig};
+pub use generate::{generate, generate_greedy_batch, SamplingConfig};
 pub use layer::{Layer, TARGET_MODULES};
 pub use linear::Linear;
 pub use tokenizer::{DecodeStream, Tokenizer};

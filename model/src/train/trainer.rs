@@ -67,7 +67,7 @@ fn diverged(step: usize, what: String) -> ModelError {
 /// let examples = vec![Example {
 ///     prompt: "2 + 2 =".into(),
 ///     response: " 4".into(),
-///     category: None,
+///     ..Example::default()
 /// }];
 /// let (tokens, _) = tokenize(&examples, &codec, 64)?;
 /// let settings = TrainSettings { micro_batch: 1, total_steps: 10, ..TrainSettings::default() };
