@@ -13,6 +13,7 @@
 
 pub mod file;
 pub mod vocab;
+pub mod write;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
