@@ -1,0 +1,155 @@
+//! `export`: an adapter in another tool's format (today llama.cpp's GGUF LoRA, with an Ollama
+//! `Modelfile` beside it), and `merge --format gguf`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use hydralora::engine::DType;
+use hydralora::model::adapter::gguf::HostLora;
+use hydralora::model::adapter::merge_lora_gguf;
+use hydralora::model::llama::gguf::{gguf_path, GgmlType, GgufModel};
+use hydralora::model::llama::LlamaConfig;
+
+use super::CliResult;
+
+/// What `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// llama.cpp's GGUF LoRA adapter (what its convert_lora_to_gguf.py writes), for
+    /// llama.cpp's `--lora`, Ollama's `ADAPTER`, LM Studio and the llama.cpp bindings.
+    Gguf,
+}
+
+/// The type an exported adapter's matrices are stored in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AdapterDtype {
+    /// 32-bit floats: the adapter exactly.
+    F32,
+    /// IEEE half floats: half the size, about 3 decimal digits.
+    F16,
+    /// bfloat16: half the size, f32's range, about 2 decimal digits.
+    Bf16,
+}
+
+impl AdapterDtype {
+    fn ggml_type(self) -> GgmlType {
+        match self {
+            AdapterDtype::F32 => GgmlType::F32,
+            AdapterDtype::F16 => GgmlType::F16,
+            AdapterDtype::Bf16 => GgmlType::BF16,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The base model the adapter was trained on (a Hugging Face folder or a GGUF file): its
+    /// heads set llama.cpp's row order of q/k, and the Modelfile's `FROM` names it.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A PEFT LoRA adapter folder, or a llama.cpp GGUF LoRA file. A HydraLoRA adapter has no
+    /// llama.cpp equivalent (its router mixes the heads per token) and is refused, with what
+    /// to export instead.
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// gguf: llama.cpp's LoRA GGUF (`blk.N.attn_q.weight.lora_a`/`lora_b`, adapter.lora.alpha),
+    /// plus an Ollama `Modelfile` beside it (`FROM <model>`, `ADAPTER ./<out>`), so
+    /// `ollama create NAME -f Modelfile` works as it is.
+    #[arg(long, value_enum, default_value = "gguf")]
+    pub format: ExportFormat,
+    /// The file to write (atomically).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// How the matrices are stored.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub dtype: AdapterDtype,
+}
+
+/// The hyper-parameters of the base at `path` (a folder or a GGUF file), read on the host.
+fn base_config(path: &Path) -> Result<LlamaConfig, Box<dyn std::error::Error>> {
+    Ok(match gguf_path(path) {
+        Some(file) => GgufModel::open(file)?.config().clone(),
+        None => LlamaConfig::from_dir(path)?,
+    })
+}
+
+pub fn export_cmd(a: ExportArgs) -> CliResult {
+    let ExportFormat::Gguf = a.format;
+    let config = base_config(&a.model)?;
+    let lora = HostLora::open(&a.adapter, &config)?;
+    let name = a
+        .adapter
+        .file_stem()
+        .map_or("adapter".into(), |s| s.to_string_lossy().to_string());
+    lora.write_gguf(&a.out, &config, a.dtype.ggml_type(), &name)?;
+    let modelfile = write_modelfile(&a.model, &a.out)?;
+    println!(
+        "LoRA adapter (rank {}, scale {}, {} weights adapted) written to {}\n\
+         Ollama: {} (`ollama create NAME -f {}`)\n\
+         llama.cpp: llama-cli -m BASE.gguf --lora {}",
+        lora.config.r,
+        lora.config.scale(),
+        lora.pairs.len(),
+        a.out.display(),
+        modelfile.display(),
+        modelfile.display(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// Writes `Modelfile` beside `adapter`: `FROM` the base (absolute), `ADAPTER` the adapter
+/// (relative to the Modelfile, as Ollama resolves it).
+fn write_modelfile(base: &Path, adapter: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let folder = match adapter.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = std::fs::canonicalize(base)?;
+    let file_name = adapter
+        .file_name()
+        .ok_or("--out names no file")?
+        .to_string_lossy();
+    let text = format!("FROM {}\nADAPTER ./{file_name}\n", base.display());
+    let path = folder.join("Modelfile");
+    hydralora::model::llama::weights::write_atomically(&path, |out| {
+        std::io::Write::write_all(out, text.as_bytes())
+    })?;
+    Ok(path)
+}
+
+/// What `merge` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MergeFormat {
+    /// A Hugging Face folder (model.safetensors f32, config.json, the tokenizer files).
+    Hf,
+    /// One GGUF model file llama.cpp and Ollama run as it is (hyper-parameters, vocabulary,
+    /// llama.cpp's q/k order), stored as `--weights`.
+    Gguf,
+}
+
+/// `merge --format gguf`: prints what was written.
+pub fn merge_gguf(model: &Path, adapter: &Path, out: &Path, weights: &str) -> CliResult {
+    let dtype = DType::from_weight_name(weights).ok_or_else(|| {
+        format!("--weights {weights}: not one of f32, f16, bf16, q8_0, q4_0, q4_k, q6_k")
+    })?;
+    let summary = merge_lora_gguf(model, adapter, out, dtype)?;
+    let types: Vec<String> = summary
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    println!(
+        "merged GGUF model written to {} (tensors: {}; vocabulary: {})",
+        out.display(),
+        types.join(", "),
+        summary.vocabulary
+    );
+    if summary.vocabulary == "none" {
+        println!(
+            "note: the base has no tokenizer, so the file has none (`tokenizer.ggml.model` = \
+             none): llama.cpp runs it on token ids only"
+        );
+    }
+    Ok(())
+}
