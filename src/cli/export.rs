@@ -4,11 +4,17 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use hydralora::engine::DType;
+use hydralora::engine::{DType, Device};
+use hydralora::model::adapter::approximate::{hydra_as_lora, mean_gates, HeadChoice};
 use hydralora::model::adapter::gguf::HostLora;
-use hydralora::model::adapter::merge_lora_gguf;
+use hydralora::model::adapter::{load_adapter, merge_lora_gguf, Method};
+use hydralora::model::data::{read_jsonl, tokenize, Example, PromptTemplate, ReadOptions};
+use hydralora::model::demo::exact_match;
+use hydralora::model::llama::codec::{load_codec, TextCodec};
 use hydralora::model::llama::gguf::{gguf_path, GgmlType, GgufModel};
 use hydralora::model::llama::LlamaConfig;
+use hydralora::model::train::evaluate;
+use hydralora::model::Llama;
 
 use super::CliResult;
 
@@ -63,6 +69,22 @@ pub struct ExportArgs {
     /// How the matrices are stored.
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: AdapterDtype,
+    /// For a HydraLoRA adapter, which no llama.cpp LoRA equals: export head N alone, or
+    /// `mean`, the heads weighted by each router's mean gates over `--data`. Either is an
+    /// approximation; with `--data` its cost in loss and exact match is measured and printed.
+    #[arg(long)]
+    pub head: Option<HeadChoice>,
+    /// JSONL eval data (any training format) to measure the approximation on; `--head mean`
+    /// also averages the router's gates over it.
+    #[arg(long)]
+    pub data: Vec<PathBuf>,
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    /// Measure the loss only, without the greedy-generation exact match.
+    #[arg(long)]
+    pub no_generate: bool,
+    #[arg(long)]
+    pub skip_bad_lines: bool,
 }
 
 /// The hyper-parameters of the base at `path` (a folder or a GGUF file), read on the host.
@@ -76,7 +98,10 @@ fn base_config(path: &Path) -> Result<LlamaConfig, Box<dyn std::error::Error>> {
 pub fn export_cmd(a: ExportArgs) -> CliResult {
     let ExportFormat::Gguf = a.format;
     let config = base_config(&a.model)?;
-    let lora = HostLora::open(&a.adapter, &config)?;
+    let lora = match &a.head {
+        None => HostLora::open(&a.adapter, &config)?,
+        Some(choice) => approximate_hydra(&a, choice)?,
+    };
     let name = a
         .adapter
         .file_stem()
@@ -96,6 +121,101 @@ pub fn export_cmd(a: ExportArgs) -> CliResult {
         a.out.display()
     );
     Ok(())
+}
+
+/// The LoRA standing in for the HydraLoRA adapter `a.adapter` (`--head`), with its cost on
+/// `--data` measured and printed when given.
+fn approximate_hydra(
+    a: &ExportArgs,
+    choice: &HeadChoice,
+) -> Result<HostLora, Box<dyn std::error::Error>> {
+    let device = Device::new()?;
+    let mut model = Llama::load(&device, &a.model)?;
+    let cfg = load_adapter(&mut model, &a.adapter)?;
+    if cfg.method != Method::Hydra {
+        return Err(format!(
+            "--head is for HydraLoRA adapters; `{}` is a LoRA: export it without --head",
+            a.adapter.display()
+        )
+        .into());
+    }
+    if a.data.is_empty() {
+        if *choice == HeadChoice::Mean {
+            return Err(
+                "--head mean averages the router's gates over --data: give eval JSONL".into(),
+            );
+        }
+        let lora = hydra_as_lora(&model, choice, None)?;
+        println!("note: without --data the cost of exporting one head is not measured");
+        return Ok(lora);
+    }
+    let codec = load_codec(&a.model, &model.config)?;
+    let (examples, _) = read_jsonl(
+        &a.data,
+        &ReadOptions {
+            skip_bad_lines: a.skip_bad_lines,
+            template: PromptTemplate::alpaca(),
+        },
+    )?;
+    let (tokens, _) = tokenize(
+        &examples,
+        codec.as_ref(),
+        a.max_len.min(model.config.max_position_embeddings),
+    )?;
+    let gates = match choice {
+        HeadChoice::Mean => {
+            let sequences: Vec<Vec<u32>> = tokens.iter().map(|t| t.ids.clone()).collect();
+            Some(mean_gates(&mut model, &sequences)?)
+        }
+        HeadChoice::One(_) => None,
+    };
+    let lora = hydra_as_lora(&model, choice, gates.as_ref())?;
+    let hydra = measure(&model, codec.as_ref(), &examples, &tokens, a.no_generate)?;
+    lora.attach_to(&mut model)?;
+    let approx = measure(&model, codec.as_ref(), &examples, &tokens, a.no_generate)?;
+    let what = match choice {
+        HeadChoice::One(k) => format!("head {k}"),
+        HeadChoice::Mean => "router-weighted mean".into(),
+    };
+    println!("{:<26} {:>10} {:>12}", "on --data", "loss", "exact match");
+    for (name, (loss, em)) in [("HydraLoRA (here)", hydra), (what.as_str(), approx)] {
+        let em = em.map_or("-".to_string(), |e| format!("{:.1}%", 100.0 * e));
+        println!("{name:<26} {loss:>10.4} {em:>12}");
+    }
+    let em_cost = match (hydra.1, approx.1) {
+        (Some(h), Some(x)) => format!(", exact match {:+.1} points", 100.0 * (x - h)),
+        _ => String::new(),
+    };
+    println!(
+        "cost of the approximation: loss {:+.4}{em_cost}",
+        approx.0 - hydra.0
+    );
+    Ok(lora)
+}
+
+/// Mean token loss and (unless `no_generate`) the mean per-category exact match: what `eval`
+/// reports, through the same functions.
+fn measure(
+    model: &Llama,
+    codec: &dyn TextCodec,
+    examples: &[Example],
+    tokens: &[hydralora::model::data::TokenizedExample],
+    no_generate: bool,
+) -> Result<(f32, Option<f64>), Box<dyn std::error::Error>> {
+    let stats = evaluate(model, tokens, 8)?;
+    if no_generate {
+        return Ok((stats.loss, None));
+    }
+    let labelled: Vec<Example> = examples
+        .iter()
+        .map(|e| Example {
+            category: Some(e.category.clone().unwrap_or_else(|| "all".into())),
+            ..e.clone()
+        })
+        .collect();
+    let em = exact_match(model, codec, &labelled)?;
+    let mean = em.values().sum::<f64>() / em.len().max(1) as f64;
+    Ok((stats.loss, Some(mean)))
 }
 
 /// Writes `Modelfile` beside `adapter`: `FROM` the base (absolute), `ADAPTER` the adapter

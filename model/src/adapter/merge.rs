@@ -138,7 +138,7 @@ pub fn merge_lora_gguf(
     out: &Path,
     weights: DType,
 ) -> Result<GgufMergeSummary> {
-    if !weights.is_weight_storage() {
+    if !DType::WEIGHT_FORMATS.contains(&weights) {
         return Err(ModelError::Input(format!(
             "`{}` is no weight format for a GGUF file",
             weights.name()

@@ -2,13 +2,15 @@
 //! [`config`] (the settings and `adapter_config.json`), [`attach`] and the trainable
 //! parameters (here), [`files`] (adapter folders in PEFT's layout for LoRA and the official
 //! HydraLoRA layout: `lora_A`, `lora_B0..lora_B{E-1}` for E experts, `lora_route`,
-//! `lora_nums`), [`gguf`] (LoRA adapters as llama.cpp's GGUF LoRA files), [`router`] (what the routers do) and [`merge`] (folding LoRA into the base).
+//! `lora_nums`), [`gguf`] (LoRA adapters as llama.cpp's GGUF LoRA files), [`approximate`] (a
+//! LoRA standing in for a HydraLoRA adapter), [`router`] (what the routers do) and [`merge`] (folding LoRA into the base).
 //!
 //! The model carries what [`forward`] and [`config`] define (each [`Linear`](crate::Linear)
 //! an optional [`Adapter`], the [`Llama`] its [`AdapterConfig`]), so those two import nothing
 //! of the model but its module names; the rest works on a [`Llama`] and walks its adapters
 //! with [`Llama::adapters`].
 
+pub mod approximate;
 pub mod config;
 pub mod files;
 pub mod forward;
