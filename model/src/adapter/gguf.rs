@@ -10,6 +10,7 @@
 //! [`crate::llama::gguf`]). llama.cpp scales each pair by `alpha / r` (by 1 when alpha is 0),
 //! with `r` that pair's own rank.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use hydralora_engine::no_grad;
@@ -218,80 +219,7 @@ impl HostLora {
             },
         };
 
-        // (layer, module) -> (A [r, d_in], B [d_out, r], r), in HF row order.
-        let mut found: std::collections::BTreeMap<
-            (usize, usize),
-            (Option<Vec<f32>>, Option<Vec<f32>>, usize),
-        > = Default::default();
-        for t in file.tensors() {
-            let name = shown(&t.name);
-            let (weight, is_a) = match (
-                t.name.strip_suffix(".lora_a"),
-                t.name.strip_suffix(".lora_b"),
-            ) {
-                (Some(w), _) => (w, true),
-                (_, Some(w)) => (w, false),
-                _ => {
-                    return Err(file.error(format!(
-                        "tensor `{name}` is not a LoRA matrix (`<weight>.lora_a` or `.lora_b`); \
-                         only LoRA on a LLaMA layer's linear weights is read here"
-                    )))
-                }
-            };
-            let Some((layer, module)) = parse_gguf_weight(weight) else {
-                return Err(file.error(format!(
-                    "tensor `{name}` adapts `{}`, which is not a linear weight of a LLaMA layer \
-                     (attn_q/k/v/output, ffn_gate/up/down); adapters of the embeddings or the \
-                     output layer are not read here",
-                    shown(weight)
-                )));
-            };
-            if layer >= model.num_hidden_layers {
-                return Err(file.error(format!(
-                    "tensor `{name}` adapts layer {layer}, but the model has {} layers \
-                     (is this the adapter of another model?)",
-                    model.num_hidden_layers
-                )));
-            }
-            let (d_in, d_out) = module_dims(model, module);
-            let shape = t.shape();
-            let r = match (is_a, shape.as_slice()) {
-                (true, &[r, d]) if d == d_in => r,
-                (false, &[d, r]) if d == d_out => r,
-                _ => {
-                    let want = if is_a {
-                        format!("[r, {d_in}]")
-                    } else {
-                        format!("[{d_out}, r]")
-                    };
-                    return Err(file.error(format!(
-                        "tensor `{name}` has shape {shape:?}, but the model's `{module}` needs \
-                         {want} (is this the adapter of another model?)"
-                    )));
-                }
-            };
-            if r > 1 << 16 {
-                return Err(file.error(format!("tensor `{name}` has rank {r}, beyond any model")));
-            }
-            let values = to_f32(t.ggml_type, file.data(t)?)
-                .map_err(|why| file.error(format!("tensor `{name}`: {why}")))?;
-            let m = TARGET_MODULES
-                .iter()
-                .position(|&x| x == module)
-                .expect("a module");
-            let entry = found.entry((layer, m)).or_insert((None, None, r));
-            if entry.2 != r {
-                return Err(file.error(format!(
-                    "tensors `{}.lora_a` and `.lora_b` have ranks {} and {r}",
-                    shown(weight),
-                    entry.2
-                )));
-            }
-            let slot = if is_a { &mut entry.0 } else { &mut entry.1 };
-            if slot.replace(values).is_some() {
-                return Err(file.error(format!("tensor `{name}` is given twice")));
-            }
-        }
+        let mut found = stored_pairs(&file, model)?;
         if found.is_empty() {
             return Err(file.error("holds no LoRA matrices"));
         }
@@ -428,6 +356,85 @@ impl HostLora {
             .iter()
             .find(|p| p.layer == layer && p.module == module)
     }
+}
+
+/// The stored matrices of `file` by (layer, index in [`TARGET_MODULES`]): A `[r, d_in]`, B
+/// `[d_out, r]` (rows still in llama.cpp's order), r; each tensor's name, shape and rank
+/// checked against the model.
+type StoredPairs = BTreeMap<(usize, usize), (Option<Vec<f32>>, Option<Vec<f32>>, usize)>;
+
+fn stored_pairs(file: &GgufFile, model: &LlamaConfig) -> Result<StoredPairs> {
+    let mut found = StoredPairs::new();
+    for t in file.tensors() {
+        let name = shown(&t.name);
+        let (weight, is_a) = match (
+            t.name.strip_suffix(".lora_a"),
+            t.name.strip_suffix(".lora_b"),
+        ) {
+            (Some(w), _) => (w, true),
+            (_, Some(w)) => (w, false),
+            _ => {
+                return Err(file.error(format!(
+                    "tensor `{name}` is not a LoRA matrix (`<weight>.lora_a` or `.lora_b`); \
+                     only LoRA on a LLaMA layer's linear weights is read here"
+                )))
+            }
+        };
+        let Some((layer, module)) = parse_gguf_weight(weight) else {
+            return Err(file.error(format!(
+                "tensor `{name}` adapts `{}`, which is not a linear weight of a LLaMA layer \
+                 (attn_q/k/v/output, ffn_gate/up/down); adapters of the embeddings or the \
+                 output layer are not read here",
+                shown(weight)
+            )));
+        };
+        if layer >= model.num_hidden_layers {
+            return Err(file.error(format!(
+                "tensor `{name}` adapts layer {layer}, but the model has {} layers \
+                 (is this the adapter of another model?)",
+                model.num_hidden_layers
+            )));
+        }
+        let (d_in, d_out) = module_dims(model, module);
+        let shape = t.shape();
+        let r = match (is_a, shape.as_slice()) {
+            (true, &[r, d]) if d == d_in => r,
+            (false, &[d, r]) if d == d_out => r,
+            _ => {
+                let want = if is_a {
+                    format!("[r, {d_in}]")
+                } else {
+                    format!("[{d_out}, r]")
+                };
+                return Err(file.error(format!(
+                    "tensor `{name}` has shape {shape:?}, but the model's `{module}` needs \
+                     {want} (is this the adapter of another model?)"
+                )));
+            }
+        };
+        if r > 1 << 16 {
+            return Err(file.error(format!("tensor `{name}` has rank {r}, beyond any model")));
+        }
+        let values = to_f32(t.ggml_type, file.data(t)?)
+            .map_err(|why| file.error(format!("tensor `{name}`: {why}")))?;
+        let m = TARGET_MODULES
+            .iter()
+            .position(|&x| x == module)
+            .expect("a module");
+        let entry = found.entry((layer, m)).or_insert((None, None, r));
+        if entry.2 != r {
+            return Err(file.error(format!(
+                "tensors `{}.lora_a` and `.lora_b` have ranks {} and {r}",
+                shown(weight),
+                entry.2
+            )));
+        }
+        let slot = if is_a { &mut entry.0 } else { &mut entry.1 };
+        if slot.replace(values).is_some() {
+            return Err(file.error(format!("tensor `{name}` is given twice")));
+        }
+    }
+    Ok(found)
 }
 
 /// A rank-`r` pair padded with zeros to rank `rank` (A's rows, B's columns), B scaled by
