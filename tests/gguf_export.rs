@@ -270,7 +270,14 @@ fn hostile_gguf_adapters_are_refused_cleanly() {
     other_arch[0] = meta_string("general.architecture", "qwen2");
     let mut other_kind = adapter_metadata(4.0);
     other_kind[2] = meta_string("adapter.type", "control_vector");
-    let cases: Vec<(&str, Vec<(String, MetaValue)>, Vec<TensorToWrite>, &str)> = vec![
+    // (file name, metadata, tensors, what the error says)
+    type Case<'a> = (
+        &'a str,
+        Vec<(String, MetaValue)>,
+        Vec<TensorToWrite<'a>>,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "model",
             model_meta,
@@ -665,7 +672,7 @@ fn the_mean_head_is_exact_when_the_gates_do_not_vary() {
     let mut varying = Llama::load(&dev, TINY).unwrap();
     load_adapter(&mut varying, &hydra).unwrap();
     let exact = logits(&varying, &ids);
-    let gates = mean_gates(&mut varying, &[ids.clone()]).unwrap();
+    let gates = mean_gates(&mut varying, std::slice::from_ref(&ids)).unwrap();
     let lora = hydra_as_lora(&varying, &HeadChoice::Mean, Some(&gates)).unwrap();
     lora.attach_to(&mut varying).unwrap();
     assert!(rel_err(&logits(&varying, &ids), &exact) > 0.0);

@@ -225,7 +225,8 @@ fn write_modelfile(base: &Path, adapter: &Path) -> Result<PathBuf, Box<dyn std::
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let base = std::fs::canonicalize(base)?;
+    // A folder holding model.gguf is named by its file: Ollama reads GGUF files, not folders of them.
+    let base = std::fs::canonicalize(gguf_path(base).unwrap_or_else(|| base.to_path_buf()))?;
     let file_name = adapter
         .file_name()
         .ok_or("--out names no file")?

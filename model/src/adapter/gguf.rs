@@ -45,11 +45,11 @@ pub fn hydra_is_not_lora(source: &Path, experts: usize) -> ModelError {
         "`{}` is a HydraLoRA adapter: {experts} B heads mixed by a router whose mixture \
          depends on each token. llama.cpp (and Ollama, LM Studio) apply one fixed B·A to each \
          weight and have no per-token router, so no single LoRA (and no merged weight) equals \
-         this adapter. What can be exported is an \
+         this adapter. What `hydralora export` can write (and `merge` then fold) is an \
          approximation, as an ordinary LoRA: one head (`--head 0` .. `--head {}`), or the \
          router-weighted mean of the heads (`--head mean --data EVAL.jsonl`); each prints \
-         its measured cost in loss and exact match on `--data`. The adapter itself runs as it \
-         is here (`--adapter`).",
+         its measured cost in loss and exact match on `--data`. The adapter itself runs as \
+         it is here (`--adapter`).",
         source.display(),
         experts.saturating_sub(1)
     ))

@@ -376,7 +376,8 @@ mod tests {
         let path = temp_path("refused.gguf");
         std::fs::write(&path, b"before").unwrap();
         let good = || TensorToWrite::encode("t", &[2, 3], GgmlType::F32, &[1.0; 6]).unwrap();
-        let cases: Vec<(Vec<(String, MetaValue)>, Vec<TensorToWrite>, &str)> = vec![
+        type Case<'a> = (Vec<(String, MetaValue)>, Vec<TensorToWrite<'a>>, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 vec![meta_u32("k", 1), meta_u32("k", 2)],
                 vec![],
