@@ -15,8 +15,8 @@ README). Steps:
    fixture's transformers logits, then run with W + (alpha / r) B A: `logits_reference`.
 4. llama.cpp (llama-cpp-python, `logits_all=True`) on base + adapter.gguf:
    `logits_llamacpp_lora`; on our merged GGUF (`hydralora merge --format gguf`), f32 and q8_0:
-   `logits_llamacpp_merged_f32`, `logits_llamacpp_merged_q8_0` (the merged files themselves,
-   5.8 and 1.6 MB, are not committed; the test merges again). The `gguf` package reads the
+   `logits_llamacpp_merged_f32`, `_q8_0`, `_q4_k` (the merged files themselves, 0.9 to 5.8 MB,
+   are not committed; the test merges again). The `gguf` package reads the
    merged f32 file: metadata as the base's, tensors equal to the numpy merge.
 All into `expected.safetensors`, with the measured errors in `check.json`.
 
@@ -277,13 +277,20 @@ def main():
     results["llamacpp_lora_vs_reference"] = rel_err(lora_logits, reference)
     tensors["logits_llamacpp_lora"] = lora_logits[None]
     with tempfile.TemporaryDirectory() as tmp:
-        for weights in ["f32", "q8_0"]:
+        for weights in ["f32", "q8_0", "q4_k"]:
             path = pathlib.Path(tmp) / f"merged-{weights}.gguf"
             subprocess.run([args.hydralora, "merge", "--model", str(BASE / "model.gguf"), "--adapter",
                             str(OUT / "adapter.gguf"), "--format", "gguf", "--weights", weights,
                             "--out", str(path)], check=True)
             if weights == "f32":
                 check_merged_gguf(hp, path, merged)
+                # What llama.cpp's own Q4_K_M of the same merged model costs, to judge ours by.
+                import llama_cpp
+                params = llama_cpp.llama_model_quantize_default_params()
+                params.ftype = 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+                own = pathlib.Path(tmp) / "llamacpp-q4_k_m.gguf"
+                assert llama_cpp.llama_model_quantize(str(path).encode(), str(own).encode(), params) == 0
+                results["llamacpp_own_q4_k_m_vs_reference"] = rel_err(llamacpp_logits(own, ids), reference)
             logits = llamacpp_logits(path, ids)
             results[f"llamacpp_merged_{weights}_vs_reference"] = rel_err(logits, reference)
             tensors[f"logits_llamacpp_merged_{weights}"] = logits[None]
@@ -294,6 +301,9 @@ def main():
     assert results["llamacpp_lora_vs_reference"] <= 1e-3, results
     assert results["llamacpp_merged_f32_vs_reference"] <= 1e-3, results
     assert results["llamacpp_merged_q8_0_vs_reference"] <= 4e-2, results
+    # 4-bit weights of this random tiny model move its logits far; ours must cost no more
+    # than llama.cpp's own Q4_K_M (its iterative scale search) of the same model, give or take.
+    assert results["llamacpp_merged_q4_k_vs_reference"] <= 1.5 * results["llamacpp_own_q4_k_m_vs_reference"], results
 
 
 if __name__ == "__main__":

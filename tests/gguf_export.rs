@@ -408,18 +408,26 @@ fn hydra_adapters_are_refused_with_the_reason_and_the_alternatives() {
 // Merged GGUF models
 // ---------------------------------------------------------------------------------------------
 
-/// Merged onto the GGUF base and written as f32 and q8_0 GGUF, our engine reading the file
-/// agrees with llama.cpp's logits on the same file (the script ran llama.cpp on identical
-/// bytes) and with the float64 reference; the vocabulary is the base's.
+/// Merged onto the GGUF base and written as f32, q8_0 and q4_K GGUF, our engine reading the
+/// file agrees with llama.cpp's logits on the same file (the script ran llama.cpp on identical
+/// bytes) and, f32, with the float64 reference; the vocabulary is the base's.
 #[test]
 fn merged_gguf_matches_llama_cpp() {
     let dev = common::device();
     let ids = input_ids();
     let reference = expected("logits_reference");
     let dir = temp_dir("merged");
-    for (weights, tolerance) in [
-        (DType::F32, LLAMACPP_FLOAT_TOLERANCE),
-        (DType::Q8_0, LLAMACPP_QUANTIZED_TOLERANCE),
+    // (format, tolerance to llama.cpp on the same file, tolerance to the unquantized reference:
+    // 4-bit weights move this random tiny model's logits far, 0.24 for llama.cpp's own
+    // Q4_K_M of the same merged model, see check.json)
+    for (weights, to_llamacpp, to_reference) in [
+        (DType::F32, LLAMACPP_FLOAT_TOLERANCE, 1e-4),
+        (
+            DType::Q8_0,
+            LLAMACPP_QUANTIZED_TOLERANCE,
+            LLAMACPP_QUANTIZED_TOLERANCE,
+        ),
+        (DType::Q4K, LLAMACPP_QUANTIZED_TOLERANCE, 0.4),
     ] {
         let out = dir.join(format!("{}.gguf", weights.name()));
         merge_lora_gguf(
@@ -434,14 +442,13 @@ fn merged_gguf_matches_llama_cpp() {
         let llamacpp = expected(&format!("logits_llamacpp_merged_{}", weights.name()));
         let err = rel_err(&ours, &llamacpp);
         println!("merged {}: {err:.2e} from llama.cpp", weights.name());
-        assert!(err <= tolerance, "{}: {err} from llama.cpp", weights.name());
+        assert!(
+            err <= to_llamacpp,
+            "{}: {err} from llama.cpp",
+            weights.name()
+        );
         let err = rel_err(&ours, &reference);
         println!("merged {}: {err:.2e} from the reference", weights.name());
-        let to_reference = if weights == DType::F32 {
-            1e-4
-        } else {
-            tolerance
-        };
         assert!(
             err <= to_reference,
             "{}: {err} from the reference",
