@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
+use hydralora_model::adapter::gguf::HostLora;
 use hydralora_model::data::{parse_line, read_jsonl, ReadOptions};
 use hydralora_model::llama::gguf::vocab::tokenizer_from_vocab;
 use hydralora_model::llama::gguf::{to_f32, GgufFile, GgufModel};
@@ -320,8 +321,29 @@ fn run_reader(reader: Reader, dir: &Path, bytes: &[u8], errors: &mut Vec<String>
                     }),
             );
             note(GgufModel::open(&path).map(drop).map_err(then));
+            // As a llama.cpp LoRA adapter of the tiny fixture's shape (the seed
+            // `valid-lora-tiny-llama.gguf` is one).
+            note(
+                HostLora::from_gguf(&path, &tiny_llama_config())
+                    .map(drop)
+                    .map_err(then),
+            );
         }
     }
+}
+
+/// The hyper-parameters of `../shared/fixtures/tiny-llama` (2 layers, hidden 64, 4 heads / 2
+/// KV heads of 16, intermediate 160, vocabulary 96).
+fn tiny_llama_config() -> LlamaConfig {
+    LlamaConfig::from_json_value(
+        &serde_json::json!({
+            "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "vocab_size": 96, "max_position_embeddings": 128,
+        }),
+        None,
+    )
+    .unwrap()
 }
 
 /// The prefix of errors met after a file loaded (reading its tensors, using the tokenizer).

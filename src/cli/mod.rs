@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 mod demo;
+mod export;
 mod info;
 mod router_svg;
 mod run_model;
@@ -40,8 +41,12 @@ pub enum Command {
     Generate(run_model::GenerateArgs),
     /// Check this GPU and driver against reference logits, losses and gradients.
     Verify(run_model::VerifyArgs),
-    /// Fold a LoRA adapter into the base weights; writes a Hugging Face checkpoint.
+    /// Fold a LoRA adapter into the base weights; writes a Hugging Face folder, or one GGUF
+    /// file llama.cpp and Ollama run (`--format gguf`, quantized by `--weights`).
     Merge(run_model::MergeArgs),
+    /// Write an adapter for another tool: llama.cpp's GGUF LoRA (`--format gguf`) with an
+    /// Ollama Modelfile beside it.
+    Export(export::ExportArgs),
     /// Micro-benchmarks of the engine's kernels.
     Bench(bench::BenchArgs),
 }
@@ -55,6 +60,7 @@ pub fn run(cli: Cli) -> CliResult {
         Command::Generate(args) => run_model::generate_cmd(args),
         Command::Verify(args) => run_model::verify_cmd(args),
         Command::Merge(args) => run_model::merge_cmd(args),
+        Command::Export(args) => export::export_cmd(args),
         Command::Bench(args) => bench::run(args),
     }
 }

@@ -29,7 +29,8 @@ pub struct ModelArgs {
     /// LLaMA file (model.gguf: f32, f16, bf16, q8_0, q4_0, q4_K, q6_K tensors).
     #[arg(long)]
     pub model: PathBuf,
-    /// A PEFT LoRA or HydraLoRA adapter folder (adapter_config.json + adapter_model.safetensors).
+    /// A PEFT LoRA or HydraLoRA adapter folder (adapter_config.json + adapter_model.safetensors),
+    /// or a llama.cpp GGUF LoRA file (adapter.gguf).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
 }
@@ -357,17 +358,29 @@ pub fn verify_cmd(a: VerifyArgs) -> CliResult {
 
 #[derive(Debug, Args)]
 pub struct MergeArgs {
+    /// The base: a Hugging Face folder or a GGUF file.
     #[arg(long)]
     pub model: PathBuf,
-    /// A LoRA adapter folder (HydraLoRA adapters cannot be merged: their mixture is per token).
+    /// A LoRA adapter folder or llama.cpp GGUF LoRA file (HydraLoRA adapters cannot be merged:
+    /// their mixture is per token).
     #[arg(long)]
     pub adapter: PathBuf,
-    /// The folder to write the merged Hugging Face model folder into.
+    /// The folder (`--format hf`) or file (`--format gguf`) to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// hf: a Hugging Face folder; gguf: one GGUF file for llama.cpp and Ollama.
+    #[arg(long, value_enum, default_value = "hf")]
+    pub format: super::export::MergeFormat,
+    /// The GGUF file's weight format: f32, f16, bf16, q8_0, q4_0, q4_k (llama.cpp's Q4_K_M mix:
+    /// output and some attn_v/ffn_down in q6_k), q6_k. Norms stay f32.
+    #[arg(long, default_value = "f16")]
+    pub weights: String,
 }
 
 pub fn merge_cmd(a: MergeArgs) -> CliResult {
+    if a.format == super::export::MergeFormat::Gguf {
+        return super::export::merge_gguf(&a.model, &a.adapter, &a.out, &a.weights);
+    }
     merge_lora(&a.model, &a.adapter, &a.out)?;
     println!("merged model written to {}", a.out.display());
     Ok(())

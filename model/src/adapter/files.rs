@@ -155,10 +155,14 @@ pub fn save_adapter(model: &Llama, dir: &Path) -> Result<()> {
     })
 }
 
-/// Loads an adapter folder (PEFT LoRA or HydraLoRA) onto the model. Every tensor the config
-/// implies must be in the file with the right shape, and nothing else may be; errors name
-/// the module, the tensor and both shapes.
+/// Loads an adapter folder (PEFT LoRA or HydraLoRA), or a llama.cpp GGUF LoRA file
+/// (`*.gguf`, see [`HostLora::from_gguf`](super::HostLora::from_gguf)), onto the model. Every
+/// tensor the config implies must be in the file with the right shape, and nothing else may
+/// be; errors name the module, the tensor and both shapes.
 pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<AdapterConfig> {
+    if super::is_gguf_file(dir) {
+        return super::HostLora::from_gguf(dir, &model.config)?.attach_to(model);
+    }
     let cfg = AdapterConfig::from_file(&dir.join(ADAPTER_CONFIG_FILE))?;
     let file = WeightFile::open(dir.join(ADAPTER_WEIGHTS_FILE))?;
     attach(model, &cfg, 0)?;

@@ -2,16 +2,19 @@
 //! [`config`] (the settings and `adapter_config.json`), [`attach`] and the trainable
 //! parameters (here), [`files`] (adapter folders in PEFT's layout for LoRA and the official
 //! HydraLoRA layout: `lora_A`, `lora_B0..lora_B{E-1}` for E experts, `lora_route`,
-//! `lora_nums`), [`router`] (what the routers do) and [`merge`] (folding LoRA into the base).
+//! `lora_nums`), [`gguf`] (LoRA adapters as llama.cpp's GGUF LoRA files), [`approximate`] (a
+//! LoRA standing in for a HydraLoRA adapter), [`router`] (what the routers do) and [`merge`] (folding LoRA into the base).
 //!
 //! The model carries what [`forward`] and [`config`] define (each [`Linear`](crate::Linear)
 //! an optional [`Adapter`], the [`Llama`] its [`AdapterConfig`]), so those two import nothing
 //! of the model but its module names; the rest works on a [`Llama`] and walks its adapters
 //! with [`Llama::adapters`].
 
+pub mod approximate;
 pub mod config;
 pub mod files;
 pub mod forward;
+pub mod gguf;
 pub mod merge;
 pub mod router;
 
@@ -28,7 +31,8 @@ pub use files::{
     Part, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
 };
 pub use forward::{dropout_mask, Adapter, Dropout};
-pub use merge::merge_lora;
+pub use gguf::{hydra_is_not_lora, is_gguf_file, HostLora, LoraPair};
+pub use merge::{merge_lora, merge_lora_gguf, GgufMergeSummary};
 pub use router::{
     balance_loss, gates_by_category, gates_by_category_and_layer, record_gates, recorded_gates,
     router_stats, CategoryGates, RouterStats,

@@ -11,8 +11,10 @@
 //! whole blocks in every ggml type, so the permutation is undone on the stored bytes, before
 //! any dequantization.
 
+pub mod export;
 pub mod file;
 pub mod vocab;
+pub mod write;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -185,6 +187,30 @@ pub fn unpermute_rows(bytes: &[u8], rows: usize, head_dim: usize) -> Option<Vec<
         let (head, within) = (r / head_dim, r % head_dim);
         let (s, j) = (within / half, within % half);
         let src = head * head_dim + 2 * j + s;
+        dst.copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
+    }
+    Some(out)
+}
+
+/// llama.cpp's rows of a q or k weight from Hugging Face's: the inverse of
+/// [`unpermute_rows`] (Hugging Face row `s head_dim/2 + j` of a head goes to `2j + s`), as
+/// `convert_hf_to_gguf.py`'s `permute` does. None when the rows do not split so.
+pub fn permute_rows(bytes: &[u8], rows: usize, head_dim: usize) -> Option<Vec<u8>> {
+    if rows == 0
+        || head_dim == 0
+        || rows % head_dim != 0
+        || head_dim % 2 != 0
+        || bytes.len() % rows != 0
+    {
+        return None;
+    }
+    let row_bytes = bytes.len() / rows;
+    let half = head_dim / 2;
+    let mut out = vec![0u8; bytes.len()];
+    for (r, dst) in out.chunks_exact_mut(row_bytes).enumerate() {
+        let (head, within) = (r / head_dim, r % head_dim);
+        let (j, s) = (within / 2, within % 2);
+        let src = head * head_dim + s * half + j;
         dst.copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
     }
     Some(out)
@@ -577,8 +603,14 @@ mod tests {
             let back = unpermute_rows(&bytes, rows, rows / heads).unwrap();
             let expected: Vec<u8> = hf.iter().flat_map(|&r| [r as u8, 100 + r as u8]).collect();
             assert_eq!(back, expected, "rows {rows}, heads {heads}");
+            assert_eq!(
+                permute_rows(&expected, rows, rows / heads).unwrap(),
+                bytes,
+                "permute_rows is llama.cpp's permute: rows {rows}, heads {heads}"
+            );
         }
         assert!(unpermute_rows(&[0; 12], 3, 3).is_none(), "odd head width");
+        assert!(permute_rows(&[0; 12], 3, 3).is_none(), "odd head width");
         assert!(unpermute_rows(&[0; 10], 4, 2).is_none(), "ragged rows");
     }
 }
