@@ -59,7 +59,7 @@ impl CoopUse {
             Ok("off") => Ok(CoopUse::Off),
             Ok("on") => Ok(CoopUse::On),
             Ok(other) => Err(Error::Unsupported(format!(
-                "HYDRALORA_COOPMAT is `{other}`; it takes auto, off or on"
+                "HYDRALORA_COOPMAT={other} (it takes auto, off or on)"
             ))),
         }
     }
@@ -196,7 +196,7 @@ impl Device {
             features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         } else if coop_use == CoopUse::On {
             return Err(Error::Unsupported(format!(
-                "HYDRALORA_COOPMAT=on, but {} lists no cooperative-matrix shape the matmul \
+                "cooperative-matrix matmuls (HYDRALORA_COOPMAT=on): {} lists no shape the \
                  kernels use (16x16x16 f16 -> f32 or 8x8x8 f32 -> f32)",
                 adapter.get_info().name
             )));
