@@ -7,8 +7,10 @@
 #   4. hydralora bench matmul          f32 (today's SIMT kernels), f16 weights, the
 #                                      cooperative-matrix kernel (f32 and f16 weights) and the
 #                                      automatic choice, at 1024, 2048, 4096 cubed and the LoRA shapes
-#   5. hydralora bench step            bench-m LoRA r32 and HydraLoRA with cooperative matrices
-#                                      (auto) and without (HYDRALORA_COOPMAT=off); bench-s
+#   5. hydralora bench step            bench-m and bench-s, LoRA r32 and HydraLoRA: f32 weights,
+#                                      f16 frozen weights with cooperative matrices (auto) and
+#                                      without (HYDRALORA_COOPMAT=off), and (bench-m) every
+#                                      product on them (HYDRALORA_COOPMAT=on)
 #   6. bench-m LoRA with each attention kernel pinned (composed, flash-rows)
 # Every run's wall time, host peak RSS and (with nvidia-smi) peak GPU memory go to
 # runs.tsv; one table at the end. Raw output lands in benchmarks/<gpu>-<date>/ unless
@@ -98,20 +100,28 @@ for label in f32 f16-weights coop-f32-weights coop-f16-weights auto; do
 done
 
 : > "$out/step.jsonl"
+# step NAME CONFIG METHOD WEIGHTS ENV...: WEIGHTS f32, or f16 (--f16-weights: the frozen
+# weights in f16, where the f16 cooperative-matrix kernel is taken).
 step() {
-    local name=$1 cfg=$2 method=$3; shift 3
-    run "step-$name" env "$@" "$bin" bench step --config "$bench_dir/$cfg.json" --method "$method" --steps "$steps" --json
+    local name=$1 cfg=$2 method=$3 weights=$4; shift 4
+    local flags=()
+    [[ $weights == f16 ]] && flags=(--f16-weights)
+    run "step-$name" env "$@" "$bin" bench step --config "$bench_dir/$cfg.json" --method "$method" \
+        --steps "$steps" --json "${flags[@]}"
     sed "s/^{/{\"config\":\"$name\",/" "$out/step-$name.out" >> "$out/step.jsonl" || true
 }
 for cfg in "${configs[@]}"; do
     for method in lora hydra; do
-        step "$cfg-$method" "$cfg" "$method" HYDRALORA_COOPMAT=auto
-        step "$cfg-$method-coop-off" "$cfg" "$method" HYDRALORA_COOPMAT=off
+        step "$cfg-$method" "$cfg" "$method" f32 HYDRALORA_COOPMAT=auto
+        step "$cfg-$method-f16w" "$cfg" "$method" f16 HYDRALORA_COOPMAT=auto
+        step "$cfg-$method-f16w-coop-off" "$cfg" "$method" f16 HYDRALORA_COOPMAT=off
     done
 done
 if [[ $small != 1 ]]; then
+    # Every product on the f16 cooperative kernel, f32 weights (activations rounded to f16).
+    step "bench-m-lora-coop-on" bench-m lora f32 HYDRALORA_COOPMAT=on
     for attention in composed flash-rows; do
-        step "bench-m-lora-attn-$attention" bench-m lora HYDRALORA_ATTENTION=$attention
+        step "bench-m-lora-attn-$attention" bench-m lora f32 HYDRALORA_ATTENTION=$attention
     done
 fi
 

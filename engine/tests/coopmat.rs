@@ -29,7 +29,7 @@ use hydralora_engine::ops::matmul::{
     matmul_accumulate_with, matmul_variant, matmul_with, subgroups_of_8, MatmulKernel,
     MatmulVariant,
 };
-use hydralora_engine::{no_grad, DType, Error, Tensor};
+use hydralora_engine::{no_grad, CoopUse, DType, Error, Tensor};
 
 /// Whether this run must have cooperative matrices (`HYDRALORA_REQUIRE_COOPMAT=1`).
 fn required() -> bool {
@@ -222,20 +222,25 @@ fn cooperative_kernels_match_the_f64_reference_where_the_device_has_them() {
 #[test]
 fn the_automatic_choice_takes_cooperative_matrices_for_large_products_only() {
     let dev = device();
-    let Some(coop) = cooperative_kernel(&dev) else {
-        return; // the fallback test covers this device
-    };
+    if cooperative_kernel(&dev).is_none() || dev.info().coop_use != CoopUse::Auto {
+        return; // the fallback test covers this device; a pinned HYDRALORA_COOPMAT overrides
+    }
     let x = tensor(&values(256 * 512, -1.0, 1.0, 3), &[256, 512]);
     let w = tensor(&values(512 * 512, -1.0, 1.0, 4), &[512, 512]);
     let lora_a = tensor(&values(16 * 512, -1.0, 1.0, 5), &[16, 512]);
-    if dev.info().coop_use == hydralora_engine::CoopUse::Auto {
-        assert_eq!(matmul_variant(&x, &w, false, true).unwrap().kernel, coop);
-        // z = x A^T: [256, 16], one side of rank 16.
-        assert_eq!(
-            matmul_variant(&x, &lora_a, false, true).unwrap().kernel,
-            fallback_kernel(&dev)
-        );
+    for weights in [w.clone(), w.to_f16().unwrap()] {
+        // The f16 kernel rounds A to f16: only where B is already 16-bit; f32 weights get
+        // the f32 fragments where the device has them, today's kernels otherwise.
+        let expected = cooperative_kernels(&dev)
+            .into_iter()
+            .find(|&k| k == MatmulKernel::CoopF32x8 || weights.dtype() != DType::F32)
+            .unwrap_or(fallback_kernel(&dev));
+        let chosen = matmul_variant(&x, &weights, false, true).unwrap().kernel;
+        assert_eq!(chosen, expected, "{:?} weights", weights.dtype());
     }
+    // z = x A^T: [256, 16], one side of rank 16.
+    let chosen = matmul_variant(&x, &lora_a, false, true).unwrap().kernel;
+    assert!(!MatmulKernel::COOPERATIVE.contains(&chosen), "{chosen}");
 }
 
 #[test]

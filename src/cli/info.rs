@@ -10,6 +10,9 @@ pub fn run() -> CliResult {
     // The error says what to install when there is no adapter (a GPU driver, or lavapipe).
     let device = Device::new()?;
     println!("{}", device.info());
-    println!("cooperative matrix:   {}", cooperative_matrix_summary(&device));
+    println!(
+        "cooperative matrix:   {}",
+        cooperative_matrix_summary(&device)
+    );
     Ok(())
 }

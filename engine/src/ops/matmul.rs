@@ -7,7 +7,7 @@
 //! Any of them can split K: each split sums its k range into a slice of a scratch tensor and
 //! a second pass adds the slices in a fixed order, so results are deterministic.
 
-use crate::device::Device;
+use crate::device::{CoopUse, Device};
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::grid;
@@ -466,7 +466,6 @@ pub fn matmul_variant(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Matm
 
 /// Why `kernel` cannot run `p` on `device` (`None`: it can).
 pub(crate) fn unsupported(device: &Device, p: &Problem, kernel: MatmulKernel) -> Option<String> {
-    let _ = p; // every shape runs on the kernels below, once the device has them
     match kernel {
         MatmulKernel::General | MatmulKernel::Tiled => None,
         MatmulKernel::CoopF16x16 | MatmulKernel::CoopF32x8 => coop_unsupported(device, kernel),
@@ -546,9 +545,10 @@ pub fn cooperative_matrix_summary(device: &Device) -> String {
     let fallback = fallback_kernel(device);
     match cooperative_kernel(device) {
         Some(k) => {
-            let when = match device.info().coop_use {
-                crate::device::CoopUse::On => "every product (HYDRALORA_COOPMAT=on)",
-                _ => "large products",
+            let when = match (device.info().coop_use, k) {
+                (CoopUse::On, _) => "every product (HYDRALORA_COOPMAT=on)",
+                (_, MatmulKernel::CoopF32x8) => "large products",
+                _ => "large products with 16-bit or quantized weights",
             };
             format!("yes: {k} kernel for {when} (fallback: {fallback} kernel)")
         }
@@ -586,11 +586,14 @@ fn is_cpu(device: &Device) -> bool {
 ///   split at least 512 (CPU) or 256 (GPU) deep.
 pub(crate) fn choose(device: &Device, p: &Problem) -> MatmulVariant {
     let cpu = is_cpu(device);
-    let coop = cooperative_kernel(device).filter(|_| match device.info().coop_use {
-        crate::device::CoopUse::On => true,
-        crate::device::CoopUse::Off => false,
-        crate::device::CoopUse::Auto => worth_cooperative(p),
-    });
+    let coop = match device.info().coop_use {
+        CoopUse::On => cooperative_kernel(device),
+        CoopUse::Off => None,
+        CoopUse::Auto if worth_cooperative(p) => cooperative_kernels(device)
+            .into_iter()
+            .find(|&k| k == MatmulKernel::CoopF32x8 || p.weights != DType::F32),
+        CoopUse::Auto => None,
+    };
     let kernel = if let Some(coop) = coop {
         coop
     } else if !cpu {
@@ -617,6 +620,11 @@ pub(crate) fn choose(device: &Device, p: &Problem) -> MatmulVariant {
 /// step). The skinny LoRA products (rank 8..64 on one side) keep the tiled kernel, whose
 /// 64-wide tiles they fill no worse and which keeps them in f32. A first rule, to be tuned
 /// once `scripts/gpu-bench.sh` has measured both kernels on the LoRA shapes.
+///
+/// `choose` also takes the f16 kernel (which rounds A to f16) only where B is stored in 16
+/// bits or fewer (f16, bf16 or quantized frozen weights, whose owner already traded f32 for
+/// memory); f32 weights keep f32 arithmetic: the f32 fragment kernel where the device has it
+/// (Metal), today's kernels otherwise, so an f32 run computes what it did before.
 fn worth_cooperative(p: &Problem) -> bool {
     p.m >= 64 && p.n >= 64 && p.k >= 64
 }
