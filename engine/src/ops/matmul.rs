@@ -1,7 +1,8 @@
 //! Batched matrix multiply with transpose flags. Transposes and broadcasts are strides
 //! handed to one kernel, never copies.
 //!
-//! Three kernels compute the same product (see [`MatmulKernel`]); [`matmul_t`] picks one per
+//! Three kernels compute the same product on every device, and two more on the matrix units
+//! of devices with cooperative matrices (see [`MatmulKernel`]); [`matmul_t`] picks one per
 //! shape and device (the rule is `choose`, below), and [`matmul_with`] pins one (tests and
 //! benchmarks).
 //! Any of them can split K: each split sums its k range into a slice of a scratch tensor and
@@ -495,7 +496,11 @@ fn coop_unsupported(device: &Device, kernel: MatmulKernel) -> Option<String> {
     // Metal reports 4..64 for any GPU; Apple's simdgroups are 32 wide.
     let metal = adapter.backend == wgpu::Backend::Metal;
     if info.cooperative_matrix.is_empty() {
-        Some("the device was not opened with cooperative matrices (none on this adapter, or HYDRALORA_COOPMAT=off)".into())
+        Some(
+            "the device was not opened with cooperative matrices (none on this adapter, or \
+             HYDRALORA_COOPMAT=off)"
+                .into(),
+        )
     } else if !kernel.listed_in(&info.cooperative_matrix) {
         Some(format!(
             "the adapter does not list the {kernel} kernel's fragment shape"
@@ -584,6 +589,10 @@ fn is_cpu(device: &Device) -> bool {
 ///   LoRA weight gradients, [r, T] x [T, d] with small r, large T; 2.5x on the H200):
 ///   enough splits for 8 CPU workgroups (a few per thread) or 128 GPU workgroups, each
 ///   split at least 512 (CPU) or 256 (GPU) deep.
+///
+/// Before all of these, a device with cooperative matrices (a tensor-core GPU) runs a large
+/// product (`worth_cooperative`) on its cooperative-matrix kernel, the f16 one only where B is
+/// stored in 16 bits or fewer; `HYDRALORA_COOPMAT=off|on` turns that off or on for all.
 pub(crate) fn choose(device: &Device, p: &Problem) -> MatmulVariant {
     let cpu = is_cpu(device);
     let coop = match device.info().coop_use {
