@@ -374,6 +374,23 @@ mod tests {
     }
 
     #[test]
+    fn cooperative_kernels_are_named_as_the_engine_names_them() {
+        for (arg, choice) in [
+            ("coop", KernelChoice::Coop),
+            ("coop-f16x16", KernelChoice::CoopF16x16),
+            ("coop-f32x8", KernelChoice::CoopF32x8),
+        ] {
+            assert_eq!(parse(&["--kernel", arg]).kernel, choice);
+        }
+        for kernel in MatmulKernel::COOPERATIVE {
+            assert!(
+                KernelChoice::from_str(kernel.name(), false).is_ok(),
+                "{kernel}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_numbers_are_refused() {
         assert!(positive("0").is_err());
         assert!(parse_lora_shape("1,2").is_err());
