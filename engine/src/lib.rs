@@ -55,7 +55,7 @@ pub use backward::{
     checkpoint, is_recomputing, is_recording, is_training, no_grad, Gradients, NoGradGuard,
 };
 pub use custom::CustomOp;
-pub use device::{Device, DeviceInfo};
+pub use device::{CoopUse, Device, DeviceInfo};
 pub use error::{human_bytes, Error, Result};
 pub use ops::attention::{
     attention_kernel, attention_kernel_in_use, causal_attention, causal_attention_composed,

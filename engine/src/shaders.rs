@@ -28,18 +28,23 @@ pub struct Shader {
     pub source: &'static str,
 }
 
-/// Lists every built-in kernel variant: `IDENT = "name" { const "..." , ..., "file", ... }`
-/// where a file is a path under `shaders/` without `.wgsl`, the kernel file last.
+/// Lists every built-in kernel variant:
+/// `IDENT = "name" { enable "ext", ..., const "...", ..., "file", ... }` where an `enable`
+/// names a WGSL extension the variant turns on (directives must open the module), and a file
+/// is a path under `shaders/` without `.wgsl`, the kernel file last.
 macro_rules! shaders {
     ($(
         $(#[$doc:meta])*
-        $ident:ident = $name:literal { $(const $c:literal,)* $($file:literal),+ $(,)? }
+        $ident:ident = $name:literal {
+            $(enable $e:literal,)* $(const $c:literal,)* $($file:literal),+ $(,)?
+        }
     )*) => {
         $(
             $(#[$doc])*
             pub const $ident: Shader = Shader {
                 name: $name,
                 source: concat!(
+                    $("enable ", $e, ";\n",)*
                     $($c, "\n",)*
                     $(include_str!(concat!("../../shaders/", $file, ".wgsl")), "\n",)+
                 ),
@@ -47,9 +52,12 @@ macro_rules! shaders {
         )*
         /// Every built-in kernel variant, for validation and for warming the pipeline cache.
         pub const ALL: &[&Shader] = &[$(&$ident),*];
-        /// Each variant's name, its constant lines and its files (paths under `shaders/`
-        /// without `.wgsl`), in the order they are concatenated.
-        pub const COMPOSITION: &[(&str, &[&str], &[&str])] = &[$(($name, &[$($c),*], &[$($file),+])),*];
+        /// Each variant's name, its directive and constant lines (`enable x;`, then
+        /// `const ...`) and its files (paths under `shaders/` without `.wgsl`), in the
+        /// order they are concatenated.
+        pub const COMPOSITION: &[(&str, &[&str], &[&str])] = &[
+            $(($name, &[$(concat!("enable ", $e, ";"),)* $($c),*], &[$($file),+])),*
+        ];
     };
 }
 
@@ -154,6 +162,62 @@ shaders! {
     MATMUL_SUBGROUP_Q6K = "matmul_subgroup+q6_k" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_q6_k", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
     /// Matmul, subgroup kernel (8-lane subgroups); B stored as q6_k, summed into C.
     MATMUL_SUBGROUP_Q6K_ACCUMULATE = "matmul_subgroup+q6_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_q6_k", "lib/block_bytes", "lib/lanes8", "matmul_subgroup" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as f32.
+    MATMUL_COOP_F16X16 = "matmul_coop+f16x16" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as f32, summed into C.
+    MATMUL_COOP_F16X16_ACCUMULATE = "matmul_coop+f16x16+accumulate" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as f16.
+    MATMUL_COOP_F16X16_F16 = "matmul_coop+f16x16+f16" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as f16, summed into C.
+    MATMUL_COOP_F16X16_F16_ACCUMULATE = "matmul_coop+f16x16+f16+accumulate" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as bf16.
+    MATMUL_COOP_F16X16_BF16 = "matmul_coop+f16x16+bf16" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as bf16, summed into C.
+    MATMUL_COOP_F16X16_BF16_ACCUMULATE = "matmul_coop+f16x16+bf16+accumulate" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q8_0.
+    MATMUL_COOP_F16X16_Q8_0 = "matmul_coop+f16x16+q8_0" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q8_0, summed into C.
+    MATMUL_COOP_F16X16_Q8_0_ACCUMULATE = "matmul_coop+f16x16+q8_0+accumulate" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q4_0.
+    MATMUL_COOP_F16X16_Q4_0 = "matmul_coop+f16x16+q4_0" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q4_0, summed into C.
+    MATMUL_COOP_F16X16_Q4_0_ACCUMULATE = "matmul_coop+f16x16+q4_0+accumulate" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q4_k.
+    MATMUL_COOP_F16X16_Q4K = "matmul_coop+f16x16+q4_k" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q4_k, summed into C.
+    MATMUL_COOP_F16X16_Q4K_ACCUMULATE = "matmul_coop+f16x16+q4_k+accumulate" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q6_k.
+    MATMUL_COOP_F16X16_Q6K = "matmul_coop+f16x16+q6_k" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (16x16x16 f16 fragments, f32 sums); B stored as q6_k, summed into C.
+    MATMUL_COOP_F16X16_Q6K_ACCUMULATE = "matmul_coop+f16x16+q6_k+accumulate" { enable "f16", enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "lib/coop_f16x16", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as f32.
+    MATMUL_COOP_F32X8 = "matmul_coop+f32x8" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as f32, summed into C.
+    MATMUL_COOP_F32X8_ACCUMULATE = "matmul_coop+f32x8+accumulate" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f32", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as f16.
+    MATMUL_COOP_F32X8_F16 = "matmul_coop+f32x8+f16" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as f16, summed into C.
+    MATMUL_COOP_F32X8_F16_ACCUMULATE = "matmul_coop+f32x8+f16+accumulate" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_f16", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as bf16.
+    MATMUL_COOP_F32X8_BF16 = "matmul_coop+f32x8+bf16" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as bf16, summed into C.
+    MATMUL_COOP_F32X8_BF16_ACCUMULATE = "matmul_coop+f32x8+bf16+accumulate" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_bf16", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q8_0.
+    MATMUL_COOP_F32X8_Q8_0 = "matmul_coop+f32x8+q8_0" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q8_0, summed into C.
+    MATMUL_COOP_F32X8_Q8_0_ACCUMULATE = "matmul_coop+f32x8+q8_0+accumulate" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q8_0", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q4_0.
+    MATMUL_COOP_F32X8_Q4_0 = "matmul_coop+f32x8+q4_0" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q4_0, summed into C.
+    MATMUL_COOP_F32X8_Q4_0_ACCUMULATE = "matmul_coop+f32x8+q4_0+accumulate" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_0", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q4_k.
+    MATMUL_COOP_F32X8_Q4K = "matmul_coop+f32x8+q4_k" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q4_k, summed into C.
+    MATMUL_COOP_F32X8_Q4K_ACCUMULATE = "matmul_coop+f32x8+q4_k+accumulate" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q4_k", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q6_k.
+    MATMUL_COOP_F32X8_Q6K = "matmul_coop+f32x8+q6_k" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
+    /// Matmul, cooperative matrices (8x8x8 f32 fragments); B stored as q6_k, summed into C.
+    MATMUL_COOP_F32X8_Q6K_ACCUMULATE = "matmul_coop+f32x8+q6_k+accumulate" { enable "wgpu_cooperative_matrix", const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "lib/coop_f32x8", "matmul_coop" }
     /// Split-K's reduction, writing C.
     MATMUL_SPLITK = "matmul_splitk" { const "const ACCUMULATE: bool = false;", "lib/ids", "matmul_splitk" }
     /// Split-K's reduction, adding into C.
@@ -228,8 +292,9 @@ shaders! {
 pub const WEIGHT_FORMATS: [DType; 7] = DType::WEIGHT_FORMATS;
 
 /// Every matmul variant: `[kernel][weight format][accumulate]`, kernels in
-/// [`MatmulKernel`]'s order (general, tiled, subgroup), formats as [`WEIGHT_FORMATS`].
-pub const MATMUL_VARIANTS: [[[&Shader; 2]; 7]; 3] = [
+/// [`MatmulKernel`]'s order (general, tiled, subgroup, then the cooperative-matrix kernels
+/// f16x16 and f32x8), formats as [`WEIGHT_FORMATS`].
+pub const MATMUL_VARIANTS: [[[&Shader; 2]; 7]; 5] = [
     [
         [&MATMUL, &MATMUL_ACCUMULATE],
         [&MATMUL_F16, &MATMUL_F16_ACCUMULATE],
@@ -256,6 +321,33 @@ pub const MATMUL_VARIANTS: [[[&Shader; 2]; 7]; 3] = [
         [&MATMUL_SUBGROUP_Q4_0, &MATMUL_SUBGROUP_Q4_0_ACCUMULATE],
         [&MATMUL_SUBGROUP_Q4K, &MATMUL_SUBGROUP_Q4K_ACCUMULATE],
         [&MATMUL_SUBGROUP_Q6K, &MATMUL_SUBGROUP_Q6K_ACCUMULATE],
+    ],
+    [
+        [&MATMUL_COOP_F16X16, &MATMUL_COOP_F16X16_ACCUMULATE],
+        [&MATMUL_COOP_F16X16_F16, &MATMUL_COOP_F16X16_F16_ACCUMULATE],
+        [
+            &MATMUL_COOP_F16X16_BF16,
+            &MATMUL_COOP_F16X16_BF16_ACCUMULATE,
+        ],
+        [
+            &MATMUL_COOP_F16X16_Q8_0,
+            &MATMUL_COOP_F16X16_Q8_0_ACCUMULATE,
+        ],
+        [
+            &MATMUL_COOP_F16X16_Q4_0,
+            &MATMUL_COOP_F16X16_Q4_0_ACCUMULATE,
+        ],
+        [&MATMUL_COOP_F16X16_Q4K, &MATMUL_COOP_F16X16_Q4K_ACCUMULATE],
+        [&MATMUL_COOP_F16X16_Q6K, &MATMUL_COOP_F16X16_Q6K_ACCUMULATE],
+    ],
+    [
+        [&MATMUL_COOP_F32X8, &MATMUL_COOP_F32X8_ACCUMULATE],
+        [&MATMUL_COOP_F32X8_F16, &MATMUL_COOP_F32X8_F16_ACCUMULATE],
+        [&MATMUL_COOP_F32X8_BF16, &MATMUL_COOP_F32X8_BF16_ACCUMULATE],
+        [&MATMUL_COOP_F32X8_Q8_0, &MATMUL_COOP_F32X8_Q8_0_ACCUMULATE],
+        [&MATMUL_COOP_F32X8_Q4_0, &MATMUL_COOP_F32X8_Q4_0_ACCUMULATE],
+        [&MATMUL_COOP_F32X8_Q4K, &MATMUL_COOP_F32X8_Q4K_ACCUMULATE],
+        [&MATMUL_COOP_F32X8_Q6K, &MATMUL_COOP_F32X8_Q6K_ACCUMULATE],
     ],
 ];
 
@@ -290,6 +382,8 @@ pub fn matmul(kernel: MatmulKernel, weights: DType, accumulate: bool) -> &'stati
         MatmulKernel::General => 0,
         MatmulKernel::Tiled => 1,
         MatmulKernel::Subgroup => 2,
+        MatmulKernel::CoopF16x16 => 3,
+        MatmulKernel::CoopF32x8 => 4,
     };
     MATMUL_VARIANTS[kernel][format][accumulate as usize]
 }

@@ -1,11 +1,14 @@
 //! Every WGSL kernel parses and validates with naga (the compiler wgpu uses), without a
-//! GPU; each variant in `shaders::ALL` is its constants then its files, and every `.wgsl`
-//! file under `shaders/` is used by some variant.
+//! GPU; each variant in `shaders::ALL` is its directives and constants then its files, and
+//! every `.wgsl` file under `shaders/` is used by some variant. The cooperative-matrix
+//! kernels, which no CPU driver can run, are also checked to need the capability and to
+//! translate to SPIR-V, as wgpu's Vulkan back end will on a GPU that has it.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use hydralora_engine::shaders::{ALL, COMPOSITION};
+use hydralora_engine::ops::matmul::MatmulKernel;
+use hydralora_engine::shaders::{self, ALL, COMPOSITION, WEIGHT_FORMATS};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 fn shaders_dir() -> std::path::PathBuf {
@@ -73,8 +76,13 @@ fn every_variant_is_its_constants_then_its_files_and_every_file_is_used() {
     for (shader, (name, consts, files)) in ALL.iter().zip(COMPOSITION) {
         assert_eq!(shader.name, *name);
         assert!(names.insert(shader.name), "{} is listed twice", shader.name);
+        // Directives (`enable x;`) must open a WGSL module: all of them, then the constants.
+        let directives = consts
+            .iter()
+            .take_while(|c| c.starts_with("enable "))
+            .count();
         assert!(
-            consts.iter().all(|c| c.starts_with("const ")),
+            consts[directives..].iter().all(|c| c.starts_with("const ")),
             "{}: {consts:?}",
             shader.name
         );
@@ -161,5 +169,78 @@ fn collect_wgsl(dir: &Path, prefix: &str, out: &mut BTreeSet<String>) {
         } else if let Some(stem) = name.strip_suffix(".wgsl") {
             out.insert(format!("{prefix}{stem}"));
         }
+    }
+}
+
+/// The cooperative-matrix variants: every weight format, C= and C+=, both fragment shapes.
+fn cooperative_variants() -> Vec<&'static shaders::Shader> {
+    let mut out = Vec::new();
+    for kernel in MatmulKernel::COOPERATIVE {
+        for format in WEIGHT_FORMATS {
+            for accumulate in [false, true] {
+                out.push(shaders::matmul(kernel, format, accumulate));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn cooperative_matrix_kernels_validate_with_the_capability_only() {
+    let variants = cooperative_variants();
+    assert_eq!(variants.len(), 2 * WEIGHT_FORMATS.len() * 2);
+    let mut names = BTreeSet::new();
+    for shader in variants {
+        assert!(
+            names.insert(shader.name),
+            "{} is in the table twice",
+            shader.name
+        );
+        assert!(shader.name.starts_with("matmul_coop+"), "{}", shader.name);
+        let module = naga::front::wgsl::parse_str(shader.source)
+            .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(shader.source)));
+        if let Err(e) =
+            Validator::new(ValidationFlags::all(), Capabilities::all()).validate(&module)
+        {
+            panic!("{}: {}", shader.name, e.emit_to_string(shader.source));
+        }
+        // A device without the capability would reject the module: the host must never
+        // build these pipelines there (tests/coopmat.rs checks it never tries).
+        let without = Capabilities::all() - Capabilities::COOPERATIVE_MATRIX;
+        assert!(
+            Validator::new(ValidationFlags::all(), without)
+                .validate(&module)
+                .is_err(),
+            "{} validates without the cooperative-matrix capability",
+            shader.name
+        );
+    }
+}
+
+/// naga's SPIR-V back end (what wgpu runs on Vulkan) translates every cooperative-matrix
+/// variant, with the capability a Vulkan device that lists the shape is opened with.
+#[test]
+fn cooperative_matrix_kernels_translate_to_spirv() {
+    for shader in cooperative_variants() {
+        let module = naga::front::wgsl::parse_str(shader.source).unwrap();
+        let info = Validator::new(ValidationFlags::all(), Capabilities::all())
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {e:?}", shader.name));
+        let options = naga::back::spv::Options {
+            lang_version: (1, 6),
+            ..Default::default()
+        };
+        let words = naga::back::spv::write_vec(&module, &info, &options, None)
+            .unwrap_or_else(|e| panic!("{}: SPIR-V: {e}", shader.name));
+        // OpCapability CooperativeMatrixKHR (6022): the module asks for the matrix units.
+        let op_capability = (2 << 16) | 17;
+        let has_capability = words
+            .windows(2)
+            .any(|w| w[0] == op_capability && w[1] == 6022);
+        assert!(
+            has_capability,
+            "{}: no CooperativeMatrixKHR capability",
+            shader.name
+        );
     }
 }

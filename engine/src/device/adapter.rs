@@ -28,6 +28,41 @@ pub struct DeviceInfo {
     /// Bytes of the adapter's largest device-local memory heap, where the driver reports it
     /// (Vulkan); None elsewhere (wgpu has no portable query for it).
     pub memory: Option<u64>,
+    /// The cooperative-matrix configurations the adapter lists, where the device was opened
+    /// with `EXPERIMENTAL_COOPERATIVE_MATRIX` (empty otherwise: no matrix units, none of our
+    /// shapes listed, or `HYDRALORA_COOPMAT=off`).
+    pub cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
+    /// Whether the matmuls may use cooperative matrices (`HYDRALORA_COOPMAT`).
+    pub coop_use: CoopUse,
+}
+
+/// Whether the matmuls use the cooperative-matrix kernels, from `HYDRALORA_COOPMAT`:
+/// `auto` (or unset) where the device has them and the product is large enough, `off`
+/// never (the device is not even opened with the feature), `on` for every product they can
+/// run ([`Device::new`] then fails where the device has none). For tests and benchmarks
+/// that want one path for sure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoopUse {
+    /// Large products, where the device has them (the default).
+    Auto,
+    /// Never.
+    Off,
+    /// Every product they can run.
+    On,
+}
+
+impl CoopUse {
+    /// The setting `HYDRALORA_COOPMAT` asks for.
+    pub fn from_env() -> Result<CoopUse> {
+        match std::env::var("HYDRALORA_COOPMAT").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(CoopUse::Auto),
+            Ok("off") => Ok(CoopUse::Off),
+            Ok("on") => Ok(CoopUse::On),
+            Ok(other) => Err(Error::Unsupported(format!(
+                "HYDRALORA_COOPMAT={other} (it takes auto, off or on)"
+            ))),
+        }
+    }
 }
 
 impl DeviceInfo {
@@ -88,6 +123,7 @@ impl DeviceInfo {
         device: &wgpu::Device,
         adapter: Option<wgpu::AdapterInfo>,
         memory: Option<u64>,
+        (cooperative_matrix, coop_use): (Vec<wgpu::CooperativeMatrixProperties>, CoopUse),
     ) -> DeviceInfo {
         let features = device.features();
         let limits = device.limits();
@@ -109,6 +145,13 @@ impl DeviceInfo {
             timestamp_query: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             limits,
             memory,
+            cooperative_matrix: match features
+                .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            {
+                true => cooperative_matrix,
+                false => Vec::new(),
+            },
+            coop_use,
         }
     }
 }
@@ -143,10 +186,21 @@ impl Device {
         let instance = wgpu::Instance::new(desc);
         let adapter = choose_adapter(&instance).await?;
         let memory = device_memory(&adapter);
-        let features = adapter.features()
+        let coop_use = CoopUse::from_env()?;
+        let mut features = adapter.features()
             & (wgpu::Features::SHADER_F16
                 | wgpu::Features::SUBGROUP
                 | wgpu::Features::TIMESTAMP_QUERY);
+        let coop = cooperative_shapes(&adapter, coop_use);
+        if !coop.is_empty() {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        } else if coop_use == CoopUse::On {
+            return Err(Error::Unsupported(format!(
+                "cooperative-matrix matmuls (HYDRALORA_COOPMAT=on): {} lists no shape the \
+                 kernels use (16x16x16 f16 -> f32 or 8x8x8 f32 -> f32)",
+                adapter.get_info().name
+            )));
+        }
         let info = adapter.get_info();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -154,6 +208,14 @@ impl Device {
                 required_features: features,
                 // The adapter's real limits: large models need far more than the defaults.
                 required_limits: adapter.limits(),
+                // SAFETY: the one experimental feature ever requested is cooperative
+                // matrices, and only where the adapter lists a shape our kernels use; those
+                // kernels are validated by naga (tests/shaders_validate.rs) and checked
+                // against a float64 reference on devices that run them (tests/coopmat.rs).
+                experimental_features: match coop.is_empty() {
+                    true => wgpu::ExperimentalFeatures::disabled(),
+                    false => unsafe { wgpu::ExperimentalFeatures::enabled() },
+                },
                 ..Default::default()
             })
             .await
@@ -161,7 +223,7 @@ impl Device {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        let dev = Self::build(device, queue, Some(info), memory);
+        let dev = Self::build(device, queue, Some(info), memory, (coop, coop_use));
         // The pool never holds more than the device has (a shared device starts unlimited:
         // its app knows what its own rendering needs).
         dev.set_memory_budget(dev.default_memory_budget());
@@ -173,6 +235,31 @@ impl Device {
     /// barrier-free kernels win there, while real GPUs prefer shared-memory ones.
     pub fn is_cpu(&self) -> bool {
         self.inner.device.adapter_info().device_type == wgpu::DeviceType::Cpu
+    }
+}
+
+/// The cooperative-matrix configurations to open the device with: the adapter's list,
+/// where it has the feature and lists a shape one of our kernels uses (with `SHADER_F16`
+/// for the f16 one); empty otherwise, or with `HYDRALORA_COOPMAT=off`.
+fn cooperative_shapes(
+    adapter: &wgpu::Adapter,
+    coop_use: CoopUse,
+) -> Vec<wgpu::CooperativeMatrixProperties> {
+    use crate::ops::matmul::MatmulKernel;
+    let features = adapter.features();
+    if coop_use == CoopUse::Off
+        || !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        return Vec::new();
+    }
+    let listed = adapter.cooperative_matrix_properties();
+    let f16 = features.contains(wgpu::Features::SHADER_F16);
+    let usable = MatmulKernel::COOPERATIVE
+        .iter()
+        .any(|k| k.listed_in(&listed) && (f16 || *k != MatmulKernel::CoopF16x16));
+    match usable {
+        true => listed,
+        false => Vec::new(),
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::pool::{BufferPool, PoolStats};
 
-pub use adapter::DeviceInfo;
+pub use adapter::{CoopUse, DeviceInfo};
 use batch::Batch;
 pub(crate) use batch::Binding;
 use params::ParamsArena;
@@ -67,7 +67,7 @@ impl Device {
         queue: wgpu::Queue,
         adapter: Option<wgpu::AdapterInfo>,
     ) -> Device {
-        Self::build(device, queue, adapter, None)
+        Self::build(device, queue, adapter, None, (Vec::new(), CoopUse::Auto))
     }
 
     /// [`Device::from_wgpu`] for an app that has its `wgpu::Adapter` at hand too:
@@ -79,11 +79,13 @@ impl Device {
         device: wgpu::Device,
         queue: wgpu::Queue,
     ) -> Device {
+        let coop = adapter.cooperative_matrix_properties();
         Self::build(
             device,
             queue,
             Some(adapter.get_info()),
             adapter::device_memory(adapter),
+            (coop, CoopUse::Auto),
         )
     }
 
@@ -92,8 +94,9 @@ impl Device {
         queue: wgpu::Queue,
         adapter: Option<wgpu::AdapterInfo>,
         memory: Option<u64>,
+        coop: (Vec<wgpu::CooperativeMatrixProperties>, CoopUse),
     ) -> Device {
-        let info = DeviceInfo::of(&device, adapter, memory);
+        let info = DeviceInfo::of(&device, adapter, memory, coop);
         let params = ParamsArena::new(&device, &info.limits);
         let info_subgroup = info.subgroup;
         let pool = Arc::new(BufferPool::new(device.clone()));

@@ -1,13 +1,14 @@
 //! Batched matrix multiply with transpose flags. Transposes and broadcasts are strides
 //! handed to one kernel, never copies.
 //!
-//! Three kernels compute the same product (see [`MatmulKernel`]); [`matmul_t`] picks one per
+//! Three kernels compute the same product on every device, and two more on the matrix units
+//! of devices with cooperative matrices (see [`MatmulKernel`]); [`matmul_t`] picks one per
 //! shape and device (the rule is `choose`, below), and [`matmul_with`] pins one (tests and
 //! benchmarks).
 //! Any of them can split K: each split sums its k range into a slice of a scratch tensor and
 //! a second pass adds the slices in a fixed order, so results are deterministic.
 
-use crate::device::Device;
+use crate::device::{CoopUse, Device};
 use crate::error::{Error, Result};
 use crate::op::Op;
 use crate::ops::grid;
@@ -32,23 +33,86 @@ pub enum MatmulKernel {
     /// the contiguous dim of each operand % 4 == 0, and K % 4 == 0 unless both operands
     /// are stored with K outermost (A^T B: weight gradients over any token count).
     Subgroup,
+    /// `matmul_coop.wgsl` with 16x16x16 fragments: A and B rounded to f16 as they are staged
+    /// in workgroup memory, products summed in f32 by the matrix units (tensor cores).
+    /// Any shape and strides; needs a device opened with cooperative matrices that lists
+    /// 16x16x16 f16 x f16 -> f32, `SHADER_F16`, and subgroups of at most 32 lanes.
+    CoopF16x16,
+    /// `matmul_coop.wgsl` with 8x8x8 f32 fragments (Metal's simdgroup matrices): f32 all
+    /// through. Needs a device that lists 8x8x8 f32 -> f32, and subgroups of at most 32.
+    CoopF32x8,
 }
 
 impl MatmulKernel {
-    /// Every kernel, for tests and benchmarks that try each.
+    /// The kernels that need no cooperative matrices (general and tiled run on every
+    /// device), for tests and benchmarks that try each.
     pub const ALL: [MatmulKernel; 3] = [
         MatmulKernel::General,
         MatmulKernel::Tiled,
         MatmulKernel::Subgroup,
     ];
 
-    /// The kernel's short name (`general`, `tiled`, `subgroup`), as benchmarks print it.
+    /// The cooperative-matrix kernels, in the order [`matmul_t`] prefers them.
+    pub const COOPERATIVE: [MatmulKernel; 2] = [MatmulKernel::CoopF16x16, MatmulKernel::CoopF32x8];
+
+    /// The kernel's short name (`general`, `tiled`, `subgroup`, `coop-f16x16`,
+    /// `coop-f32x8`), as benchmarks print it and `--kernel` takes it.
     pub fn name(self) -> &'static str {
         match self {
             MatmulKernel::General => "general",
             MatmulKernel::Tiled => "tiled",
             MatmulKernel::Subgroup => "subgroup",
+            MatmulKernel::CoopF16x16 => "coop-f16x16",
+            MatmulKernel::CoopF32x8 => "coop-f32x8",
         }
+    }
+
+    /// The kernel named `name` (as [`MatmulKernel::name`] writes it).
+    pub fn from_name(name: &str) -> Option<MatmulKernel> {
+        MatmulKernel::ALL
+            .into_iter()
+            .chain(MatmulKernel::COOPERATIVE)
+            .find(|k| k.name() == name)
+    }
+
+    /// The fragment configuration a cooperative-matrix kernel needs the adapter to list
+    /// (None for the others).
+    pub fn fragment(self) -> Option<wgpu::CooperativeMatrixProperties> {
+        use wgpu::CooperativeScalarType::{F16, F32};
+        let (size, ab_type) = match self {
+            MatmulKernel::CoopF16x16 => (16, F16),
+            MatmulKernel::CoopF32x8 => (8, F32),
+            _ => return None,
+        };
+        Some(wgpu::CooperativeMatrixProperties {
+            m_size: size,
+            n_size: size,
+            k_size: size,
+            ab_type,
+            cr_type: F32,
+            saturating_accumulation: false,
+        })
+    }
+
+    /// Whether `listed` (an adapter's [`wgpu::Adapter::cooperative_matrix_properties`])
+    /// has this cooperative-matrix kernel's fragment configuration.
+    pub fn listed_in(self, listed: &[wgpu::CooperativeMatrixProperties]) -> bool {
+        self.fragment().is_some_and(|want| {
+            listed.iter().any(|l| {
+                (l.m_size, l.n_size, l.k_size, l.ab_type, l.cr_type)
+                    == (
+                        want.m_size,
+                        want.n_size,
+                        want.k_size,
+                        want.ab_type,
+                        want.cr_type,
+                    )
+            })
+        })
+    }
+
+    fn is_cooperative(self) -> bool {
+        self.fragment().is_some()
     }
 }
 
@@ -405,6 +469,7 @@ pub fn matmul_variant(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Matm
 pub(crate) fn unsupported(device: &Device, p: &Problem, kernel: MatmulKernel) -> Option<String> {
     match kernel {
         MatmulKernel::General | MatmulKernel::Tiled => None,
+        MatmulKernel::CoopF16x16 | MatmulKernel::CoopF32x8 => coop_unsupported(device, kernel),
         MatmulKernel::Subgroup => {
             if !subgroups_of_8(device) {
                 Some("the device has no subgroups of exactly 8 lanes".into())
@@ -418,6 +483,81 @@ pub(crate) fn unsupported(device: &Device, p: &Problem, kernel: MatmulKernel) ->
                 None
             }
         }
+    }
+}
+
+/// Why the device cannot run the cooperative-matrix `kernel` (`None`: it can). The kernel's
+/// workgroup is 32 invocations meant as one subgroup: with subgroups of 32 (NVIDIA, Apple)
+/// or fewer lanes (each then computes the tile redundantly) it is correct, with wider ones
+/// (AMD's wave64) a subgroup would be partly empty, which cooperative matrices forbid.
+fn coop_unsupported(device: &Device, kernel: MatmulKernel) -> Option<String> {
+    let info = device.info();
+    let adapter = device.wgpu().0.adapter_info();
+    // Metal reports 4..64 for any GPU; Apple's simdgroups are 32 wide.
+    let metal = adapter.backend == wgpu::Backend::Metal;
+    if info.cooperative_matrix.is_empty() {
+        Some(
+            "the device was not opened with cooperative matrices (none on this adapter, or \
+             HYDRALORA_COOPMAT=off)"
+                .into(),
+        )
+    } else if !kernel.listed_in(&info.cooperative_matrix) {
+        Some(format!(
+            "the adapter does not list the {kernel} kernel's fragment shape"
+        ))
+    } else if kernel == MatmulKernel::CoopF16x16 && !info.shader_f16 {
+        Some("the device has no SHADER_F16".into())
+    } else if adapter.subgroup_max_size > 32 && !metal {
+        Some(format!(
+            "subgroups may be {} lanes wide; the kernel's workgroup is one subgroup of 32",
+            adapter.subgroup_max_size
+        ))
+    } else {
+        None
+    }
+}
+
+/// The cooperative-matrix kernels this device runs, in [`MatmulKernel::COOPERATIVE`]'s
+/// order (none with `HYDRALORA_COOPMAT=off`).
+pub fn cooperative_kernels(device: &Device) -> Vec<MatmulKernel> {
+    MatmulKernel::COOPERATIVE
+        .into_iter()
+        .filter(|&k| coop_unsupported(device, k).is_none())
+        .collect()
+}
+
+/// The cooperative-matrix kernel [`matmul_t`] uses on this device for large products, if
+/// any (the first of [`cooperative_kernels`]).
+pub fn cooperative_kernel(device: &Device) -> Option<MatmulKernel> {
+    cooperative_kernels(device).first().copied()
+}
+
+/// The kernel products run on where the cooperative-matrix kernel is not used: the
+/// subgroup kernel on a CPU driver with subgroups of 8, the general kernel on other CPU
+/// drivers, the tiled kernel on GPUs. (Per product the subgroup kernel may still give way
+/// to the general one where a shape does not suit it.)
+pub fn fallback_kernel(device: &Device) -> MatmulKernel {
+    match (is_cpu(device), subgroups_of_8(device)) {
+        (false, _) => MatmulKernel::Tiled,
+        (true, true) => MatmulKernel::Subgroup,
+        (true, false) => MatmulKernel::General,
+    }
+}
+
+/// One line for `hydralora info`: whether the matmuls use cooperative matrices, which
+/// kernel, and the fallback (`no (fallback: subgroup kernel)` on lavapipe).
+pub fn cooperative_matrix_summary(device: &Device) -> String {
+    let fallback = fallback_kernel(device);
+    match cooperative_kernel(device) {
+        Some(k) => {
+            let when = match (device.info().coop_use, k) {
+                (CoopUse::On, _) => "every product (HYDRALORA_COOPMAT=on)",
+                (_, MatmulKernel::CoopF32x8) => "large products",
+                _ => "large products with 16-bit or quantized weights",
+            };
+            format!("yes: {k} kernel for {when} (fallback: {fallback} kernel)")
+        }
+        None => format!("no (fallback: {fallback} kernel)"),
     }
 }
 
@@ -449,9 +589,23 @@ fn is_cpu(device: &Device) -> bool {
 ///   LoRA weight gradients, [r, T] x [T, d] with small r, large T; 2.5x on the H200):
 ///   enough splits for 8 CPU workgroups (a few per thread) or 128 GPU workgroups, each
 ///   split at least 512 (CPU) or 256 (GPU) deep.
+///
+/// Before all of these, a device with cooperative matrices (a tensor-core GPU) runs a large
+/// product (`worth_cooperative`) on its cooperative-matrix kernel, the f16 one only where B is
+/// stored in 16 bits or fewer; `HYDRALORA_COOPMAT=off|on` turns that off or on for all.
 pub(crate) fn choose(device: &Device, p: &Problem) -> MatmulVariant {
     let cpu = is_cpu(device);
-    let kernel = if !cpu {
+    let coop = match device.info().coop_use {
+        CoopUse::On => cooperative_kernel(device),
+        CoopUse::Off => None,
+        CoopUse::Auto if worth_cooperative(p) => cooperative_kernels(device)
+            .into_iter()
+            .find(|&k| k == MatmulKernel::CoopF32x8 || p.weights != DType::F32),
+        CoopUse::Auto => None,
+    };
+    let kernel = if let Some(coop) = coop {
+        coop
+    } else if !cpu {
         MatmulKernel::Tiled
     } else if unsupported(device, p, MatmulKernel::Subgroup).is_none() {
         MatmulKernel::Subgroup
@@ -470,6 +624,20 @@ pub(crate) fn choose(device: &Device, p: &Problem) -> MatmulVariant {
     MatmulVariant { kernel, splits }
 }
 
+/// Whether a product is large enough for the cooperative-matrix kernel: every side at least
+/// 64 (a layer's forward `x W^T` and input gradient `dY W`, the attention-free bulk of a
+/// step). The skinny LoRA products (rank 8..64 on one side) keep the tiled kernel, whose
+/// 64-wide tiles they fill no worse and which keeps them in f32. A first rule, to be tuned
+/// once `scripts/gpu-bench.sh` has measured both kernels on the LoRA shapes.
+///
+/// `choose` also takes the f16 kernel (which rounds A to f16) only where B is stored in 16
+/// bits or fewer (f16, bf16 or quantized frozen weights, whose owner already traded f32 for
+/// memory); f32 weights keep f32 arithmetic: the f32 fragment kernel where the device has it
+/// (Metal), today's kernels otherwise, so an f32 run computes what it did before.
+fn worth_cooperative(p: &Problem) -> bool {
+    p.m >= 64 && p.n >= 64 && p.k >= 64
+}
+
 /// Most K splits a product is cut into.
 const MAX_SPLITS: usize = 64;
 
@@ -479,7 +647,17 @@ fn tiles(p: &Problem, kernel: MatmulKernel) -> usize {
         MatmulKernel::General => p.m.div_ceil(32) * p.n.div_ceil(32),
         MatmulKernel::Tiled => p.m.div_ceil(64) * p.n.div_ceil(64),
         MatmulKernel::Subgroup => subgroup_plan(p).map_or(1, |s| s.tiles),
+        MatmulKernel::CoopF16x16 | MatmulKernel::CoopF32x8 => {
+            let tile = coop_tile(kernel);
+            p.m.div_ceil(tile) * p.n.div_ceil(tile)
+        }
     }
+}
+
+/// The side of the tile of C one workgroup of the cooperative-matrix kernel computes: 2x2
+/// fragments (`TILE` in `matmul_coop.wgsl`).
+fn coop_tile(kernel: MatmulKernel) -> usize {
+    2 * kernel.fragment().map_or(0, |f| f.m_size as usize)
 }
 
 /// How the subgroup kernel runs a product: maybe as C^T = op(B)^T op(A)^T (so that the
@@ -691,10 +869,11 @@ struct KSplits {
 /// About `asked` K ranges of a length `kernel` accepts (the subgroup kernel steps 4 k at a
 /// time), fewer if the scratch of partial sums would not fit one binding.
 fn plan_k_splits(device: &Device, p: &Problem, kernel: MatmulKernel, asked: usize) -> KSplits {
-    let step = if kernel == MatmulKernel::Subgroup {
-        4
-    } else {
-        1
+    // Whole k slices of the cooperative-matrix kernel (BK = its tile side) waste no work.
+    let step = match kernel {
+        MatmulKernel::Subgroup => 4,
+        k if k.is_cooperative() => coop_tile(k),
+        _ => 1,
     };
     let cut = |ranges: usize| {
         let chunk = p.k.max(1).div_ceil(ranges.max(1)).next_multiple_of(step);
@@ -721,10 +900,12 @@ struct Launch {
     swapped: bool,
 }
 
-/// The general and tiled kernels: C as it is, one workgroup per 32x32 (64x64) tile.
+/// The general, tiled and cooperative-matrix kernels: C as it is, one workgroup per 32x32
+/// (tiled: 64x64; cooperative: two fragments square) tile.
 fn strided_launch(p: &Problem, kernel: MatmulKernel, splits: KSplits) -> Launch {
     let (entry, tile) = match kernel {
         MatmulKernel::Tiled => ("matmul_tiled", 64),
+        k if k.is_cooperative() => ("matmul_coop", coop_tile(k)),
         _ => ("matmul", 32),
     };
     let c = Strides {
@@ -828,8 +1009,8 @@ fn run(
         t.expect_bindable(OP)?;
     }
     let launch = match kernel {
-        MatmulKernel::General | MatmulKernel::Tiled => strided_launch(p, kernel, splits),
         MatmulKernel::Subgroup => subgroup_launch(p, splits)?,
+        _ => strided_launch(p, kernel, splits),
     };
     let groups = launch.groups.map(|g| g as u32);
     too_many_groups(device, out.shape(), groups)?;

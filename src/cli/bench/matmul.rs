@@ -1,9 +1,13 @@
 //! `hydralora bench matmul`: matmul throughput through `Tensor::matmul` (and the
 //! transposed forms the LoRA layers use), GFLOP/s = 2 m n k / median seconds. A is f32; B
-//! (the weights) f32 or, with `--weights f16`, f16.
+//! (the weights) f32 or, with `--weights f16`, f16. `--kernel coop` times the device's
+//! cooperative-matrix kernel (tensor cores; its products are rounded to f16 on the way in
+//! for the f16x16 shape), where it has one.
 
 use clap::{Args, ValueEnum};
-use hydralora::engine::ops::matmul::{matmul_variant, matmul_with, MatmulKernel, MatmulVariant};
+use hydralora::engine::ops::matmul::{
+    cooperative_kernel, matmul_variant, matmul_with, MatmulKernel, MatmulVariant,
+};
 use hydralora::engine::{matmul_t, Device, Error, Tensor};
 use serde_json::json;
 
@@ -37,7 +41,8 @@ pub struct MatmulArgs {
     #[arg(long = "lora-shape", value_name = "T,d,r", value_parser = parse_lora_shape)]
     lora_shapes: Vec<LoraShape>,
     /// The matmul kernel: `auto` is what `Tensor::matmul` picks for each shape and device;
-    /// the others pin one (shapes it cannot run are reported and skipped).
+    /// `coop` the device's cooperative-matrix kernel; the others pin one (shapes or devices
+    /// it cannot run are reported and skipped).
     #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
     kernel: KernelChoice,
     /// How B (the second operand, the weights) is stored; compute is f32 either way.
@@ -68,16 +73,26 @@ enum KernelChoice {
     General,
     Tiled,
     Subgroup,
+    /// The device's cooperative-matrix kernel (coop-f16x16, else coop-f32x8).
+    Coop,
+    #[value(name = "coop-f16x16")]
+    CoopF16x16,
+    #[value(name = "coop-f32x8")]
+    CoopF32x8,
 }
 
 impl KernelChoice {
-    /// The pinned variant, or `None` for the engine's own choice.
-    fn pinned(self, splits: usize) -> Option<MatmulVariant> {
+    /// The pinned variant, or `None` for the engine's own choice. `coop` on a device
+    /// without cooperative matrices pins coop-f16x16, which then reports why it cannot run.
+    fn pinned(self, device: &Device, splits: usize) -> Option<MatmulVariant> {
         let kernel = match self {
             KernelChoice::Auto => return None,
             KernelChoice::General => MatmulKernel::General,
             KernelChoice::Tiled => MatmulKernel::Tiled,
             KernelChoice::Subgroup => MatmulKernel::Subgroup,
+            KernelChoice::Coop => cooperative_kernel(device).unwrap_or(MatmulKernel::CoopF16x16),
+            KernelChoice::CoopF16x16 => MatmulKernel::CoopF16x16,
+            KernelChoice::CoopF32x8 => MatmulKernel::CoopF32x8,
         };
         Some(MatmulVariant::new(kernel, splits))
     }
@@ -222,13 +237,13 @@ pub fn run(args: MatmulArgs) -> CliResult {
     } else {
         Format::Table
     };
-    let pinned = args.kernel.pinned(args.splits);
+    let pinned = args.kernel.pinned(&device, args.splits);
     let cases = args.cases();
     let widest = |f: &dyn Fn(&Case) -> usize| cases.iter().map(f).max().unwrap_or(0);
     let table = Table::new(vec![
         Column::label("case", widest(&|c| c.kind.len())),
         Column::label("shape", widest(&|c| c.shape().len())),
-        Column::label("kernel", "subgroup split-k 64".len()),
+        Column::label("kernel", "coop-f16x16 split-k 64".len()),
         Column::number("m", 5),
         Column::number("n", 5),
         Column::number("k", 5),
@@ -355,6 +370,23 @@ mod tests {
             let ka = if case.ta { a[0] } else { a[1] };
             let kb = if case.tb { b[1] } else { b[0] };
             assert_eq!((ka, kb), (case.k, case.k), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn cooperative_kernels_are_named_as_the_engine_names_them() {
+        for (arg, choice) in [
+            ("coop", KernelChoice::Coop),
+            ("coop-f16x16", KernelChoice::CoopF16x16),
+            ("coop-f32x8", KernelChoice::CoopF32x8),
+        ] {
+            assert_eq!(parse(&["--kernel", arg]).kernel, choice);
+        }
+        for kernel in MatmulKernel::COOPERATIVE {
+            assert!(
+                KernelChoice::from_str(kernel.name(), false).is_ok(),
+                "{kernel}"
+            );
         }
     }
 
