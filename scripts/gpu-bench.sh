@@ -8,9 +8,9 @@
 #                                      cooperative-matrix kernel (f32 and f16 weights) and the
 #                                      automatic choice, at 1024, 2048, 4096 cubed and the LoRA shapes
 #   5. hydralora bench step            bench-m and bench-s, LoRA r32 and HydraLoRA: f32 weights,
-#                                      f16 frozen weights with cooperative matrices (auto) and
-#                                      without (HYDRALORA_COOPMAT=off), and (bench-m) every
-#                                      product on them (HYDRALORA_COOPMAT=on)
+#                                      f16 frozen weights without cooperative matrices
+#                                      (HYDRALORA_COOPMAT=off) and with the f16 one (=on, opt-in
+#                                      mixed precision), and (bench-m) f32 weights with =on
 #   6. bench-m LoRA with each attention kernel pinned (composed, flash-rows)
 # Every run's wall time, host peak RSS and (with nvidia-smi) peak GPU memory go to
 # runs.tsv; one table at the end. Raw output lands in benchmarks/<gpu>-<date>/ unless
@@ -101,7 +101,7 @@ done
 
 : > "$out/step.jsonl"
 # step NAME CONFIG METHOD WEIGHTS ENV...: WEIGHTS f32, or f16 (--f16-weights: the frozen
-# weights in f16, where the f16 cooperative-matrix kernel is taken).
+# weights in f16; the f16 cooperative-matrix kernel is opt-in, HYDRALORA_COOPMAT=on).
 step() {
     local name=$1 cfg=$2 method=$3 weights=$4; shift 4
     local flags=()
@@ -113,8 +113,8 @@ step() {
 for cfg in "${configs[@]}"; do
     for method in lora hydra; do
         step "$cfg-$method" "$cfg" "$method" f32 HYDRALORA_COOPMAT=auto
-        step "$cfg-$method-f16w" "$cfg" "$method" f16 HYDRALORA_COOPMAT=auto
-        step "$cfg-$method-f16w-coop-off" "$cfg" "$method" f16 HYDRALORA_COOPMAT=off
+        step "$cfg-$method-f16w" "$cfg" "$method" f16 HYDRALORA_COOPMAT=off
+        step "$cfg-$method-f16w-coop" "$cfg" "$method" f16 HYDRALORA_COOPMAT=on
     done
 done
 if [[ $small != 1 ]]; then
