@@ -452,8 +452,18 @@ fn rule(
             vec![Some(dx), Some(dw)]
         }
         Op::Rope { tables, t_div, .. } => vec![Some(rope::rotate(g, tables, *t_div, -1.0)?)],
-        Op::Embedding { table, ids } => {
-            vec![Some(embedding::embedding_backward(table.shape(), ids, g)?)]
+        Op::Embedding {
+            table,
+            ids,
+            ids_host,
+        } => {
+            let ids_host = ids_host.as_deref();
+            vec![Some(embedding::embedding_backward(
+                table.shape(),
+                ids,
+                ids_host,
+                g,
+            )?)]
         }
         Op::CrossEntropy {
             logits,

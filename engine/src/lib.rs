@@ -63,7 +63,7 @@ pub use ops::attention::{
     AttentionKernel, AttnDims,
 };
 pub use ops::elementwise::swiglu;
-pub use ops::embedding::{embedding, embedding_parts};
+pub use ops::embedding::{embedding, embedding_host_ids, embedding_parts};
 pub use ops::gate::{gate_expand, routed_expand, top_k_mask};
 pub use ops::loss::{
     cross_entropy, linear_cross_entropy, linear_cross_entropy_chunked, loss_chunk_rows,

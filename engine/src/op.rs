@@ -73,10 +73,12 @@ pub(crate) enum Op {
         tables: RopeTables,
         t_div: usize,
     },
-    /// table[ids].
+    /// table[ids]; `ids_host` is the host's copy when the caller had one (the backward then
+    /// groups positions by id without reading the device back).
     Embedding {
         table: Tensor,
         ids: Tensor,
+        ids_host: Option<std::sync::Arc<[u32]>>,
     },
     /// mean cross-entropy; lse per row and the counted-row total are saved.
     CrossEntropy {

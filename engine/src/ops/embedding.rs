@@ -28,11 +28,34 @@ kernel_params! {
 /// Rows of `table` [vocab, dim] picked by `ids` (u32, any shape): [..ids shape, dim].
 /// An id outside the table gives a row of zeros (check ids from users before).
 pub fn embedding(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    recorded(table, ids, None)
+}
+
+/// [`embedding`] of ids the host also holds (`ids_host`, the same values as `ids`): the
+/// backward groups positions by id from this copy instead of reading `ids` back, so a
+/// training step keeps its one submit.
+pub fn embedding_host_ids(table: &Tensor, ids: &Tensor, ids_host: &[u32]) -> Result<Tensor> {
+    if ids_host.len() != ids.numel() {
+        return Err(Error::InvalidArgument {
+            op: "embedding",
+            shape: ids.shape().to_vec(),
+            why: format!("{} host ids for {} device ids", ids_host.len(), ids.numel()),
+        });
+    }
+    recorded(table, ids, Some(ids_host.into()))
+}
+
+fn recorded(
+    table: &Tensor,
+    ids: &Tensor,
+    ids_host: Option<std::sync::Arc<[u32]>>,
+) -> Result<Tensor> {
     let out = embedding_parts(std::slice::from_ref(table), ids)?;
     Ok(out.with_op(
         || Op::Embedding {
             table: table.clone(),
             ids: ids.clone(),
+            ids_host,
         },
         &[table],
     ))
@@ -90,11 +113,15 @@ pub fn embedding_parts(parts: &[Tensor], ids: &Tensor) -> Result<Tensor> {
 pub(crate) fn embedding_backward(
     table_shape: &[usize],
     ids: &Tensor,
+    ids_host: Option<&[u32]>,
     dy: &Tensor,
 ) -> Result<Tensor> {
     let dev = dy.device();
     let (vocab, dim) = (table_shape[0], table_shape[1]);
-    let ids_host = ids.to_vec_u32()?;
+    let ids_host = match ids_host {
+        Some(host) => std::borrow::Cow::Borrowed(host),
+        None => std::borrow::Cow::Owned(ids.to_vec_u32()?),
+    };
     // Group positions by id (CSR, ids ascending, positions ascending within an id).
     let mut order: Vec<u32> = (0..ids_host.len() as u32).collect();
     order.sort_by_key(|&i| (ids_host[i as usize], i));

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use hydralora_engine::{
     attention_kernel_in_use, causal_attention, causal_attention_tokens_first, checkpoint,
-    embedding, embedding_parts, human_bytes, is_recording, linear_cross_entropy_chunked,
+    embedding_host_ids, embedding_parts, human_bytes, is_recording, linear_cross_entropy_chunked,
     loss_chunk_rows, no_grad, pool_bytes, rope, swiglu, AttentionKernel, AttnDims, DType, Device,
     RopeTables, Tensor, IGNORE_INDEX,
 };
@@ -353,8 +353,8 @@ impl Llama {
         let ids_t = Tensor::from_u32(&self.device, ids, &[batch * t])?;
         let mut x = match self.embed.as_slice() {
             // Recorded: full-parameter training trains the table (its rows get dY's rows).
-            [table] => embedding(table, &ids_t)?, // [B T, H]
-            parts => embedding_parts(parts, &ids_t)?, // frozen only: too large to train
+            [table] => embedding_host_ids(table, &ids_t, ids)?, // [B T, H]
+            parts => embedding_parts(parts, &ids_t)?,           // frozen only: too large to train
         };
         inspect("the embedding", &x)?;
         let dims = Dims { b: batch, t };
