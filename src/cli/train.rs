@@ -448,10 +448,9 @@ fn train_loop(
             s.loss, s.lr, tps
         ));
         bar.set_position(s.step as u64);
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::json!({"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "tokens_per_s": tps, "elapsed_s": start.elapsed().as_secs_f64()})
+        write_metrics_line(
+            &mut metrics,
+            serde_json::json!({"step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm, "tokens": s.tokens, "tokens_per_s": tps, "elapsed_s": start.elapsed().as_secs_f64()}),
         )?;
         if !eval.is_empty() && (s.step % eval_every.max(1) == 0 || s.step == total) {
             let e = trainer.evaluate(eval)?;
@@ -467,10 +466,9 @@ fn train_loop(
                     per_category(&e.per_category)
                 ),
             );
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::json!({"step": s.step, "eval_loss": e.loss, "eval_tokens": e.tokens, "eval_per_category": e.per_category})
+            write_metrics_line(
+                &mut metrics,
+                serde_json::json!({"step": s.step, "eval_loss": e.loss, "eval_tokens": e.tokens, "eval_per_category": e.per_category}),
             )?;
         }
         let stopping = stop.load(Ordering::SeqCst);
@@ -580,4 +578,10 @@ fn weight_format<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<DType>
     crate::cli::weights::parse_weight_format(&name)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// One JSON line of metrics.jsonl in a single write, so a reader following the file (a
+/// dashboard, `tail -f`) never sees half a line.
+fn write_metrics_line(file: &mut std::fs::File, value: serde_json::Value) -> std::io::Result<()> {
+    file.write_all(format!("{value}\n").as_bytes())
 }
