@@ -744,3 +744,100 @@ fn export_head_mean_prints_its_cost() {
     let lora = HostLora::from_gguf(&out, &model.config).unwrap();
     assert_eq!((lora.config.r, lora.config.targets.len()), (2, 2));
 }
+
+/// Our export of a PEFT adapter equals what llama.cpp's own `convert_lora_to_gguf.py` writes
+/// for it (`tests/data/gguf-lora/convert/`, made by `scripts/llamacpp_convert_reference.py`):
+/// the same tensor names, types and shapes, the same values bit for bit (q/k rows of B in
+/// llama.cpp's RoPE order, with grouped-query k), and the same `adapter.lora.alpha`, except for
+/// rsLoRA, where ours is `scale r` so that llama.cpp's `alpha / r` gives rsLoRA's scale (the
+/// converter writes PEFT's alpha, which llama.cpp then applies as plain LoRA). And the
+/// converter's file loads here with the logits of the PEFT folder it came from.
+#[test]
+fn export_equals_llama_cpp_s_converter() {
+    let extra = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures-extra");
+    let cases = [
+        ("tiny-llama", PathBuf::from(TINY)),
+        ("gqa-llama3-rope", extra.join("gqa-llama3-rope")),
+        ("mha-tied-bf16", extra.join("mha-tied-bf16")),
+    ];
+    for (name, base) in cases {
+        let config = LlamaConfig::from_dir(&base).unwrap();
+        let adapter = base.join("lora");
+        let lora = HostLora::from_folder(&adapter, &config).unwrap();
+        let ours_path = temp_dir("convert").join(format!("{name}.gguf"));
+        lora.write_gguf(&ours_path, &config, GgmlType::F32, name)
+            .unwrap();
+        let ours = GgufFile::open(&ours_path).unwrap();
+        let theirs =
+            GgufFile::open(Path::new(DATA).join("convert").join(format!("{name}.gguf"))).unwrap();
+        let names = |f: &GgufFile| {
+            let mut n: Vec<String> = f.tensors().iter().map(|t| t.name.clone()).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names(&ours), names(&theirs), "{name}: tensor names");
+        for t in theirs.tensors() {
+            let o = ours.tensor(&t.name).unwrap();
+            assert_eq!(
+                (o.ggml_type, &o.dims),
+                (t.ggml_type, &t.dims),
+                "{name}: {}",
+                t.name
+            );
+            assert!(
+                ours.data(o).unwrap() == theirs.data(t).unwrap(),
+                "{name}: {} differs from llama.cpp's",
+                t.name
+            );
+        }
+        let alpha = |f: &GgufFile| {
+            f.get("adapter.lora.alpha")
+                .and_then(|v| v.as_f64())
+                .unwrap()
+        };
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        let (peft_alpha, r) = (
+            cfg["lora_alpha"].as_f64().unwrap(),
+            cfg["r"].as_f64().unwrap(),
+        );
+        let want = match cfg["use_rslora"].as_bool() == Some(true) {
+            true => peft_alpha / r.sqrt() * r, // scale r, scale = alpha / sqrt(r)
+            false => peft_alpha,
+        };
+        assert_eq!(alpha(&theirs), peft_alpha, "{name}: the converter's alpha");
+        assert!(
+            (alpha(&ours) - want).abs() <= 1e-6 * want,
+            "{name}: alpha {} vs {want}",
+            alpha(&ours)
+        );
+        assert_eq!(
+            theirs.get("adapter.type").and_then(|v| v.as_str()),
+            ours.get("adapter.type").and_then(|v| v.as_str()),
+            "{name}: adapter.type"
+        );
+        // The converter's file loads here with the PEFT folder's logits (not for rsLoRA: its
+        // alpha gives llama.cpp, and us reading it as llama.cpp does, plain LoRA's scale).
+        if cfg["use_rslora"].as_bool() != Some(true) {
+            let ids: Vec<u32> = (0..12)
+                .map(|i| (i * 7 + 3) % config.vocab_size as u32)
+                .collect();
+            let with = |adapter: &Path| {
+                let mut model = Llama::load(&common::device(), &base).unwrap();
+                load_adapter(&mut model, adapter).unwrap();
+                logits(&model, &ids)
+            };
+            let peft = with(&adapter);
+            let err = rel_err(
+                &with(&Path::new(DATA).join("convert").join(format!("{name}.gguf"))),
+                &peft,
+            );
+            assert!(
+                err <= 1e-5,
+                "{name}: the converter's adapter gives logits {err:e} from PEFT's"
+            );
+        }
+    }
+}
