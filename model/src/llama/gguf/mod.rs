@@ -172,30 +172,33 @@ pub fn to_f32(ggml_type: GgmlType, bytes: &[u8]) -> std::result::Result<Vec<f32>
 /// heads of `head_dim` rows each, a head's row `2j + s` going to `s head_dim/2 + j`. None when
 /// the rows do not split so.
 pub fn unpermute_rows(bytes: &[u8], rows: usize, head_dim: usize) -> Option<Vec<u8>> {
-    if rows == 0
-        || head_dim == 0
-        || rows % head_dim != 0
-        || head_dim % 2 != 0
-        || bytes.len() % rows != 0
-    {
-        return None;
-    }
-    let row_bytes = bytes.len() / rows;
     let half = head_dim / 2;
-    let mut out = vec![0u8; bytes.len()];
-    for (r, dst) in out.chunks_exact_mut(row_bytes).enumerate() {
-        let (head, within) = (r / head_dim, r % head_dim);
-        let (s, j) = (within / half, within % half);
-        let src = head * head_dim + 2 * j + s;
-        dst.copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
-    }
-    Some(out)
+    // Output row `s half + j` of a head comes from its row `2j + s`.
+    reorder_head_rows(bytes, rows, head_dim, |within| {
+        2 * (within % half) + within / half
+    })
 }
 
 /// llama.cpp's rows of a q or k weight from Hugging Face's: the inverse of
 /// [`unpermute_rows`] (Hugging Face row `s head_dim/2 + j` of a head goes to `2j + s`), as
 /// `convert_hf_to_gguf.py`'s `permute` does. None when the rows do not split so.
 pub fn permute_rows(bytes: &[u8], rows: usize, head_dim: usize) -> Option<Vec<u8>> {
+    let half = head_dim / 2;
+    // Output row `2j + s` of a head comes from its row `s half + j`.
+    reorder_head_rows(bytes, rows, head_dim, |within| {
+        (within % 2) * half + within / 2
+    })
+}
+
+/// `bytes`' `rows` equal rows reordered within each head of `head_dim` rows: output row
+/// `within` of a head is the head's row `source(within)`. None when the rows do not split
+/// into whole heads of an even size.
+fn reorder_head_rows(
+    bytes: &[u8],
+    rows: usize,
+    head_dim: usize,
+    source: impl Fn(usize) -> usize,
+) -> Option<Vec<u8>> {
     if rows == 0
         || head_dim == 0
         || rows % head_dim != 0
@@ -205,12 +208,9 @@ pub fn permute_rows(bytes: &[u8], rows: usize, head_dim: usize) -> Option<Vec<u8
         return None;
     }
     let row_bytes = bytes.len() / rows;
-    let half = head_dim / 2;
     let mut out = vec![0u8; bytes.len()];
     for (r, dst) in out.chunks_exact_mut(row_bytes).enumerate() {
-        let (head, within) = (r / head_dim, r % head_dim);
-        let (j, s) = (within / 2, within % 2);
-        let src = head * head_dim + s * half + j;
+        let src = r / head_dim * head_dim + source(r % head_dim);
         dst.copy_from_slice(&bytes[src * row_bytes..(src + 1) * row_bytes]);
     }
     Some(out)
