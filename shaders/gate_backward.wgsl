@@ -37,8 +37,17 @@ fn gate_expand_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(
 
 // routed_expand's backward, per token, into dg = d(logits' source) and dh = d(h's source),
 // both [tokens, r + N]: dh in columns 0..r, dlogits in r..r + N. With `packed` the two
-// sources are one tensor and dg and dh are bound to one buffer, each part writing its own
-// columns; otherwise each gradient's other columns are zero.
+// sources are one tensor and both parts go to dg, each into its own columns (dh is then a
+// placeholder: WebGPU forbids binding one buffer to two writable slots); otherwise each
+// gradient's other columns are zero.
+fn set_dh(i: u32, v: f32) {
+    if p.packed == 1u { dg[i] = v; } else { dh[i] = v; }
+}
+
+fn add_dh(i: u32, v: f32) {
+    if p.packed == 1u { dg[i] += v; } else { dh[i] += v; }
+}
+
 @compute @workgroup_size(64)
 fn routed_expand_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let t = flat_id(gid, groups, 64u);
@@ -53,14 +62,14 @@ fn routed_expand_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builti
     for (var i = 0u; i < p.heads; i++) { total += exp(g[row + i] - top); }
     // dg_i (kept in dg until the softmax step), sum_i g_i dg_i, and dh.
     var mixed = 0.0;
-    for (var j = 0u; j < p.rank; j++) { dh[hrow + j] = 0.0; }
+    for (var j = 0u; j < p.rank; j++) { set_dh(hrow + j, 0.0); }
     for (var i = 0u; i < p.heads; i++) {
         let gi = exp(g[row + i] - top) / total;
         var dgi = 0.0;
         for (var j = 0u; j < p.rank; j++) {
             let dzv = dz[zrow + i * p.rank + j];
             dgi += dzv * h[hrow + j];
-            dh[hrow + j] += dzv * gi;
+            add_dh(hrow + j, dzv * gi);
         }
         dg[row + i] = dgi;
         mixed += gi * dgi;

@@ -143,7 +143,11 @@ impl BufferPool {
     }
 
     /// A new driver buffer, or the device's out-of-memory message.
+    ///
+    /// In a browser the error scope's answer would need an event-loop turn, so there an
+    /// allocation failure reaches the device's fault slot and the next readback instead.
     fn create(&self, size: u64) -> Result<wgpu::Buffer, String> {
+        #[cfg(not(target_arch = "wasm32"))]
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensor"),
@@ -153,10 +157,11 @@ impl BufferPool {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        match pollster::block_on(scope.pop()) {
-            Some(e) => Err(e.to_string()),
-            None => Ok(buffer),
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(e.to_string());
         }
+        Ok(buffer)
     }
 
     pub fn stats(&self) -> PoolStats {

@@ -387,3 +387,15 @@ pub fn matmul(kernel: MatmulKernel, weights: DType, accumulate: bool) -> &'stati
     };
     MATMUL_VARIANTS[kernel][format][accumulate as usize]
 }
+
+/// The names of a WGSL module's compute entry points (`@compute ... fn name(`), in order.
+pub fn entry_points(source: &str) -> Vec<&str> {
+    source
+        .split("@compute")
+        .skip(1)
+        .filter_map(|after| {
+            let rest = &after[after.find("fn ")? + 3..];
+            Some(rest[..rest.find('(')?].trim())
+        })
+        .collect()
+}

@@ -516,6 +516,31 @@ impl Tensor {
         Ok(self.to_vec_f32()?[0])
     }
 
+    /// [`Tensor::to_vec_f32`] for async callers, and the only readback a browser allows
+    /// (WebGPU maps a buffer only between event-loop turns).
+    pub async fn to_vec_f32_async(&self) -> Result<Vec<f32>> {
+        self.expect_dtype("to_vec_f32_async", DType::F32, "f32")?;
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.read_bytes_async().await?,
+        ))
+    }
+
+    /// [`Tensor::to_vec_u32`] for async callers (see [`Tensor::to_vec_f32_async`]).
+    pub async fn to_vec_u32_async(&self) -> Result<Vec<u32>> {
+        self.expect_dtype("to_vec_u32_async", DType::U32, "u32")?;
+        Ok(bytemuck::pod_collect_to_vec(
+            &self.read_bytes_async().await?,
+        ))
+    }
+
+    async fn read_bytes_async(&self) -> Result<Vec<u8>> {
+        let bytes = self.size_in_bytes();
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        self.device().read_bytes_async(self.buffer(), bytes).await
+    }
+
     fn read_bytes(&self) -> Result<Vec<u8>> {
         let bytes = self.size_in_bytes();
         if bytes == 0 {

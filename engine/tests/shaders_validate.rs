@@ -244,3 +244,22 @@ fn cooperative_matrix_kernels_translate_to_spirv() {
         );
     }
 }
+
+/// `shaders::entry_points` (the text scan the browser check uses, which has no naga) finds
+/// exactly naga's compute entry points, in order.
+#[test]
+fn the_entry_point_scan_agrees_with_naga() {
+    for shader in ALL {
+        let module = naga::front::wgsl::parse_str(shader.source).unwrap();
+        let naga_names: Vec<&str> = module
+            .entry_points
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        let mut scanned = shaders::entry_points(shader.source);
+        let mut expected = naga_names.clone();
+        scanned.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(scanned, expected, "{}", shader.name);
+    }
+}

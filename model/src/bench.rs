@@ -4,7 +4,7 @@
 //! whose `bench` object gives batch, sequence length, adapter and optimizer settings.
 
 use std::path::Path;
-use std::time::Instant;
+use web_time::Instant;
 
 use hydralora_engine::{no_grad, rng::Rng, AdamW, AdamWConfig, DType, Device, Tensor};
 use serde::Serialize;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use web_time::Instant;
 
 use hydralora_engine::{rng::Rng, DType, Device};
 use serde::Serialize;
@@ -333,6 +333,48 @@ pub fn exact_match_with(
         .collect())
 }
 
+/// The base model's training run from scratch: a random demo model, full-parameter training
+/// on the copy task for `steps` steps (what [`prepare_tasks`] caches; the browser page runs it
+/// too).
+pub fn base_trainer(device: &Device, codec: &CharCodec, steps: usize) -> Result<Trainer> {
+    let config = demo_config(codec.vocab_size());
+    let corpus = task_set(&["copy"], steps * BASE_BATCH / 4 + 64, 1234);
+    let (tokens, _) = tokenize(&corpus, codec, 32)?;
+    let model = random_model(device, &config, 7)?;
+    let settings = TrainSettings {
+        lr: 5e-3,
+        schedule: ScheduleKind::Cosine,
+        warmup_steps: steps / 20,
+        total_steps: steps,
+        micro_batch: BASE_BATCH,
+        grad_accum: 1,
+        max_grad_norm: Some(1.0),
+        weight_decay: 0.01,
+        seed: 1,
+        trainable: Trainable::Full,
+        ..Default::default()
+    };
+    Trainer::new(model, tokens, codec.pad_id(), settings)
+}
+
+/// The character codec every demo model uses.
+pub fn demo_codec() -> CharCodec {
+    CharCodec::new(ALPHABET.chars()).expect("the demo alphabet has no repeated character")
+}
+
+/// The fine-tuning examples of the demo (`per_task` of each of [`TASKS`], interleaved).
+pub fn finetune_examples(per_task: usize) -> Vec<Example> {
+    task_set(&TASKS, per_task, TRAIN_SEED)
+}
+
+/// Held-out examples of the four tasks, for exact match and the router heatmap.
+pub fn eval_examples(per_task: usize) -> Vec<Example> {
+    task_set(&TASKS, per_task, EVAL_SEED)
+}
+
+const TRAIN_SEED: u64 = 99;
+const EVAL_SEED: u64 = 4242;
+
 /// The base model: from the cache when it is there, else trained now and cached.
 fn base_model(
     device: &Device,
@@ -340,7 +382,6 @@ fn base_model(
     opts: &DemoOptions,
     on_event: &mut dyn FnMut(DemoEvent),
 ) -> Result<(Llama, bool)> {
-    let config = demo_config(codec.vocab_size());
     let dir = opts.cache_dir.join(format!(
         "demo-base-v{BASE_VERSION}-{}steps",
         opts.base_steps
@@ -355,23 +396,7 @@ fn base_model(
         opts.base_steps,
         dir.display()
     )));
-    let corpus = task_set(&["copy"], opts.base_steps * BASE_BATCH / 4 + 64, 1234);
-    let (tokens, _) = tokenize(&corpus, codec, 32)?;
-    let model = random_model(device, &config, 7)?;
-    let settings = TrainSettings {
-        lr: 5e-3,
-        schedule: ScheduleKind::Cosine,
-        warmup_steps: opts.base_steps / 20,
-        total_steps: opts.base_steps,
-        micro_batch: BASE_BATCH,
-        grad_accum: 1,
-        max_grad_norm: Some(1.0),
-        weight_decay: 0.01,
-        seed: 1,
-        trainable: Trainable::Full,
-        ..Default::default()
-    };
-    let mut trainer = Trainer::new(model, tokens, codec.pad_id(), settings)?;
+    let mut trainer = base_trainer(device, codec, opts.base_steps)?;
     for _ in 0..opts.base_steps {
         let stats = trainer.step()?;
         on_event(DemoEvent::Step {
@@ -412,16 +437,15 @@ pub fn prepare_tasks(
     opts: &DemoOptions,
     mut on_event: impl FnMut(DemoEvent),
 ) -> Result<DemoTasks> {
-    let codec = CharCodec::new(ALPHABET.chars())?;
+    let codec = demo_codec();
     let (base, base_from_cache) = base_model(device, &codec, opts, &mut on_event)?;
-    let train = task_set(&TASKS, opts.train_per_task, 99);
-    let (train, _) = tokenize(&train, &codec, 32)?;
+    let (train, _) = tokenize(&finetune_examples(opts.train_per_task), &codec, 32)?;
     Ok(DemoTasks {
         codec,
         base,
         base_from_cache,
         train,
-        eval: task_set(&TASKS, opts.eval_per_task, 4242),
+        eval: eval_examples(opts.eval_per_task),
     })
 }
 

@@ -264,7 +264,15 @@ fn cooperative_shapes(
 }
 
 async fn choose_adapter(instance: &wgpu::Instance) -> Result<wgpu::Adapter> {
-    let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+    let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+    if adapters.is_empty() {
+        // A browser lists no adapters; it hands out the one it chose.
+        let options = wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        };
+        adapters.extend(instance.request_adapter(&options).await.ok());
+    }
     let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
     if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
         let wanted_lc = wanted.to_lowercase();

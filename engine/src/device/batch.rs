@@ -243,7 +243,45 @@ impl Device {
     }
 
     /// Copies the first `bytes` of `src` to the host; submits what is recorded and waits.
+    ///
+    /// In a browser nothing may block on the GPU: there this is an error that points to
+    /// [`Device::read_bytes_async`].
     pub(crate) fn read_bytes(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Readback(
+                "a blocking readback cannot run in a browser (WebGPU maps buffers only \
+                 between event-loop turns); use the async readback (`Tensor::to_vec_f32_async`)"
+                    .into(),
+            ));
+        }
+        let pending = self.start_read(src, bytes)?;
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let mapped = pending.mapped.try_take().ok_or_else(|| {
+            Error::Readback("the readback buffer was not mapped after the GPU finished".into())
+        })?;
+        self.finish_read(pending, mapped)
+    }
+
+    /// [`Device::read_bytes`] without blocking: the GPU's work is awaited (in a browser, the
+    /// map completes between event-loop turns). On native backends the wait still blocks,
+    /// inside the first poll of the future.
+    pub(crate) async fn read_bytes_async(&self, src: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let pending = self.start_read(src, bytes)?;
+        if !cfg!(target_arch = "wasm32") {
+            self.inner
+                .device
+                .poll(wgpu::PollType::wait_indefinitely())
+                .map_err(|e| Error::Readback(e.to_string()))?;
+        }
+        let mapped = (&pending.mapped).await;
+        self.finish_read(pending, mapped)
+    }
+
+    /// Records the copy of `src` into a fresh staging buffer, submits, and asks for the map.
+    fn start_read(&self, src: &wgpu::Buffer, bytes: u64) -> Result<PendingRead> {
         self.check()?;
         let padded = align_up(bytes.max(4), 4);
         let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
@@ -254,24 +292,30 @@ impl Device {
         });
         self.copy(src, 0, &staging, 0, padded);
         self.flush();
-        let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            let _ = tx.send(r);
-        });
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        // A failed map on a faulted device reports the fault, not the symptom.
-        let mapped = rx.recv().map_err(|e| Error::Readback(e.to_string()))?;
+        let mapped = MapSignal::default();
+        let signal = mapped.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| signal.set(r));
+        Ok(PendingRead {
+            staging,
+            bytes,
+            mapped,
+        })
+    }
+
+    /// The mapped staging buffer's bytes; a failed map on a faulted device reports the fault.
+    fn finish_read(
+        &self,
+        pending: PendingRead,
+        mapped: std::result::Result<(), wgpu::BufferAsyncError>,
+    ) -> Result<Vec<u8>> {
         self.check()?;
         mapped.map_err(|e| Error::Readback(e.to_string()))?;
-        let view = staging
+        let view = (pending.staging)
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let out = view[..bytes as usize].to_vec();
+        let out = view[..pending.bytes as usize].to_vec();
         drop(view);
-        staging.unmap();
+        pending.staging.unmap();
         Ok(out)
     }
 
@@ -343,6 +387,62 @@ fn encode(encoder: &mut wgpu::CommandEncoder, commands: Vec<Command>) {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A readback in flight: the staging buffer and the signal its map sets.
+struct PendingRead {
+    staging: wgpu::Buffer,
+    bytes: u64,
+    mapped: MapSignal,
+}
+
+/// The outcome of a `map_async`, set by its callback and awaited (or taken after a blocking
+/// poll). A one-shot future in a few lines, so the engine needs no async runtime.
+#[derive(Clone, Default)]
+struct MapSignal(Arc<std::sync::Mutex<MapState>>);
+
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+#[derive(Default)]
+struct MapState {
+    result: Option<MapResult>,
+    waker: Option<std::task::Waker>,
+}
+
+impl MapSignal {
+    fn set(&self, result: MapResult) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.result = Some(result);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn try_take(&self) -> Option<MapResult> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .result
+            .take()
+    }
+}
+
+impl std::future::Future for &MapSignal {
+    type Output = MapResult;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<MapResult> {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match state.result.take() {
+            Some(r) => std::task::Poll::Ready(r),
+            None => {
+                state.waker = Some(cx.waker().clone());
+                std::task::Poll::Pending
             }
         }
     }

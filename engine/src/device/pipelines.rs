@@ -103,3 +103,56 @@ fn bind_layout(
     });
     (bgl, layout)
 }
+
+impl Device {
+    /// The kernels compiled so far, as `variant:entry` (sorted): what a run used.
+    pub fn compiled_kernels(&self) -> Vec<String> {
+        let mut names: Vec<String> = (self.lock_pipelines().pipelines.keys())
+            .map(|(shader, entry)| format!("{shader}:{entry}"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Compiles every entry point of each of `shaders` that this device can run (a variant
+    /// that enables an extension the device lacks is skipped) into a pipeline of its own,
+    /// and returns the driver's complaints, one `variant:entry: message` each: an empty list
+    /// when the device's compiler accepts them all. In a browser this is the page's check
+    /// that Tint accepts what naga accepts.
+    pub async fn check_kernels(&self, shaders: &[&Shader]) -> Vec<String> {
+        let device = &self.inner.device;
+        let features = device.features();
+        let mut failures = Vec::new();
+        for shader in shaders {
+            let needs = |ext: &str| shader.source.contains(&format!("enable {ext};"));
+            if (needs("f16") && !features.contains(wgpu::Features::SHADER_F16))
+                || (needs("wgpu_cooperative_matrix")
+                    && !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX))
+                || (needs("subgroups") && !features.contains(wgpu::Features::SUBGROUP))
+                || (shader.name.contains("subgroup")
+                    && !features.contains(wgpu::Features::SUBGROUP))
+            {
+                continue;
+            }
+            for entry in crate::shaders::entry_points(shader.source) {
+                let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader.name),
+                    source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                });
+                let _ = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(entry),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+                if let Some(e) = scope.pop().await {
+                    failures.push(format!("{}:{entry}: {e}", shader.name));
+                }
+            }
+        }
+        failures
+    }
+}

@@ -169,6 +169,12 @@ pub(crate) fn routed_expand_backward(
         true => None,
         false => Some(Tensor::empty(dev, &[t, width], DType::F32)?), // [T, r + N]
     };
+    // Packed, the kernel writes both parts into d_logits_src; its dh slot gets a placeholder,
+    // since WebGPU refuses one buffer in two writable slots.
+    let placeholder = match packed {
+        true => Some(Tensor::empty(dev, &[1], DType::F32)?), // [1], never written
+        false => None,
+    };
     dev.dispatch(
         &shaders::GATE_BACKWARD,
         "routed_expand_backward",
@@ -181,7 +187,11 @@ pub(crate) fn routed_expand_backward(
         &[dz.binding(), logits_src.binding(), h_src.binding()],
         &[
             d_logits_src.binding(),
-            d_h_src.as_ref().unwrap_or(&d_logits_src).binding(),
+            d_h_src
+                .as_ref()
+                .or(placeholder.as_ref())
+                .expect("one of the two")
+                .binding(),
         ],
         grid(dev, t, 64),
     );

@@ -8,7 +8,7 @@ use hydralora_engine::{no_grad, Tensor};
 
 use super::{attach, AdapterConfig, Method};
 use crate::error::{ModelError, Result};
-use crate::llama::weights::{write_atomically, write_safetensors, WeightFile};
+use crate::llama::weights::{safetensors_bytes, write_atomically, WeightFile};
 use crate::llama::{Layer, Llama};
 
 /// The adapter's settings file in an adapter folder (PEFT's name).
@@ -98,16 +98,19 @@ pub fn adapter_tensors(model: &Llama) -> Vec<AdapterTensor<'_>> {
 /// The values of `t` (a stored adapter tensor) read from `source` (the parameter or its
 /// gradient, the parameter's shape), on the host.
 pub fn read_adapter_tensor(t: &AdapterTensor, source: &Tensor) -> Result<Vec<f32>> {
-    let host = source.to_vec_f32()?;
-    let width = source.dim(1);
-    Ok(match t.part {
+    Ok(adapter_part(t, source.to_vec_f32()?, source.dim(1)))
+}
+
+/// The part of a parameter (`host`, rows of `width`) that the stored tensor `t` is.
+fn adapter_part(t: &AdapterTensor, host: Vec<f32>, width: usize) -> Vec<f32> {
+    match t.part {
         Part::All => host,
         Part::Columns(start, len) => host
             .chunks(width)
             .flat_map(|row| row[start..start + len].to_vec())
             .collect(),
         Part::Rows(start, len) => host[start * width..(start + len) * width].to_vec(),
-    })
+    }
 }
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if
@@ -129,29 +132,60 @@ pub fn read_adapter_tensor(t: &AdapterTensor, source: &Tensor) -> Result<Vec<f32
 /// # Ok(()) }
 /// ```
 pub fn save_adapter(model: &Llama, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io("create", dir, e))?;
+    let files = adapter_files(model)?;
+    write_atomically(dir.join(ADAPTER_WEIGHTS_FILE), |out| {
+        std::io::Write::write_all(out, &files.weights)
+    })?;
+    write_atomically(dir.join(ADAPTER_CONFIG_FILE), |out| {
+        std::io::Write::write_all(out, files.config.as_bytes())
+    })
+}
+
+/// The two files of a PEFT adapter folder, in memory.
+pub struct AdapterFiles {
+    /// `adapter_model.safetensors`.
+    pub weights: Vec<u8>,
+    /// `adapter_config.json`.
+    pub config: String,
+}
+
+/// The adapter as the files [`save_adapter`] writes (for a front end without a file system:
+/// the browser page offers them as downloads). Reads the adapter's tensors back (blocking).
+pub fn adapter_files(model: &Llama) -> Result<AdapterFiles> {
+    let params: Vec<Vec<f32>> = adapter_tensors(model)
+        .iter()
+        .map(|t| t.param.to_vec_f32())
+        .collect::<std::result::Result<_, _>>()?;
+    adapter_files_from(model, params)
+}
+
+/// [`adapter_files`] from the host copies of [`adapter_tensors`]' params (`t.param` of each,
+/// in that order), read by the caller, e.g. asynchronously in a browser.
+pub fn adapter_files_from(model: &Llama, params: Vec<Vec<f32>>) -> Result<AdapterFiles> {
     let cfg = model
         .adapter
         .as_ref()
         .ok_or_else(|| ModelError::Input("the model has no adapter to save".into()))?;
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io("create", dir, e))?;
     let tensors = adapter_tensors(model);
-    let values: Vec<Vec<f32>> = tensors
-        .iter()
-        .map(|t| read_adapter_tensor(t, t.param))
-        .collect::<Result<_>>()?;
+    if params.len() != tensors.len() {
+        return Err(ModelError::Input(format!(
+            "the adapter has {} tensors, {} were given",
+            tensors.len(),
+            params.len()
+        )));
+    }
+    let values: Vec<Vec<f32>> = (tensors.iter().zip(params))
+        .map(|(t, host)| adapter_part(t, host, t.param.dim(1)))
+        .collect();
     let entries: Vec<(String, Vec<usize>, &[f32])> = tensors
         .iter()
         .zip(&values)
         .map(|(t, v)| (t.key.clone(), t.shape.clone(), v.as_slice()))
         .collect();
-    write_safetensors(
-        dir.join(ADAPTER_WEIGHTS_FILE),
-        &entries,
-        &[("format", "pt")],
-    )?;
-    let json = serde_json::to_string_pretty(&cfg.to_json()).expect("a JSON value serialises");
-    write_atomically(dir.join(ADAPTER_CONFIG_FILE), |out| {
-        std::io::Write::write_all(out, json.as_bytes())
+    Ok(AdapterFiles {
+        weights: safetensors_bytes(ADAPTER_WEIGHTS_FILE, &entries, &[("format", "pt")])?,
+        config: serde_json::to_string_pretty(&cfg.to_json()).expect("a JSON value serialises"),
     })
 }
 

@@ -27,15 +27,16 @@ use crate::llama::{Llama, TARGET_MODULES};
 
 pub use config::{AdapterConfig, Method};
 pub use files::{
-    adapter_tensors, load_adapter, module_key, read_adapter_tensor, save_adapter, AdapterTensor,
-    Part, ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE,
+    adapter_files, adapter_files_from, adapter_tensors, load_adapter, module_key,
+    read_adapter_tensor, save_adapter, AdapterFiles, AdapterTensor, Part, ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
 };
 pub use forward::{dropout_mask, Adapter, Dropout};
 pub use gguf::{hydra_is_not_lora, is_gguf_file, HostLora, LoraPair};
 pub use merge::{merge_lora, merge_lora_gguf, GgufMergeSummary};
 pub use router::{
     balance_loss, gates_by_category, gates_by_category_and_layer, record_gates, recorded_gates,
-    router_stats, CategoryGates, RouterStats,
+    router_stats, router_stats_async, CategoryGates, RouterStats,
 };
 
 /// Adds a fresh adapter to every target module: A and the router Kaiming-uniform (bound

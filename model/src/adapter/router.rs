@@ -42,9 +42,29 @@ pub fn recorded_gates(model: &Llama) -> Vec<(usize, &'static str, Tensor)> {
 /// Router statistics of the last forward (needs [`record_gates`] on), with one readback for
 /// every router together.
 pub fn router_stats(model: &Llama) -> Result<Vec<RouterStats>> {
+    match gates_readout(model)? {
+        None => Ok(Vec::new()),
+        Some((routers, all)) => Ok(stats_from(&routers, &all.to_vec_f32()?)),
+    }
+}
+
+/// [`router_stats`] for async callers (a browser: the readback is awaited).
+pub async fn router_stats_async(model: &Llama) -> Result<Vec<RouterStats>> {
+    match gates_readout(model)? {
+        None => Ok(Vec::new()),
+        Some((routers, all)) => Ok(stats_from(&routers, &all.to_vec_f32_async().await?)),
+    }
+}
+
+/// One router's gates in a readout: its layer, module, tokens T and experts E.
+type RouterGates = (usize, &'static str, usize, usize);
+
+/// Every recorded gate tensor flattened into one, to read back at once; None when no router
+/// recorded gates.
+fn gates_readout(model: &Llama) -> Result<Option<(Vec<RouterGates>, Tensor)>> {
     let gates = recorded_gates(model);
     if gates.is_empty() {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let all = hydralora_engine::no_grad(|| {
         let flat: Vec<Tensor> = gates
@@ -52,13 +72,19 @@ pub fn router_stats(model: &Llama) -> Result<Vec<RouterStats>> {
             .map(|(_, _, g)| g.reshape(&[g.numel()]))
             .collect::<std::result::Result<_, _>>()?;
         Tensor::concat(&flat, 0)
-    })?
-    .to_vec_f32()?;
+    })?;
+    let routers = (gates.iter())
+        .map(|(layer, module, g)| (*layer, *module, g.dim(0), g.dim(1)))
+        .collect();
+    Ok(Some((routers, all)))
+}
+
+/// The statistics of each router from the readout's host values (`[T, E]` per router, in turn).
+fn stats_from(routers: &[RouterGates], all: &[f32]) -> Vec<RouterStats> {
     let mut offset = 0;
-    gates
-        .into_iter()
-        .map(|(layer, module, g)| {
-            let (t, n) = (g.dim(0), g.dim(1));
+    routers
+        .iter()
+        .map(|&(layer, module, t, n)| {
             let host = &all[offset..offset + t * n];
             offset += t * n;
             let mut mean_gate = vec![0.0f64; n];
@@ -72,12 +98,12 @@ pub fn router_stats(model: &Llama) -> Result<Vec<RouterStats>> {
                 }
             }
             let t = t.max(1) as f64;
-            Ok(RouterStats {
+            RouterStats {
                 layer,
                 module: module.to_string(),
                 mean_gate: mean_gate.iter().map(|m| (m / t) as f32).collect(),
                 entropy: (entropy / t) as f32,
-            })
+            }
         })
         .collect()
 }

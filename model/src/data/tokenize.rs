@@ -284,6 +284,12 @@ fn parallel_map<T: Sync, U: Send>(
         .map_or(1, NonZeroUsize::get)
         .min(items.len().div_ceil(MIN_ITEMS_PER_THREAD))
         .max(1);
+    if threads == 1 {
+        // Also the browser's case, which has no threads to spawn.
+        return (items.iter().enumerate())
+            .map(|(i, item)| f(i, item))
+            .collect();
+    }
     let chunk = items.len().div_ceil(threads).max(1);
     let f = &f;
     thread::scope(|scope| {

@@ -199,8 +199,14 @@ impl CharCodec {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = fs::read(path).map_err(|e| ModelError::io("read", path, e))?;
+        Self::from_json(&bytes, path)
+    }
+
+    /// A codec from the JSON [`CharCodec::save`] writes, already in memory (`path` names it in
+    /// errors).
+    pub fn from_json(bytes: &[u8], path: &Path) -> Result<Self> {
         let file: CharCodecFile =
-            serde_json::from_slice(&bytes).map_err(|e| ModelError::json(path, &e))?;
+            serde_json::from_slice(bytes).map_err(|e| ModelError::json(path, &e))?;
         if file.kind != "char" {
             let why = format!("expected \"char\", found {:?}", file.kind);
             return Err(ModelError::config(Some(path), "type", why));

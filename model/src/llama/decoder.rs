@@ -132,6 +132,17 @@ impl Llama {
         }
         let config = LlamaConfig::from_dir(dir)?;
         let weights = ModelWeights::open(dir)?;
+        Self::from_weights(device, config, &weights, frozen)
+    }
+
+    /// [`Llama::load_as`] from safetensors weights already opened (a folder's, or a file in
+    /// memory: [`crate::llama::weights::WeightFile::from_bytes`]).
+    pub fn from_weights(
+        device: &Device,
+        config: LlamaConfig,
+        weights: &ModelWeights,
+        frozen: Option<DType>,
+    ) -> Result<Llama> {
         weights.check_llama(&config)?;
         let frozen = frozen.unwrap_or_else(|| weights.main_float_format());
         Self::from_stored(device, config, frozen, |name, shape| {

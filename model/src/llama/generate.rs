@@ -1,7 +1,7 @@
 //! Text generation: a KV cache, greedy or sampled decoding (temperature, top-k, top-p) with a
 //! seed, stopping at EOS or a token budget, each token handed to the caller as it comes.
 
-use hydralora_engine::{no_grad, rng::Rng};
+use hydralora_engine::{no_grad, rng::Rng, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::llama::{KvCache, Llama};
@@ -89,35 +89,88 @@ pub fn generate(
     cfg: &SamplingConfig,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
-    cfg.validate()?;
-    if prompt.is_empty() {
-        return Err(ModelError::Input("the prompt has no tokens".into()));
+    let mut decoding = Decoding::new(prompt, cfg)?;
+    while let Some(logits) = decoding.record_next(model)? {
+        match decoding.accept(&logits.to_vec_f32()?) {
+            Some(token) if on_token(token) => {}
+            _ => break,
+        }
     }
-    let max_len = model.config.max_position_embeddings;
-    let mut rng = Rng::new(cfg.seed);
-    let mut cache = KvCache::new();
-    let mut tokens = prompt.to_vec();
-    let mut out = Vec::new();
-    // With a cache, the first step feeds the prompt; later steps feed only the newest token.
-    let mut feed = prompt.to_vec();
-    while out.len() < cfg.max_new_tokens && tokens.len() < max_len {
-        let logits = if cfg.use_cache {
-            last_logits(model, &feed, Some(&mut cache))?
+    Ok(decoding.out)
+}
+
+/// [`generate`] for async callers, and the one a browser can run (each token's logits are
+/// awaited, not waited for).
+pub async fn generate_async(
+    model: &Llama,
+    prompt: &[u32],
+    cfg: &SamplingConfig,
+) -> Result<Vec<u32>> {
+    let mut decoding = Decoding::new(prompt, cfg)?;
+    while let Some(logits) = decoding.record_next(model)? {
+        if decoding.accept(&logits.to_vec_f32_async().await?).is_none() {
+            break;
+        }
+    }
+    Ok(decoding.out)
+}
+
+/// One sequence being decoded: [`Decoding::record_next`] records the forward of the next
+/// position, [`Decoding::accept`] picks from its logits once they are on the host.
+struct Decoding<'c> {
+    cfg: &'c SamplingConfig,
+    rng: Rng,
+    cache: KvCache,
+    tokens: Vec<u32>,
+    out: Vec<u32>,
+    /// What the next forward feeds: the prompt first, then (with a cache) the newest token.
+    feed: Vec<u32>,
+    done: bool,
+}
+
+impl<'c> Decoding<'c> {
+    fn new(prompt: &[u32], cfg: &'c SamplingConfig) -> Result<Self> {
+        cfg.validate()?;
+        if prompt.is_empty() {
+            return Err(ModelError::Input("the prompt has no tokens".into()));
+        }
+        Ok(Decoding {
+            cfg,
+            rng: Rng::new(cfg.seed),
+            cache: KvCache::new(),
+            tokens: prompt.to_vec(),
+            out: Vec::new(),
+            feed: prompt.to_vec(),
+            done: false,
+        })
+    }
+
+    /// The next position's logits `[1, V]`, recorded (not read); None when decoding is over.
+    fn record_next(&mut self, model: &Llama) -> Result<Option<Tensor>> {
+        let max_len = model.config.max_position_embeddings;
+        if self.done || self.out.len() >= self.cfg.max_new_tokens || self.tokens.len() >= max_len {
+            return Ok(None);
+        }
+        let logits = if self.cfg.use_cache {
+            last_logits_tensor(model, &self.feed, 1, Some(&mut self.cache))?
         } else {
-            last_logits(model, &tokens, None)?
+            last_logits_tensor(model, &self.tokens, 1, None)?
         };
-        let next = pick(&logits, cfg, &mut rng);
-        if cfg.stop_tokens.contains(&next) {
-            break;
-        }
-        tokens.push(next);
-        out.push(next);
-        feed = vec![next];
-        if !on_token(next) {
-            break;
-        }
+        Ok(Some(logits))
     }
-    Ok(out)
+
+    /// Picks the next token from `logits` `[V]`: Some(token), or None at a stop token.
+    fn accept(&mut self, logits: &[f32]) -> Option<u32> {
+        let next = pick(logits, self.cfg, &mut self.rng);
+        if self.cfg.stop_tokens.contains(&next) {
+            self.done = true;
+            return None;
+        }
+        self.tokens.push(next);
+        self.out.push(next);
+        self.feed = vec![next];
+        Some(next)
+    }
 }
 
 /// Greedy decoding of many prompts, several per forward: prompts of the same length run
@@ -188,7 +241,7 @@ fn greedy_same_length(
         if !running.contains(&true) || length >= max_len {
             break;
         }
-        let logits = last_logits_batch(model, &feed, b, Some(&mut cache))?; // [B * V]
+        let logits = last_logits_tensor(model, &feed, b, Some(&mut cache))?.to_vec_f32()?; // [B * V]
         let vocab = logits.len() / b;
         feed = logits.chunks(vocab).map(argmax).collect();
         for (row, &token) in feed.iter().enumerate() {
@@ -208,29 +261,21 @@ fn greedy_same_length(
     Ok(out)
 }
 
-/// Logits [B * V] of the last position of each of `batch` sequences, ids [B, T] row-major.
-fn last_logits_batch(
+/// Logits `[B, V]` of the last position of each of `batch` sequences, ids `[B, T]`
+/// row-major; recorded, not read back.
+fn last_logits_tensor(
     model: &Llama,
     ids: &[u32],
     batch: usize,
     cache: Option<&mut KvCache>,
-) -> Result<Vec<f32>> {
+) -> Result<Tensor> {
     let t = ids.len() / batch;
     no_grad(|| {
         let hidden = model.hidden_states(ids, batch, cache)?; // [B T, H]
         let h = hidden.dim(1);
         let last = hidden.reshape(&[batch, t, h])?.narrow(1, t - 1, 1)?; // [B, 1, H]
         let last = last.reshape(&[batch, h])?;
-        Ok(model.project_vocab(&last)?.to_vec_f32()?)
-    })
-}
-
-/// Logits [V] of the last position of a single sequence.
-fn last_logits(model: &Llama, ids: &[u32], cache: Option<&mut KvCache>) -> Result<Vec<f32>> {
-    no_grad(|| {
-        let hidden = model.hidden_states(ids, 1, cache)?; // [T, H]
-        let last = hidden.narrow(0, ids.len() - 1, 1)?; // [1, H]
-        Ok(model.project_vocab(&last)?.to_vec_f32()?)
+        model.project_vocab(&last)
     })
 }
 

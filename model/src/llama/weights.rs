@@ -64,12 +64,31 @@ impl StoredTensor {
 /// A tensor name with its shape, e.g. `("model.norm.weight", vec![64])`.
 pub type TensorShape = (String, Vec<usize>);
 
-/// One memory-mapped safetensors file.
+/// A safetensors file's bytes: memory-mapped from disk, or handed over in memory (a file a
+/// browser page fetched or a user dropped).
+#[derive(Debug)]
+enum FileBytes {
+    Mapped(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// One safetensors file, memory-mapped (or in memory).
 #[derive(Debug)]
 pub struct WeightFile {
     path: PathBuf,
     /// The whole file: 8-byte header length, JSON header, then the tensors' bytes.
-    mmap: Mmap,
+    mmap: FileBytes,
     /// Byte offset of the data section in `mmap` (8 + header length).
     data_start: usize,
     /// Each tensor's dtype, shape and byte range inside the data section.
@@ -88,6 +107,15 @@ impl WeightFile {
         // file over them, which leaves the mapped (old) file intact.
         let mmap =
             unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io("memory-map", &path, e))?;
+        Self::parse(path, FileBytes::Mapped(mmap))
+    }
+
+    /// A safetensors file already in memory; `name` stands for its path in errors.
+    pub fn from_bytes(name: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(name.into(), FileBytes::Owned(bytes))
+    }
+
+    fn parse(path: PathBuf, mmap: FileBytes) -> Result<Self> {
         let (header_len, header) =
             SafeTensors::read_metadata(&mmap).map_err(|e| ModelError::Safetensors {
                 file: path.clone(),
@@ -106,6 +134,11 @@ impl WeightFile {
             tensors,
             metadata,
         })
+    }
+
+    /// The whole file's bytes.
+    pub fn file_bytes(&self) -> &[u8] {
+        &self.mmap
     }
 
     /// The file's path.
@@ -285,13 +318,18 @@ impl ModelWeights {
     }
 
     fn open_single(path: &Path) -> Result<Self> {
-        let file = WeightFile::open(path)?;
+        Ok(Self::from_file(WeightFile::open(path)?))
+    }
+
+    /// The weights of one file already opened (e.g. [`WeightFile::from_bytes`]).
+    pub fn from_file(file: WeightFile) -> Self {
+        let path = file.path.clone();
         let locations = file.tensors.keys().map(|name| (name.clone(), 0)).collect();
-        Ok(ModelWeights {
-            source: path.to_path_buf(),
+        ModelWeights {
+            source: path,
             files: vec![file],
             locations,
-        })
+        }
     }
 
     /// Opens the shards named by an index's `weight_map` (`{tensor name: shard file name}`),
@@ -594,17 +632,44 @@ pub fn write_safetensors(
     metadata: &[(&str, &str)],
 ) -> Result<()> {
     let path = path.as_ref();
-    let mut sorted: Vec<&(String, Vec<usize>, &[f32])> = tensors.iter().collect();
+    let (header, sorted) = sorted_with_header(path, tensors, metadata)?;
+    write_atomically(path, |out| write_parts(out, &header, &sorted))
+}
+
+/// The bytes [`write_safetensors`] writes, in memory (`name` stands for the file in errors).
+pub fn safetensors_bytes(
+    name: impl AsRef<Path>,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    metadata: &[(&str, &str)],
+) -> Result<Vec<u8>> {
+    let name = name.as_ref();
+    let (header, sorted) = sorted_with_header(name, tensors, metadata)?;
+    let mut out = Vec::new();
+    write_parts(&mut out, &header, &sorted).map_err(|e| ModelError::io("write", name, e))?;
+    Ok(out)
+}
+
+type NamedF32<'a> = (String, Vec<usize>, &'a [f32]);
+
+/// The tensors in file order (by name) and the header that lists them.
+fn sorted_with_header<'t, 'a>(
+    path: &Path,
+    tensors: &'t [NamedF32<'a>],
+    metadata: &[(&str, &str)],
+) -> Result<(Vec<u8>, Vec<&'t NamedF32<'a>>)> {
+    let mut sorted: Vec<&NamedF32> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let header = safetensors_header(path, &sorted, metadata)?;
-    write_atomically(path, |out| {
-        out.write_all(&(header.len() as u64).to_le_bytes())?;
-        out.write_all(&header)?;
-        for (_, _, data) in sorted {
-            write_f32_le(out, data)?;
-        }
-        Ok(())
-    })
+    Ok((header, sorted))
+}
+
+fn write_parts(out: &mut impl Write, header: &[u8], sorted: &[&NamedF32]) -> io::Result<()> {
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(header)?;
+    for (_, _, data) in sorted {
+        write_f32_le(out, data)?;
+    }
+    Ok(())
 }
 
 /// The JSON header of a safetensors file of f32 tensors (`sorted` by name, in file order),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use web_time::Instant;
 
 use hydralora_engine::{no_grad, AdamW, Gradients, Tensor};
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,17 @@ pub struct EvalStats {
     pub tokens: usize,
     /// Mean loss per labelled token of each category (`all` for examples without one).
     pub per_category: BTreeMap<String, f32>,
+}
+
+/// A step whose forwards and backwards are recorded, waiting for its one readback.
+struct PendingStep {
+    start: Instant,
+    grads: Gradients,
+    /// `[2]`: the summed micro-batch losses and the squared global gradient norm.
+    readout: Tensor,
+    /// Each micro-batch's ids and batch size, to find where a non-finite loss starts.
+    batches: Vec<(Vec<u32>, usize)>,
+    tokens: usize,
 }
 
 /// Training went numerically wrong: the step, and the first parameter with a bad gradient.
@@ -209,6 +220,32 @@ impl Trainer {
     }
 
     fn try_step(&mut self, cancelled: &dyn Fn() -> bool) -> Result<StepStats> {
+        let pending = self.record_step(cancelled)?;
+        let both = pending.readout.to_vec_f32()?;
+        self.finish_step(pending, &both, cancelled)
+    }
+
+    /// [`Trainer::step`] for async callers, and the one a browser can run: the step's single
+    /// readback (the loss and the gradient norm) is awaited, not waited for. A step that fails
+    /// changes nothing, as with [`Trainer::step`].
+    pub async fn step_async(&mut self) -> Result<StepStats> {
+        let before = self.loader.state();
+        let never = || false;
+        let result = match self.record_step(&never) {
+            Ok(pending) => match pending.readout.to_vec_f32_async().await {
+                Ok(both) => self.finish_step(pending, &both, &never),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.loader.rewind(&before);
+        }
+        result
+    }
+
+    /// Records the step's forwards and backwards (nothing read back yet).
+    fn record_step(&mut self, cancelled: &dyn Fn() -> bool) -> Result<PendingStep> {
         let start = Instant::now();
         let accum = self.settings.grad_accum;
         let mut summed: Option<Gradients> = None;
@@ -251,16 +288,47 @@ impl Trainer {
                 Some(s) => no_grad(|| s.add(&lm))?,
             });
         }
-        let mut grads = summed.expect("grad_accum >= 1");
-        // One readback for the loss and the squared gradient norm.
+        let grads = summed.expect("grad_accum >= 1");
         let sq_norm = self.squared_grad_norm(&grads)?;
-        let both = no_grad(|| Tensor::concat(&[loss_sum.expect("grad_accum >= 1"), sq_norm], 0))?
-            .to_vec_f32()?;
+        let readout =
+            no_grad(|| Tensor::concat(&[loss_sum.expect("grad_accum >= 1"), sq_norm], 0))?;
+        Ok(PendingStep {
+            start,
+            grads,
+            readout,
+            batches,
+            tokens,
+        })
+    }
+
+    /// The rest of a step once its readout (`[loss sum, squared gradient norm]`) is on the
+    /// host: the divergence checks, clipping and the optimizer update.
+    fn finish_step(
+        &mut self,
+        pending: PendingStep,
+        both: &[f32],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<StepStats> {
+        let PendingStep {
+            start,
+            mut grads,
+            batches,
+            tokens,
+            ..
+        } = pending;
+        let accum = self.settings.grad_accum;
+        let stop = |step| Err(ModelError::Cancelled { step });
         let (loss, grad_norm) = (both[0] / accum as f32, both[1].sqrt());
         let next = self.step + 1;
         if !loss.is_finite() {
             let mut place = None;
-            for (ids, b) in &batches {
+            // (The search reads back blocking, which a browser cannot.)
+            let searchable = if cfg!(target_arch = "wasm32") {
+                &batches[..0]
+            } else {
+                &batches[..]
+            };
+            for (ids, b) in searchable {
                 place = self.model.first_nonfinite(ids, *b)?;
                 if place.is_some() {
                     break;
@@ -323,6 +391,9 @@ impl Trainer {
 
     /// The name of the first parameter whose gradient holds a NaN or infinity.
     fn first_bad_gradient(&self, grads: &Gradients) -> Result<String> {
+        if cfg!(target_arch = "wasm32") {
+            return Ok("not searched in a browser".into());
+        }
         for (name, p) in &self.params {
             if let Some(g) = grads.get(p) {
                 if g.to_vec_f32()?.iter().any(|x| !x.is_finite()) {
