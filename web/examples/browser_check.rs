@@ -90,8 +90,12 @@ async fn check(out: &Path, base: &Path) -> Result<(), String> {
             .start_run(&settings, None)
             .map_err(|e| e.to_string())?;
         let mut worst: f64 = 0.0;
+        let (mut tokens, mut seconds) = (0usize, 0f64);
         for (i, page) in page_losses.iter().enumerate() {
-            let native = f64::from(session.step().await.map_err(|e| e.to_string())?.loss);
+            let stats = session.step().await.map_err(|e| e.to_string())?;
+            tokens += stats.tokens;
+            seconds += stats.seconds;
+            let native = f64::from(stats.loss);
             let rel = (page - native).abs() / native.abs().max(1e-12);
             worst = worst.max(rel);
             if rel > LOSS_TOLERANCE {
@@ -112,6 +116,14 @@ async fn check(out: &Path, base: &Path) -> Result<(), String> {
             page_losses.len(),
             page_losses.first().copied().unwrap_or(f64::NAN),
             page_losses.last().copied().unwrap_or(f64::NAN),
+        );
+        println!(
+            "{name}: tokens/s, page {:.0} ({}), native {:.0} (this machine's Vulkan driver)",
+            run["tokens_per_second"].as_f64().unwrap_or(f64::NAN),
+            results["device"]
+                .as_str()
+                .map_or("?", |d| d.lines().nth(1).unwrap_or(d).trim()),
+            tokens as f64 / seconds
         );
         native_kernels = session.kernels_used();
 

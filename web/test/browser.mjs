@@ -100,8 +100,12 @@ try {
       }
       return n;
     });
-    // A 2-pixel line across the plot's 596 columns has at least ~1,000 such pixels.
-    if (curvePixels < 1000) throw new Error(`${method}: the loss canvas has ${curvePixels} curve pixels`);
+    // The curve spans (steps - 1) / steps of the plot's 596 columns: at least a pixel per
+    // column it crosses (it is 2 pixels wide, and steeper than flat), with a margin.
+    const spanned = (596 * (steps - 1)) / steps;
+    if (curvePixels < 0.8 * spanned) {
+      throw new Error(`${method}: the loss canvas has ${curvePixels} curve pixels, fewer than the ${spanned.toFixed(0)} columns its curve spans`);
+    }
     const dir = join(out, `${method}-adapter`);
     mkdirSync(dir, { recursive: true });
     const downloads = [];

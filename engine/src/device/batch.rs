@@ -259,9 +259,8 @@ impl Device {
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let mapped = pending.mapped.try_take().ok_or_else(|| {
-            Error::Readback("the readback buffer was not mapped after the GPU finished".into())
-        })?;
+        // Another thread's poll may have taken the callback and not run it yet: wait for it.
+        let mapped = pending.mapped.wait();
         self.finish_read(pending, mapped)
     }
 
@@ -402,7 +401,7 @@ struct PendingRead {
 /// The outcome of a `map_async`, set by its callback and awaited (or taken after a blocking
 /// poll). A one-shot future in a few lines, so the engine needs no async runtime.
 #[derive(Clone, Default)]
-struct MapSignal(Arc<std::sync::Mutex<MapState>>);
+struct MapSignal(Arc<(std::sync::Mutex<MapState>, std::sync::Condvar)>);
 
 type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
 
@@ -414,19 +413,23 @@ struct MapState {
 
 impl MapSignal {
     fn set(&self, result: MapResult) {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
         state.result = Some(result);
         if let Some(waker) = state.waker.take() {
             waker.wake();
         }
+        self.0 .1.notify_all();
     }
 
-    fn try_take(&self) -> Option<MapResult> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .result
-            .take()
+    /// Blocks until the callback has run (natively, after the device was polled).
+    fn wait(&self) -> MapResult {
+        let mut state = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = state.result.take() {
+                return result;
+            }
+            state = self.0 .1.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
     }
 }
 
@@ -437,7 +440,7 @@ impl std::future::Future for &MapSignal {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<MapResult> {
-        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.0 .0.lock().unwrap_or_else(|p| p.into_inner());
         match state.result.take() {
             Some(r) => std::task::Poll::Ready(r),
             None => {
