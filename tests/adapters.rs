@@ -399,3 +399,27 @@ fn dropout_acts_only_while_training_and_is_seeded() {
     );
     assert_ne!(a, train_logits(&dropped, 4));
 }
+
+/// A saved adapter names its base as PEFT's `AutoPeftModelForCausalLM` needs: the absolute
+/// folder the base was loaded from (a model built in memory names none).
+#[test]
+fn a_saved_adapter_names_the_folder_of_its_base() {
+    let mut model = tiny();
+    attach(&mut model, &AdapterConfig::lora(2, 4.0, &["q_proj"]), 0).unwrap();
+    let dir = temp_dir("base-name");
+    save_adapter(&model, &dir).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let named = config["base_model_name_or_path"].as_str().unwrap();
+    assert!(Path::new(named).is_absolute(), "{named}");
+    assert_eq!(
+        std::fs::canonicalize(named).unwrap(),
+        std::fs::canonicalize(TINY).unwrap()
+    );
+
+    model.base_name = None;
+    save_adapter(&model, &dir).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("adapter_config.json")).unwrap()).unwrap();
+    assert!(config["base_model_name_or_path"].is_null());
+}

@@ -2,7 +2,8 @@
 // WebGPU (SwiftShader's on a machine without a GPU), fine-tunes LoRA and HydraLoRA on the
 // demo's tasks by clicking the page's buttons, and writes what the page measured to
 // OUT/results.json, with a screenshot and the downloaded adapters, for the native check
-// (`cargo run -p hydralora-web --example browser_check -- OUT`) to compare.
+// (`cargo run -p hydralora-web --example browser_check -- OUT BASE`) to compare. It also
+// fine-tunes on a JSONL file set into the page and trains the small base in the page.
 //
 //   node web/test/browser.mjs OUT [STEPS]
 //
@@ -123,8 +124,49 @@ try {
       `${run.losses.at(-1).toFixed(4)}, ${(tokens / seconds).toFixed(0)} tokens/s, "${probe}" -> "${generated}", ` +
       `${curvePixels} curve pixels`);
   }
-  results.kernels_used = JSON.parse(await page.evaluate(() => window.hydralora.studio.kernelsUsed()));
   results.kernel_failures = JSON.parse(await page.evaluate(async () => await window.hydralora.studio.checkEveryKernel()));
+
+  // The page's other ways in, briefly: a dropped-in JSONL file (its categories become the
+  // heatmap's rows), then the small base trained from scratch in the page.
+  const lines = [];
+  for (const [category, word] of [["mirror", "abc"], ["mirror", "bcd"], ["shift", "cde"], ["shift", "def"]]) {
+    const answer = category === "mirror" ? [...word].reverse().join("") : word.replace(/./g, (c) => String.fromCharCode(c.charCodeAt(0) + 1));
+    for (let i = 0; i < 8; i++) lines.push(JSON.stringify({ text: `${word}=${answer}`, category }));
+  }
+  const jsonlPath = join(out, "data.jsonl");
+  writeFileSync(jsonlPath, lines.join("\n") + "\n");
+  await page.setInputFiles("#jsonl-file", jsonlPath);
+  await page.selectOption("#method", "hydra");
+  await page.fill("#steps", "3");
+  await page.fill("#batch", "4");
+  await page.click("#train");
+  await waitState(["done"], 300_000);
+  const jsonlRun = await page.evaluate(() => ({
+    losses: window.hydralora.runs.at(-1).losses,
+    categories: window.hydralora.heatmap?.categories ?? [],
+  }));
+  if (jsonlRun.losses.length !== 3 || !jsonlRun.losses.every(Number.isFinite)) {
+    throw new Error(`the JSONL run: ${JSON.stringify(jsonlRun)}`);
+  }
+  if (JSON.stringify(jsonlRun.categories) !== JSON.stringify(["mirror", "shift"])) {
+    throw new Error(`the JSONL run's heatmap rows are ${JSON.stringify(jsonlRun.categories)}`);
+  }
+  console.log(`JSONL run: 3 steps, losses ${jsonlRun.losses.map((l) => l.toFixed(3)).join(", ")}, heatmap rows ${jsonlRun.categories}`);
+  results.jsonl_run = jsonlRun;
+
+  await page.fill("#base-steps", "3");
+  await page.click("#train-base");
+  await waitState(["base-ready"], 300_000);
+  const baseStatus = await page.locator("#base-status").textContent();
+  if (!baseStatus.includes("trained here")) throw new Error(`after base training: ${baseStatus}`);
+  await page.selectOption("#method", "lora");
+  await page.fill("#steps", "2");
+  await page.click('input[name="data"][value="demo"]');
+  await page.click("#train");
+  await waitState(["done"], 300_000);
+  console.log(`base trained in the page for 3 steps, then fine-tuned 2: ${baseStatus}`);
+
+  results.kernels_used = JSON.parse(await page.evaluate(() => window.hydralora.studio.kernelsUsed()));
   results.errors = await page.evaluate(() => window.hydralora.errors);
   results.console = consoleLines;
   writeFileSync(join(out, "results.json"), JSON.stringify(results, null, 1));

@@ -244,8 +244,15 @@ impl AdapterConfig {
         Ok(cfg)
     }
 
-    /// The `adapter_config.json` PEFT reads (plus `lora_nums` for HydraLoRA).
+    /// The `adapter_config.json` PEFT reads (plus `lora_nums` for HydraLoRA), without a base
+    /// model name ([`AdapterConfig::to_json_for`] names it).
     pub fn to_json(&self) -> Value {
+        self.to_json_for(None)
+    }
+
+    /// [`AdapterConfig::to_json`] with `base_model_name_or_path` set to `base` (a hub id or a
+    /// local path), which PEFT's `AutoPeftModelForCausalLM` loads the base from.
+    pub fn to_json_for(&self, base: Option<&str>) -> Value {
         let mut v = json!({
             "peft_type": "LORA",
             "task_type": "CAUSAL_LM",
@@ -258,7 +265,7 @@ impl AdapterConfig {
             "fan_in_fan_out": false,
             "inference_mode": false,
             "init_lora_weights": true,
-            "base_model_name_or_path": null,
+            "base_model_name_or_path": base,
             "modules_to_save": null,
         });
         if self.method == Method::Hydra {

@@ -185,7 +185,8 @@ pub fn adapter_files_from(model: &Llama, params: Vec<Vec<f32>>) -> Result<Adapte
         .collect();
     Ok(AdapterFiles {
         weights: safetensors_bytes(ADAPTER_WEIGHTS_FILE, &entries, &[("format", "pt")])?,
-        config: serde_json::to_string_pretty(&cfg.to_json()).expect("a JSON value serialises"),
+        config: serde_json::to_string_pretty(&cfg.to_json_for(model.base_name.as_deref()))
+            .expect("a JSON value serialises"),
     })
 }
 

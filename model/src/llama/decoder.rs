@@ -83,6 +83,10 @@ pub struct Llama {
     /// default ([`hydralora_engine::loss_chunk_rows`]), logits of about
     /// [`hydralora_engine::LOSS_CHUNK_BYTES`] per chunk.
     pub loss_chunk_tokens: Option<usize>,
+    /// Where the base model was loaded from (an absolute folder or file path; None for a
+    /// model built in memory): what a saved adapter names as its `base_model_name_or_path`,
+    /// so PEFT's `AutoPeftModelForCausalLM` finds the base. Settable for a hub id.
+    pub base_name: Option<String>,
 }
 
 impl Llama {
@@ -114,6 +118,13 @@ impl Llama {
     /// Q4_K_M file's q4_K and q6_K alike), its norms in f32.
     pub fn load_as(device: &Device, dir: impl AsRef<Path>, frozen: Option<DType>) -> Result<Llama> {
         let dir = dir.as_ref();
+        let mut model = Self::load_from(device, dir, frozen)?;
+        let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        model.base_name = Some(absolute.to_string_lossy().into_owned());
+        Ok(model)
+    }
+
+    fn load_from(device: &Device, dir: &Path, frozen: Option<DType>) -> Result<Llama> {
         if let Some(file) = gguf_path(dir) {
             let model = GgufModel::open(file)?;
             let estimate = frozen.unwrap_or_else(|| model.main_format());
@@ -239,6 +250,7 @@ impl Llama {
             adapter: None,
             checkpoint_activations: false,
             loss_chunk_tokens: None,
+            base_name: None,
         })
     }
 
