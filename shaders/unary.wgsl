@@ -27,6 +27,7 @@ fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
         case 2u: { r = log(v); }           // LOG
         case 3u: { r = sqrt(v); }          // SQRT
         case 4u: { r = v * sigmoid(v); }   // SILU
+        case 6u: { r = unpack2x16float(pack2x16float(vec2(v, 0.0))).x; } // ROUND_HALF
         default: { r = v * p.scalar; }     // SCALE
     }
     y[i] = r;

@@ -29,6 +29,7 @@ fn unary_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wo
             let s = 1.0 / (1.0 + exp(-v));
             r = g * s * (1.0 + v * (1.0 - s));
         }
+        case 6u: { r = g; }                       // ROUND_HALF: straight through
         default: { r = g * p.scalar; }            // SCALE
     }
     dx[i] = r;

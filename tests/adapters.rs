@@ -293,6 +293,7 @@ fn adapted_layer(
         Linear {
             weight: w.clone(),
             adapter: Some(adapter),
+            half_inputs: false,
         }
         .forward(&xs[0])
     }

@@ -1,4 +1,4 @@
-//! Unary ops (neg, exp, log on positive inputs, sqrt on positive inputs, silu, scale):
+//! Unary ops (neg, exp, log on positive inputs, sqrt on positive inputs, silu, scale, round-to-f16):
 //! forward and backward against float64, and the engine's gradcheck.
 //!
 //! Tolerances follow WGSL's accuracy guarantees for f32 (WGSL spec, "Floating Point
@@ -160,5 +160,48 @@ fn gradcheck_unary_ops() {
         };
         let x = tensor(&values(12, lo, hi, 3), &[3, 4]);
         assert_gradcheck(&format!("{kind:?}"), |xs| kind.apply(&xs[0]), &[x], &opts);
+    }
+}
+
+/// Whether `r` is one of the two f16 values next to `x`: an f16 value closer to x than
+/// f16's spacing at |x| (WGSL lets a conversion to a narrower float give either neighbour
+/// of a value it cannot represent).
+fn is_f16_neighbour(x: f32, r: f32) -> bool {
+    let representable = half::f16::from_f32(r).to_f32() == r;
+    let exponent = (x.abs() as f64).log2().floor().max(-14.0); // subnormals: 2^-24 apart
+    let spacing = 2f64.powf(exponent - 10.0);
+    representable && (f64::from(r) - f64::from(x)).abs() <= spacing
+}
+
+proptest! {
+    #![proptest_config(proptest_config(32))]
+
+    /// round_half gives an f16 value next to x (the nearest, or with WGSL's freedom its
+    /// other neighbour), across f16's normal and subnormal range; its gradient is dy.
+    #[test]
+    fn round_half_rounds_to_f16_and_passes_the_gradient_through(n in 1usize..300, seed in 0u64..1000) {
+        let mut xs = values(n, -70000.0, 70000.0, seed);
+        // Also small magnitudes, where f16 is subnormal (below 6.1e-5) or underflows.
+        for (i, v) in xs.iter_mut().enumerate() {
+            if i % 3 == 1 { *v *= 1e-9; }
+            if i % 3 == 2 { *v /= 7.0e4; }
+        }
+        let dev = device();
+        let x = Tensor::from_slice(&dev, &xs, &[n]).unwrap().into_param();
+        let y = x.round_half().unwrap();
+        let got = y.to_vec_f32().unwrap();
+        for (&v, &r) in xs.iter().zip(&got) {
+            if v.abs() > 65519.0 {
+                prop_assert!(r.is_infinite() && r.signum() == v.signum(), "{v} -> {r}");
+                continue;
+            }
+            prop_assert!(is_f16_neighbour(v, r), "{v} -> {r}, nearest f16 {}", half::f16::from_f32(v));
+        }
+        let dy = values(n, -1.0, 1.0, seed + 1);
+        let w = Tensor::from_slice(&dev, &dy, &[n]).unwrap();
+        let clipped: Vec<f32> = xs.iter().map(|v| v.clamp(-6e4, 6e4)).collect();
+        let x = Tensor::from_slice(&dev, &clipped, &[n]).unwrap().into_param();
+        let grads = x.round_half().unwrap().mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+        prop_assert_eq!(grads.get(&x).unwrap().to_vec_f32().unwrap(), dy);
     }
 }

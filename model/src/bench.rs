@@ -50,6 +50,9 @@ pub struct BenchConfig {
     /// Checkpoint the decoder layers ([`Llama::checkpoint_activations`]); not read from the
     /// file (false), set by `bench step --checkpoint-activations`.
     pub checkpoint_activations: bool,
+    /// The frozen products' precision ([`crate::Precision`]); not read from the file (f32),
+    /// set by `bench step --precision`.
+    pub precision: crate::Precision,
 }
 
 impl BenchConfig {
@@ -114,6 +117,7 @@ impl BenchConfig {
             },
             weights: DType::F32,
             checkpoint_activations: false,
+            precision: crate::Precision::F32,
         })
     }
 }
@@ -252,6 +256,7 @@ impl StepRunner {
     ) -> Result<StepRunner> {
         let mut model = random_model_as(device, &cfg.model, cfg.seed, cfg.weights)?;
         model.checkpoint_activations = cfg.checkpoint_activations;
+        model.set_precision(cfg.precision);
         let adapter = match method {
             BenchMethod::Lora => Some(cfg.lora.clone()),
             BenchMethod::Hydra => Some(cfg.hydra.clone()),

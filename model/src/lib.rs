@@ -295,6 +295,7 @@ pub use error::{ModelError, Result};
 pub use llama::codec::{CharCodec, HfCodec, TextCodec};
 pub use llama::config::{GenerationConfig, Llama3RopeScaling, LlamaConfig};
 pub use llama::generate::{generate, generate_async, generate_greedy_batch, SamplingConfig};
+pub use llama::precision::Precision;
 pub use llama::tokenizer::{DecodeStream, Tokenizer};
 pub use llama::weights::{
     llama_tensor_shapes, save_model_folder, write_atomically, write_safetensors, ModelWeights,

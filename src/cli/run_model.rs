@@ -15,8 +15,8 @@ use hydralora::model::data::{
 use hydralora::model::demo::{exact_match_with, ExactMatchOptions};
 use hydralora::model::llama::codec::{load_codec, TextCodec};
 use hydralora::model::train::evaluate;
-use hydralora::model::verify::{check_all, fixtures_root};
-use hydralora::model::{generate, GenerationConfig, Llama, SamplingConfig};
+use hydralora::model::verify::{check_all_at, fixtures_root};
+use hydralora::model::{generate, GenerationConfig, Llama, Precision, SamplingConfig};
 
 use super::router_svg::{by_layer_path, is_hydra, write_router_svgs};
 use super::train::chat_format;
@@ -323,6 +323,10 @@ pub struct VerifyArgs {
     /// A folder of reference cases [default: $HYDRALORA_FIXTURES, else ../shared/fixtures].
     #[arg(long)]
     pub fixtures: Option<PathBuf>,
+    /// f32, or mixed (as `train --precision`), checked against the mixed tolerance
+    /// (1e-2 relative: nine f16-rounded products in series, see `verify::MIXED_TOLERANCE`).
+    #[arg(long, value_name = "PRECISION", value_parser = crate::cli::weights::parse_precision, default_value = "f32")]
+    pub precision: Precision,
 }
 
 pub fn verify_cmd(a: VerifyArgs) -> CliResult {
@@ -340,7 +344,10 @@ pub fn verify_cmd(a: VerifyArgs) -> CliResult {
         "{:<22} {:<52} {:>10} {:>10}  verdict",
         "case", "check", "error", "tolerance"
     );
-    let checks = check_all(&device, &root)?;
+    if a.precision == Precision::Mixed {
+        println!("precision: mixed (f16 weights, f16-rounded inputs to their products)");
+    }
+    let checks = check_all_at(&device, &root, a.precision)?;
     for c in &checks {
         println!("{c}");
     }

@@ -19,7 +19,7 @@ use hydralora::model::llama::codec::load_codec;
 use hydralora::model::report::{line_chart_svg, Series};
 use hydralora::model::train::memory::parse_bytes;
 use hydralora::model::train::{ScheduleKind, TrainSettings, Trainer};
-use hydralora::model::{Llama, TARGET_MODULES};
+use hydralora::model::{Llama, Precision, TARGET_MODULES};
 use serde::Deserialize;
 
 use super::router_svg::{is_hydra, write_router_svgs};
@@ -94,6 +94,14 @@ pub struct TrainArgs {
     /// The same as `--weights f16`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub f16_weights: Option<bool>,
+    /// f32, or mixed: the frozen weights stored as f16 (unless `--weights` says otherwise)
+    /// and the activations that feed their matmuls rounded to f16, accumulating in f32;
+    /// adapters, router, norms, softmax, loss, gradients and optimizer stay f32. Every device
+    /// runs mixed today as f16 rounding in front of the f32 kernels: a tensor-core run's
+    /// numbers, not yet its speed [default: f32].
+    #[arg(long, value_name = "PRECISION", value_parser = crate::cli::weights::parse_precision)]
+    #[serde(default, deserialize_with = "precision_name")]
+    pub precision: Option<Precision>,
     /// Keep only each decoder layer's input and recompute the layer in backward (less
     /// memory, about one more forward of work; the same gradients) [default: only when the
     /// memory budget needs it].
@@ -188,6 +196,7 @@ impl TrainArgs {
             memory_budget,
             weights,
             f16_weights,
+            precision,
             checkpoint_activations,
             rslora,
             top_k,
@@ -247,11 +256,17 @@ pub fn run(args: TrainArgs) -> CliResult {
     if budget.is_some() {
         device.set_memory_budget(budget);
     }
-    let weights = match a.f16_weights {
-        Some(true) => Some(DType::F16),
-        _ => a.weights,
+    let precision = a.precision.unwrap_or_default();
+    let weights = match (a.f16_weights, a.weights, precision) {
+        (Some(true), _, _) => Some(DType::F16),
+        (_, None, Precision::Mixed) => Some(DType::F16),
+        (_, weights, _) => weights,
     };
     let mut model = Llama::load_as(&device, &model_dir, weights)?;
+    model.set_precision(precision);
+    if precision == Precision::Mixed {
+        eprintln!("precision: mixed (f16-rounded inputs to the frozen weights' f32 kernels: a tensor-core run's numbers)");
+    }
     let codec = load_codec(&model_dir, &model.config)?;
     let template = match &a.template {
         Some(t) => PromptTemplate::new(t)?,
@@ -570,6 +585,14 @@ fn finish(
     );
     println!("  files:       {}", files.join("\n               "));
     Ok(())
+}
+
+/// `precision = "mixed"` in a training config file.
+fn precision_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Precision>, D::Error> {
+    let name = String::deserialize(d)?;
+    crate::cli::weights::parse_precision(&name)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// `weights = "q4_k"` in a training config file.

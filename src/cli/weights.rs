@@ -1,6 +1,13 @@
-//! `--weights FORMAT`: how the frozen base weights are stored on the device.
+//! `--weights FORMAT`: how the frozen base weights are stored on the device, and
+//! `--precision`: how their products take their inputs.
 
 use hydralora::engine::DType;
+use hydralora::model::Precision;
+
+/// Parses `f32` or `mixed`.
+pub fn parse_precision(name: &str) -> Result<Precision, String> {
+    Precision::parse(name).map_err(|e| e.to_string())
+}
 
 /// Parses `f32`, `f16`, `bf16`, `q8_0`, `q4_0`, `q4_k` or `q6_k` (any case).
 pub fn parse_weight_format(name: &str) -> Result<DType, String> {

@@ -71,6 +71,10 @@ pub enum UnaryKind {
     Silu,
     /// x * s
     Scale(f32),
+    /// x rounded to the nearest f16 (kept in f32); its gradient passes straight through,
+    /// as a cast's does. What a half-precision matmul does to its inputs (`--precision
+    /// mixed`).
+    RoundHalf,
 }
 
 impl UnaryKind {
@@ -82,6 +86,7 @@ impl UnaryKind {
             UnaryKind::Sqrt => (3, 0.0),
             UnaryKind::Silu => (4, 0.0),
             UnaryKind::Scale(s) => (5, s),
+            UnaryKind::RoundHalf => (6, 0.0),
         }
     }
 }
@@ -340,5 +345,11 @@ impl Tensor {
     /// x * s
     pub fn scale(&self, s: f32) -> Result<Tensor> {
         unary(self, UnaryKind::Scale(s))
+    }
+    /// Each element rounded to the nearest f16 value (still stored as f32; beyond f16's
+    /// range, ±infinity); the gradient passes through unchanged (straight-through, as a
+    /// cast's). `--precision mixed` feeds the frozen weights' matmuls through it.
+    pub fn round_half(&self) -> Result<Tensor> {
+        unary(self, UnaryKind::RoundHalf)
     }
 }

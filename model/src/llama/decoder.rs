@@ -18,6 +18,7 @@ use crate::llama::config::LlamaConfig;
 use crate::llama::gguf::{gguf_path, GgufModel};
 use crate::llama::layer::Layer;
 use crate::llama::linear::Linear;
+use crate::llama::precision::Precision;
 use crate::llama::weights::{llama_tensor_shapes, ModelWeights, StoredTensor};
 
 /// Keys and values of the tokens seen so far, per layer: [B, nkv, S, hd] each.
@@ -87,6 +88,8 @@ pub struct Llama {
     /// model built in memory): what a saved adapter names as its `base_model_name_or_path`,
     /// so PEFT's `AutoPeftModelForCausalLM` finds the base. Settable for a hub id.
     pub base_name: Option<String>,
+    /// The precision of the frozen products ([`Llama::set_precision`]).
+    precision: Precision,
 }
 
 impl Llama {
@@ -251,6 +254,7 @@ impl Llama {
             checkpoint_activations: false,
             loss_chunk_tokens: None,
             base_name: None,
+            precision: Precision::F32,
         })
     }
 
@@ -395,7 +399,10 @@ impl Llama {
         }
         let out = x.rms_norm(&self.norm, c.rms_norm_eps as f32)?;
         inspect("the final norm", &out)?;
-        Ok(out)
+        match self.precision {
+            Precision::Mixed => Ok(out.round_half()?), // what lm_head's product takes
+            Precision::F32 => Ok(out),
+        }
     }
 
     /// logits = hidden lm_head^T, [N, V], part by part when lm_head is split.
@@ -647,6 +654,23 @@ impl Llama {
             }
         }
         Ok(())
+    }
+
+    /// Sets the precision of the frozen products (see [`Precision`]). `Mixed` rounds the
+    /// inputs of every frozen linear layer and of lm_head to f16; it does not change how the
+    /// weights are stored (load with f16 weights for that, as `--precision mixed` does).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        for layer in &mut self.layers {
+            for (_, linear) in layer.linears_mut() {
+                linear.half_inputs = precision == Precision::Mixed;
+            }
+        }
+    }
+
+    /// The precision of the frozen products.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Stores the frozen linear weights of every layer as f16 (half their memory; the

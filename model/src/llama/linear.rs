@@ -11,6 +11,9 @@ pub struct Linear {
     pub weight: Tensor, // [d_out, d_in]
     /// The attached adapter, if any.
     pub adapter: Option<Adapter>,
+    /// `--precision mixed`: the input of the frozen product is rounded to f16 first, as a
+    /// half-precision matmul takes it (the adapter still sees the f32 input).
+    pub half_inputs: bool,
 }
 
 impl Linear {
@@ -19,6 +22,7 @@ impl Linear {
         Linear {
             weight,
             adapter: None,
+            half_inputs: false,
         }
     }
 
@@ -34,7 +38,10 @@ impl Linear {
 
     /// x: [T, d_in] -> [T, d_out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul_nt(&self.weight)?; // [T, d_out]
+        let y = match self.half_inputs {
+            true => x.round_half()?.matmul_nt(&self.weight)?,
+            false => x.matmul_nt(&self.weight)?,
+        }; // [T, d_out]
         match &self.adapter {
             Some(adapter) => adapter.add_to(y, x),
             None => Ok(y),

@@ -13,6 +13,7 @@ pub mod generate;
 pub mod gguf;
 pub mod layer;
 pub mod linear;
+pub mod precision;
 pub mod tokenizer;
 pub mod weights;
 

@@ -8,6 +8,7 @@ use hydralora::engine::{DType, Device};
 use hydralora::model::bench::{
     bench_forward, bench_step, bench_step_pair, BenchConfig, BenchMethod, PairReport,
 };
+use hydralora::model::Precision;
 
 use crate::cli::CliResult;
 
@@ -49,6 +50,10 @@ pub struct StepArgs {
     /// The same as `--weights f16`.
     #[arg(long, conflicts_with = "weights")]
     f16_weights: bool,
+    /// f32, or mixed (as `train --precision`: f16 frozen weights unless `--weights` says
+    /// otherwise, f16-rounded inputs to their matmuls).
+    #[arg(long, value_name = "PRECISION", value_parser = crate::cli::weights::parse_precision, default_value = "f32")]
+    precision: Precision,
     /// Keep only each decoder layer's input and recompute the layer in backward (as `train
     /// --checkpoint-activations`): less memory, one more forward of work.
     #[arg(long)]
@@ -67,9 +72,10 @@ impl MethodArg {
 
 pub fn run_step(a: StepArgs) -> CliResult {
     let mut cfg = BenchConfig::from_file(&a.config)?;
-    let weights = match a.f16_weights {
-        true => DType::F16,
-        false => a.weights.unwrap_or(DType::F32),
+    let weights = match (a.f16_weights, a.weights, a.precision) {
+        (true, _, _) => DType::F16,
+        (false, None, Precision::Mixed) => DType::F16,
+        (false, weights, _) => weights.unwrap_or(DType::F32),
     };
     if weights != DType::F32 && [Some(a.method), a.versus].contains(&Some(MethodArg::Full)) {
         return Err(format!(
@@ -80,6 +86,7 @@ pub fn run_step(a: StepArgs) -> CliResult {
     }
     cfg.weights = weights;
     cfg.checkpoint_activations = a.checkpoint_activations;
+    cfg.precision = a.precision;
     let device = Device::new()?;
     if let Some(versus) = a.versus {
         let targets = a.targets.clone().or_else(|| match a.method {
@@ -127,6 +134,11 @@ pub fn run_step(a: StepArgs) -> CliResult {
             ""
         }
     );
+    if a.precision == Precision::Mixed {
+        println!(
+            "precision:          mixed (f16-rounded inputs to the frozen weights' f32 kernels)"
+        );
+    }
     match r.timed_steps {
         0 => println!(
             "time per step:      {:.3} s, the warm-up step alone (pipeline compiles included; --steps 0)",
