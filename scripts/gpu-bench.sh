@@ -77,6 +77,7 @@ run info "$bin" info
 cat "$out/info.out"
 if [[ -d $fixtures ]]; then
     run verify "$bin" verify --fixtures "$fixtures"
+    run verify-mixed "$bin" verify --fixtures "$fixtures" --precision mixed
 fi
 if command -v cargo > /dev/null && [[ $small != 1 ]]; then
     # On the GPU: the cooperative-matrix kernels against the float64 reference, required.
@@ -100,12 +101,14 @@ for label in f32 f16-weights coop-f32-weights coop-f16-weights auto; do
 done
 
 : > "$out/step.jsonl"
-# step NAME CONFIG METHOD WEIGHTS ENV...: WEIGHTS f32, or f16 (--f16-weights: the frozen
-# weights in f16; the f16 cooperative-matrix kernel is opt-in, HYDRALORA_COOPMAT=on).
+# step NAME CONFIG METHOD WEIGHTS ENV...: WEIGHTS f32, f16 (--f16-weights: the frozen
+# weights in f16; the f16 cooperative-matrix kernel is opt-in, HYDRALORA_COOPMAT=on), or
+# mixed (--precision mixed: f16 weights, f16-rounded inputs to their products).
 step() {
     local name=$1 cfg=$2 method=$3 weights=$4; shift 4
     local flags=()
     [[ $weights == f16 ]] && flags=(--f16-weights)
+    [[ $weights == mixed ]] && flags=(--precision mixed)
     run "step-$name" env "$@" "$bin" bench step --config "$bench_dir/$cfg.json" --method "$method" \
         --steps "$steps" --json "${flags[@]}"
     sed "s/^{/{\"config\":\"$name\",/" "$out/step-$name.out" >> "$out/step.jsonl" || true
@@ -115,6 +118,7 @@ for cfg in "${configs[@]}"; do
         step "$cfg-$method" "$cfg" "$method" f32 HYDRALORA_COOPMAT=auto
         step "$cfg-$method-f16w" "$cfg" "$method" f16 HYDRALORA_COOPMAT=off
         step "$cfg-$method-f16w-coop" "$cfg" "$method" f16 HYDRALORA_COOPMAT=on
+        step "$cfg-$method-mixed" "$cfg" "$method" mixed HYDRALORA_COOPMAT=auto
     done
 done
 if [[ $small != 1 ]]; then
