@@ -69,7 +69,7 @@ pub use ops::loss::{
     cross_entropy, linear_cross_entropy, linear_cross_entropy_chunked, loss_chunk_rows,
     IGNORE_INDEX, LOSS_CHUNK_BYTES,
 };
-pub use ops::matmul::{add_matmul_scaled, matmul_scaled, matmul_t};
+pub use ops::matmul::{add_matmul_scaled, matmul_half_inputs, matmul_scaled, matmul_t};
 pub use ops::norm::rms_norm;
 pub use ops::rope::{rope, rope_inv_freq, RopeTables};
 pub use ops::softmax::{softmax_scaled, CausalMask};

@@ -299,3 +299,52 @@ fn kernel_names_round_trip() {
     }
     assert_eq!(MatmulKernel::from_name("coop"), None);
 }
+
+/// `matmul_half_inputs` (`--precision mixed`): where the device has the f16 cooperative
+/// kernel, a large product runs on it and matches the float64 product of the f16-rounded
+/// operands within f32 summation error; everywhere else it is `round_half(a)` then the
+/// ordinary product, bit for bit.
+#[test]
+fn half_input_products_round_both_operands_to_f16() {
+    let dev = device();
+    let (m, k, n) = (128, 192, 96);
+    let a_host = values(m * k, -1.0, 1.0, 11);
+    let b_host = values(n * k, -1.0, 1.0, 12);
+    let a = Tensor::from_slice(&dev, &a_host, &[m, k]).unwrap();
+    let b = Tensor::from_slice(&dev, &b_host, &[n, k])
+        .unwrap()
+        .to_f16()
+        .unwrap();
+    let got = no_grad(|| hydralora_engine::matmul_half_inputs(&a, &b, false, true))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    if cooperative_kernels(&dev).contains(&MatmulKernel::CoopF16x16) {
+        let round =
+            |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(f16::from_f32(x))).collect() };
+        let (ra, rb) = (round(&a_host), round(&b_host));
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut size) = (0.0, 0.0);
+                for t in 0..k {
+                    exact += ra[i * k + t] * rb[j * k + t];
+                    size += (ra[i * k + t] * rb[j * k + t]).abs();
+                }
+                let err = (f64::from(got[i * n + j]) - exact).abs();
+                // Either f16 neighbour may be taken on load (2u16 per term), sums in f32.
+                let bound = (2.0 * U16 + gamma(k + 1)) * size + 1e-6;
+                assert!(err <= bound, "({i}, {j}): {err:e} > {bound:e}");
+            }
+        }
+    } else {
+        assert!(
+            !required(),
+            "HYDRALORA_REQUIRE_COOPMAT=1 but no f16 cooperative kernel"
+        );
+        let reference = no_grad(|| a.round_half()?.matmul_nt(&b))
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        assert_eq!(got, reference);
+    }
+}

@@ -2,7 +2,9 @@
 //! whether its matmuls use cooperative matrices (and which kernel otherwise), and how
 //! `--precision mixed` runs on it.
 
-use hydralora::engine::ops::matmul::cooperative_matrix_summary;
+use hydralora::engine::ops::matmul::{
+    cooperative_kernels, cooperative_matrix_summary, MatmulKernel,
+};
 use hydralora::engine::Device;
 
 use super::CliResult;
@@ -15,10 +17,14 @@ pub fn run() -> CliResult {
         "cooperative matrix:   {}",
         cooperative_matrix_summary(&device)
     );
+    let tensor_cores = cooperative_kernels(&device).contains(&MatmulKernel::CoopF16x16);
     println!(
-        "precision:            f32 by default; --precision mixed runs here as f16 rounding in \
-         front of the f32 kernels (a tensor-core run's numbers, not its speed: the f16 \
-         cooperative-matrix kernels are not chosen for it yet)"
+        "precision:            f32 by default; --precision mixed runs the layers' products {}",
+        match tensor_cores {
+            true => "on the f16 cooperative-matrix kernel",
+            false =>
+                "as f16 rounding in front of the f32 kernels (no f16 cooperative matrices here)",
+        }
     );
     Ok(())
 }

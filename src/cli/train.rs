@@ -96,9 +96,9 @@ pub struct TrainArgs {
     pub f16_weights: Option<bool>,
     /// f32, or mixed: the frozen weights stored as f16 (unless `--weights` says otherwise)
     /// and the activations that feed their matmuls rounded to f16, accumulating in f32;
-    /// adapters, router, norms, softmax, loss, gradients and optimizer stay f32. Every device
-    /// runs mixed today as f16 rounding in front of the f32 kernels: a tensor-core run's
-    /// numbers, not yet its speed [default: f32].
+    /// adapters, router, norms, softmax, loss, gradients and optimizer stay f32. The layers'
+    /// products run on the f16 cooperative-matrix kernel where the device has one, else as
+    /// f16 rounding in front of the f32 kernels (`hydralora info` says which) [default: f32].
     #[arg(long, value_name = "PRECISION", value_parser = crate::cli::weights::parse_precision)]
     #[serde(default, deserialize_with = "precision_name")]
     pub precision: Option<Precision>,
@@ -265,7 +265,7 @@ pub fn run(args: TrainArgs) -> CliResult {
     let mut model = Llama::load_as(&device, &model_dir, weights)?;
     model.set_precision(precision);
     if precision == Precision::Mixed {
-        eprintln!("precision: mixed (f16-rounded inputs to the frozen weights' f32 kernels: a tensor-core run's numbers)");
+        eprintln!("precision: mixed (f16 weights, f16 inputs to their products, f32 sums)");
     }
     let codec = load_codec(&model_dir, &model.config)?;
     let template = match &a.template {

@@ -165,6 +165,9 @@ pub(crate) struct Strides {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Problem {
     pub alpha: f32,
+    /// The caller takes both operands at f16 precision (`matmul_half_inputs`): the f16
+    /// cooperative kernel may serve it whatever B's storage.
+    pub half_inputs: bool,
     pub weights: DType,
     pub batch: usize,
     pub m: usize,
@@ -269,6 +272,7 @@ fn problem(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<(Problem, Vec<u
     let b_batch = if b_shared || batch_eff == 1 { 0 } else { k * n };
     let problem = Problem {
         alpha: 1.0,
+        half_inputs: false,
         weights: b.dtype(),
         batch: batch_eff,
         m: m_eff,
@@ -303,6 +307,22 @@ pub fn matmul_scaled(a: &Tensor, b: &Tensor, ta: bool, tb: bool, alpha: f32) -> 
     p.alpha = alpha;
     let variant = choose(a.device(), &p);
     run(a, b, ta, tb, &p, Output::New(out_shape), variant)
+}
+
+/// `op(a) op(b)` with both operands at f16 precision and the sums in f32, as tensor cores
+/// compute (`--precision mixed`): on a device with f16 cooperative matrices, a large product
+/// runs on that kernel, which rounds A and B as it loads them; anywhere else `a` goes
+/// through [`Tensor::round_half`] first and today's kernels take it (the same numbers, for a
+/// B already stored in f16 or narrower). Recorded as the plain product: the backward's
+/// products (`dY W`) keep f32 inputs, so no gradient is ever rounded.
+pub fn matmul_half_inputs(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
+    let (mut p, out_shape) = problem(a, b, ta, tb)?;
+    p.half_inputs = true;
+    let variant = choose(a.device(), &p);
+    match variant.kernel {
+        MatmulKernel::CoopF16x16 => run(a, b, ta, tb, &p, Output::New(out_shape), variant),
+        _ => matmul_t(&a.round_half()?, b, ta, tb),
+    }
 }
 
 /// `c + alpha op(a) op(b)` as one recorded op (the gradients: `c`'s is the output's, the
@@ -602,9 +622,11 @@ pub(crate) fn choose(device: &Device, p: &Problem) -> MatmulVariant {
     let coop = match device.info().coop_use {
         CoopUse::On => cooperative_kernel(device),
         CoopUse::Off => None,
-        CoopUse::Auto if worth_cooperative(p) => cooperative_kernels(device)
-            .into_iter()
-            .find(|&k| k == MatmulKernel::CoopF32x8),
+        CoopUse::Auto if worth_cooperative(p) => {
+            cooperative_kernels(device).into_iter().find(|&k| {
+                k == MatmulKernel::CoopF32x8 || (p.half_inputs && k == MatmulKernel::CoopF16x16)
+            })
+        }
         CoopUse::Auto => None,
     };
     let kernel = if let Some(coop) = coop {

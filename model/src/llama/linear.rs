@@ -1,6 +1,6 @@
 //! A frozen linear layer, `y = x W^T`, that may carry an adapter.
 
-use hydralora_engine::{Result, Tensor};
+use hydralora_engine::{matmul_half_inputs, Result, Tensor};
 
 use crate::adapter::Adapter;
 
@@ -39,7 +39,7 @@ impl Linear {
     /// x: [T, d_in] -> [T, d_out].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match self.half_inputs {
-            true => x.round_half()?.matmul_nt(&self.weight)?,
+            true => matmul_half_inputs(x, &self.weight, false, true)?,
             false => x.matmul_nt(&self.weight)?,
         }; // [T, d_out]
         match &self.adapter {

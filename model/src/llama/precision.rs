@@ -7,10 +7,11 @@
 //! f32. Adapters, router, norms' statistics, softmax, the loss, gradients and the optimizer
 //! stay f32, so no loss scaling is needed: no gradient is ever rounded to f16.
 //!
-//! Today every device runs `Mixed` as rounding (`Tensor::round_half`) in front of the f32
-//! kernels: the numbers a tensor-core run gives, not yet its speed (choosing the
-//! cooperative-matrix f16 kernels for these products is waiting for a GPU to measure on), so
-//! `F32` stays the default everywhere.
+//! A frozen layer's product runs on the f16 cooperative-matrix kernel (tensor cores) where
+//! the device has one and the product is large enough, and elsewhere as rounding
+//! (`Tensor::round_half`) in front of the f32 kernels: the same numbers either way
+//! (`hydralora_engine::matmul_half_inputs`). Its speed has not been measured on a GPU yet,
+//! so `F32` stays the default everywhere.
 
 use std::fmt;
 
