@@ -611,6 +611,7 @@ fn write_pictures(
             name,
             color,
             points: pts,
+            smooth: true,
         })
         .collect();
     let loss = opts.out_dir.join("loss.svg");

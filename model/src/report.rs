@@ -1,97 +1,134 @@
-//! Pictures of a run, as SVG files (any browser shows them): the loss curves and the
-//! router heatmap. Written directly as SVG: a plotting crate would need a font backend for
-//! its labels, and these two charts are a few dozen elements.
+//! Pictures of a run, as SVG files (any browser shows them): the loss curves, drawn with
+//! `plotters` (round ticks, a grid, a noisy curve smoothed over its faded raw points), and
+//! the router heatmap, written directly (a grid of labelled cells). SVG text needs no font
+//! backend: the viewer renders it.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::error::Result;
+use plotters::prelude::*;
+
+use crate::error::{ModelError, Result};
 use crate::llama::weights::write_atomically;
 
 const W: f64 = 720.0;
 const H: f64 = 420.0;
-const MARGIN: f64 = 60.0;
 
 /// One named curve of (step, value) points.
 pub struct Series<'a> {
     /// The legend's label.
     pub name: &'a str,
-    /// An SVG color, e.g. `#1f77b4` or `crimson`.
+    /// A `#rrggbb` color, e.g. `#1f77b4`.
     pub color: &'a str,
     /// (x, y) points, x usually the step.
     pub points: &'a [(f64, f64)],
+    /// Draw the raw points faded and a smoothed line over them (a per-step training loss);
+    /// false draws the points as they are (an evaluation curve of a few points).
+    pub smooth: bool,
 }
 
 /// Line chart of several series (train and eval loss) against the step.
 pub fn line_chart_svg(path: &Path, title: &str, y_label: &str, series: &[Series]) -> Result<()> {
-    let all = series
-        .iter()
-        .flat_map(|s| s.points.iter())
-        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let svg = line_chart(title, y_label, series)
+        .map_err(|e| ModelError::Input(format!("drawing {}: {e}", path.display())))?;
+    write_atomically(path, |out| std::io::Write::write_all(out, svg.as_bytes()))
+}
+
+/// The chart's SVG text.
+fn line_chart(
+    title: &str,
+    y_label: &str,
+    series: &[Series],
+) -> std::result::Result<String, Box<dyn std::error::Error>> {
+    let finite = |s: &Series| -> Vec<(f64, f64)> {
+        (s.points.iter().copied())
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect()
+    };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in all {
+    for (x, y) in series.iter().flat_map(finite) {
         (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
     }
     if x0 > x1 {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
-    if x1 == x0 {
-        x1 = x0 + 1.0;
+    let pad = ((y1 - y0) * 0.05).max(1e-3);
+    let (x1, y0, y1) = (x1.max(x0 + 1.0), y0 - pad, y1 + pad);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (W as u32, H as u32)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x0..x1, y0..y1)?;
+        chart
+            .configure_mesh()
+            .x_desc("step")
+            .y_desc(y_label)
+            .x_label_formatter(&|x| format!("{x}"))
+            .light_line_style(BLACK.mix(0.05))
+            .bold_line_style(BLACK.mix(0.15))
+            .draw()?;
+        for s in series {
+            let color = parse_color(s.color);
+            let points = finite(s);
+            let line = match s.smooth {
+                true => {
+                    chart.draw_series(LineSeries::new(points.clone(), color.mix(0.25)))?;
+                    smoothed(&points)
+                }
+                false => {
+                    let dots = points.iter().map(|&p| Circle::new(p, 3, color.filled()));
+                    chart.draw_series(dots)?;
+                    points
+                }
+            };
+            chart
+                .draw_series(LineSeries::new(line, color.stroke_width(2)))?
+                .label(s.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
     }
-    if y1 == y0 {
-        y1 = y0 + 1.0;
+    Ok(svg)
+}
+
+/// An exponential moving average whose span is about a tenth of the curve (at least
+/// one point), started at the first point, so a noisy loss shows its trend.
+fn smoothed(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let span = (points.len() as f64 / 10.0).max(1.0);
+    let alpha = 2.0 / (span + 1.0);
+    let mut level = points.first().map_or(0.0, |p| p.1);
+    points
+        .iter()
+        .map(|&(x, y)| {
+            level += alpha * (y - level);
+            (x, level)
+        })
+        .collect()
+}
+
+/// `#rrggbb` as a color (gray for anything else).
+fn parse_color(hex: &str) -> RGBColor {
+    let byte = |i: usize| {
+        hex.get(1 + 2 * i..3 + 2 * i)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+    };
+    match (hex.len(), byte(0), byte(1), byte(2)) {
+        (7, Some(r), Some(g), Some(b)) => RGBColor(r, g, b),
+        _ => RGBColor(128, 128, 128),
     }
-    let px = |x: f64| MARGIN + (x - x0) / (x1 - x0) * (W - 2.0 * MARGIN);
-    let py = |y: f64| H - MARGIN - (y - y0) / (y1 - y0) * (H - 2.0 * MARGIN);
-    let mut svg = header(title);
-    axes(&mut svg, y_label, "step");
-    for i in 0..=4 {
-        let (xv, yv) = (
-            x0 + (x1 - x0) * i as f64 / 4.0,
-            y0 + (y1 - y0) * i as f64 / 4.0,
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
-            px(xv),
-            H - MARGIN + 16.0,
-            fmt_num(xv)
-        );
-        let _ = write!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"#,
-            MARGIN - 6.0,
-            py(yv) + 4.0,
-            fmt_num(yv)
-        );
-    }
-    for (k, s) in series.iter().enumerate() {
-        let pts: Vec<String> = s
-            .points
-            .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite())
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
-            .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-            s.color,
-            pts.join(" ")
-        );
-        let ly = MARGIN + 14.0 * k as f64;
-        let _ = write!(
-            svg,
-            r#"<rect x="{:.1}" y="{:.1}" width="12" height="3" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="12">{}</text>"#,
-            W - MARGIN - 110.0,
-            ly - 4.0,
-            s.color,
-            W - MARGIN - 94.0,
-            ly,
-            escape(s.name)
-        );
-    }
-    svg.push_str("</svg>\n");
-    write_atomically(path, |out| std::io::Write::write_all(out, svg.as_bytes()))
 }
 
 /// Heatmap of `values[row][col]` (e.g. mean gate weight of each expert per category), with
@@ -165,28 +202,6 @@ fn header(title: &str) -> String {
     )
 }
 
-fn axes(svg: &mut String, y_label: &str, x_label: &str) {
-    let _ = write!(
-        svg,
-        r#"<line x1="{MARGIN}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/><line x1="{MARGIN}" y1="{MARGIN}" x2="{MARGIN}" y2="{b}" stroke="black"/><text x="{cx}" y="{lx}" text-anchor="middle" font-size="12">{x}</text><text x="14" y="{cy}" font-size="12" transform="rotate(-90 14 {cy})" text-anchor="middle">{y}</text>"#,
-        b = H - MARGIN,
-        r = W - MARGIN,
-        cx = W / 2.0,
-        lx = H - 18.0,
-        cy = H / 2.0,
-        x = escape(x_label),
-        y = escape(y_label)
-    );
-}
-
-fn fmt_num(v: f64) -> String {
-    if v.abs() >= 100.0 || v == v.trunc() {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -201,30 +216,56 @@ mod tests {
     fn charts_are_well_formed_svg_with_every_point() {
         let dir = std::env::temp_dir().join(format!("hydralora-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let pts = [(1.0, 3.0), (2.0, 2.5), (3.0, 2.0)];
+        let train: Vec<(f64, f64)> = (1..=60)
+            .map(|i| {
+                (
+                    i as f64,
+                    3.0 - i as f64 / 40.0 + if i % 2 == 0 { 0.2 } else { -0.2 },
+                )
+            })
+            .collect();
+        let eval = [(20.0, 2.6), (40.0, 2.1), (60.0, 1.7)];
         line_chart_svg(
             &dir.join("loss.svg"),
             "loss <train>",
             "loss",
-            &[Series {
-                name: "train",
-                color: "#1f77b4",
-                points: &pts,
-            }],
+            &[
+                Series {
+                    name: "train",
+                    color: "#1f77b4",
+                    points: &train,
+                    smooth: true,
+                },
+                Series {
+                    name: "eval",
+                    color: "#d62728",
+                    points: &eval,
+                    smooth: false,
+                },
+            ],
         )
         .unwrap();
         let svg = std::fs::read_to_string(dir.join("loss.svg")).unwrap();
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(svg.contains("loss &lt;train&gt;"));
-        assert_eq!(svg.matches("<polyline").count(), 1);
-        let points = svg
-            .split("points=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        assert_eq!(points.split(' ').count(), 3);
+        assert!(svg.contains("loss &lt;train&gt;"), "the title, escaped");
+        assert!(
+            svg.contains(">\neval\n<") && svg.contains(">\ntrain\n<"),
+            "the legend"
+        );
+        // Round ticks: 0.2-spaced losses and 10-spaced steps, not 3-decimal values.
+        assert!(
+            svg.contains(">\n2.0\n<") && svg.contains(">\n40\n<"),
+            "{svg}"
+        );
+        // Train: the raw curve (faded), its smoothed line and its legend mark; eval: its
+        // line and legend mark, and its three points as circles.
+        let lines = |color: &str| svg.matches(&format!(r#"stroke="{color}""#)).count();
+        assert_eq!((lines("#1F77B4"), lines("#D62728")), (3, 2), "{svg}");
+        assert_eq!(svg.matches("<circle").count(), 3);
+        // The smoothed line swings less than the raw one.
+        let swing =
+            |pts: &[(f64, f64)]| pts.windows(2).map(|w| (w[1].1 - w[0].1).abs()).sum::<f64>();
+        assert!(swing(&smoothed(&train)) < swing(&train) / 3.0);
         heatmap_svg(
             &dir.join("router.svg"),
             "router",

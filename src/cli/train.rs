@@ -545,12 +545,14 @@ fn finish(
         name: "train",
         color: "#1f77b4",
         points: &o.train_curve,
+        smooth: true,
     }];
     if !o.eval_curve.is_empty() {
         series.push(Series {
             name: "eval",
             color: "#d62728",
             points: &o.eval_curve,
+            smooth: false,
         });
     }
     line_chart_svg(&curve, "loss", "loss", &series)?;
