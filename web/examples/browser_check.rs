@@ -6,8 +6,8 @@
 //!    within `LOSS_TOLERANCE` relative;
 //! 2. each downloaded adapter loads natively and gives the logits the page computed for the
 //!    probe prompt, within the fixtures' logits tolerance;
-//! 3. Chromium's WebGPU compiled every kernel variant the device can run (no refusals), and
-//!    the page ran every kernel the native run used that the browser device supports.
+//! 3. Chromium's WebGPU compiled every kernel variant the device can run (no refusals); the
+//!    kernel families each side ran are listed (they are chosen per device).
 //!
 //!   cargo run -p hydralora-web --example browser_check -- OUT BASE_DIR
 //!
@@ -179,21 +179,35 @@ async fn check(out: &Path, base: &Path) -> Result<(), String> {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    // Natively lavapipe runs subgroup variants where the browser runs their portable twins.
-    let portable = |k: &str| k.replace("_subgroup", "").replace("+subgroup", "");
-    let page_portable: Vec<String> = page_kernels.iter().map(|k| portable(k)).collect();
-    let missing: Vec<&String> = native_kernels
-        .iter()
-        .filter(|k| !page_portable.contains(&portable(k)))
-        .collect();
+    // Natively lavapipe runs subgroup variants where the browser (no subgroups) runs their
+    // portable twins, so runs are compared by kernel family: `matmul_subgroup+f16:nt32` and
+    // `matmul_tiled:nt` are both `matmul`.
+    let family = |k: &str| -> String {
+        let variant = k.split([':', '+']).next().unwrap_or(k);
+        ["_subgroup", "_tiled", "_splitk"]
+            .iter()
+            .fold(variant.to_string(), |v, suffix| v.replace(suffix, ""))
+    };
+    let page_families: std::collections::BTreeSet<String> =
+        page_kernels.iter().map(|k| family(k)).collect();
+    let native_families: std::collections::BTreeSet<String> =
+        native_kernels.iter().map(|k| family(k)).collect();
+    let missing: Vec<&String> = native_families.difference(&page_families).collect();
     println!(
-        "kernels: the page ran {} (the native run {}); Chromium compiled every variant the device supports, refusing {}",
+        "kernels: the page ran {} ({} families), the native run {} ({} families); Chromium compiled every variant the device supports, refusing {}",
         page_kernels.len(),
+        page_families.len(),
         native_kernels.len(),
+        native_families.len(),
         refused.len()
     );
     if !missing.is_empty() {
-        println!("  run natively but not in the page (by portable name): {missing:?}");
+        // Kernels are chosen per device (lavapipe takes flash attention with subgroups, a
+        // device without them takes the composed attention for short sequences), so this is
+        // said, not failed; the compile check above covers every variant either way.
+        println!(
+            "  families the native run used and the page did not (chosen per device): {missing:?}"
+        );
     }
     let errors = results["errors"].as_array().map_or(0, Vec::len);
     if errors > 0 {
