@@ -13,34 +13,29 @@ use hydralora_model::train::Trainer;
 use hydralora_model::{Llama, TextCodec};
 use hydralora_web::session::{Method, RunSettings, Session};
 
-fn require_gpu_or_skip() -> Option<Device> {
-    match Device::new() {
-        Ok(d) => Some(d),
-        Err(e) if std::env::var_os("HYDRALORA_REQUIRE_GPU").is_some() => {
-            panic!("HYDRALORA_REQUIRE_GPU is set but no GPU adapter was found: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: no GPU adapter ({e})");
-            None
-        }
-    }
+/// The GPU (a test fails, never skips, without one), a random base of the demo's shape saved
+/// into a temporary folder, and a session holding that base as the page would (as bytes).
+fn session_with_random_base() -> (Device, tempfile::TempDir, Session) {
+    let device = Device::new()
+        .unwrap_or_else(|e| panic!("GPU tests need an adapter and none was found: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    random_model(&device, &demo_config(demo_codec().vocab_size()), 3)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let mut session = pollster::block_on(Session::open()).unwrap();
+    let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
+    session
+        .load_base(&read("config.json"), read("model.safetensors"), None)
+        .unwrap();
+    (device, dir, session)
 }
 
 #[test]
 fn awaited_steps_equal_blocking_steps_and_adapter_files_equal_saved_ones() {
-    let Some(device) = require_gpu_or_skip() else {
-        return;
-    };
+    let (device, dir, mut session) = session_with_random_base();
     let codec = demo_codec();
-    let dir = tempfile::tempdir().unwrap();
-    let base = random_model(&device, &demo_config(codec.vocab_size()), 3).unwrap();
-    base.save(dir.path()).unwrap();
-    let config = std::fs::read(dir.path().join("config.json")).unwrap();
-    let weights = std::fs::read(dir.path().join("model.safetensors")).unwrap();
-
     let (steps, batch, seed) = (3, 8, 1);
-    let mut session = pollster::block_on(Session::open()).unwrap();
-    session.load_base(&config, weights, None).unwrap();
     let settings = RunSettings {
         method: Method::Hydra,
         steps,
@@ -97,23 +92,7 @@ fn awaited_steps_equal_blocking_steps_and_adapter_files_equal_saved_ones() {
 
 #[test]
 fn a_bad_jsonl_line_is_named() {
-    let Some(device) = require_gpu_or_skip() else {
-        return;
-    };
-    let codec = demo_codec();
-    let dir = tempfile::tempdir().unwrap();
-    random_model(&device, &demo_config(codec.vocab_size()), 3)
-        .unwrap()
-        .save(dir.path())
-        .unwrap();
-    let mut session = pollster::block_on(Session::open()).unwrap();
-    session
-        .load_base(
-            &std::fs::read(dir.path().join("config.json")).unwrap(),
-            std::fs::read(dir.path().join("model.safetensors")).unwrap(),
-            None,
-        )
-        .unwrap();
+    let (_device, _dir, mut session) = session_with_random_base();
     let settings = RunSettings {
         method: Method::Lora,
         steps: 1,
