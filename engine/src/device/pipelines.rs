@@ -115,7 +115,8 @@ impl Device {
     }
 
     /// Compiles every entry point of each of `shaders` that this device can run (a variant
-    /// that enables an extension the device lacks is skipped) into a pipeline of its own,
+    /// that enables an extension the device lacks, or a subgroup variant on a device
+    /// without subgroups, is skipped) into a pipeline of its own,
     /// and returns the driver's complaints, one `variant:entry: message` each: an empty list
     /// when the device's compiler accepts them all. In a browser this is the page's check
     /// that Tint accepts what naga accepts.
@@ -128,7 +129,6 @@ impl Device {
             if (needs("f16") && !features.contains(wgpu::Features::SHADER_F16))
                 || (needs("wgpu_cooperative_matrix")
                     && !features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX))
-                || (needs("subgroups") && !features.contains(wgpu::Features::SUBGROUP))
                 || (shader.name.contains("subgroup")
                     && !features.contains(wgpu::Features::SUBGROUP))
             {
