@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use hydralora_model::adapter::{
-    adapter_files_from, adapter_tensors, attach, record_gates, router_stats_async, AdapterFiles,
+    adapter_files_from, adapter_tensors, attach, gates_by_category_async, AdapterFiles,
 };
 use hydralora_model::data::{
     encode_prompt, parse_line, prompt_and_response_ids, tokenize, Example, ReadOptions,
@@ -283,34 +283,18 @@ impl Session {
         if run.method != Method::Hydra {
             return Ok(None);
         }
-        let mut by_category: BTreeMap<String, (Vec<f64>, usize)> = BTreeMap::new();
         let model = &mut run.trainer.model;
-        let balancing = model.adapter.as_ref().is_some_and(|a| a.balance_coef > 0.0);
-        record_gates(model, true);
+        let mut groups: BTreeMap<String, Vec<Vec<u32>>> = BTreeMap::new();
         for example in &run.eval {
             let (mut ids, response) = prompt_and_response_ids(example, &**codec)?;
             ids.extend(response);
             ids.truncate(model.config.max_position_embeddings);
-            no_grad(|| model.hidden_states(&ids, 1, None))?;
-            let entry = by_category
-                .entry(example.category.clone().unwrap_or_else(|| "all".into()))
-                .or_default();
-            for router in router_stats_async(model).await? {
-                entry.0.resize(router.mean_gate.len(), 0.0);
-                for (acc, g) in entry.0.iter_mut().zip(&router.mean_gate) {
-                    *acc += f64::from(*g);
-                }
-                entry.1 += 1;
-            }
+            let category = example.category.clone().unwrap_or_else(|| "all".into());
+            groups.entry(category).or_default().push(ids);
         }
-        record_gates(model, balancing);
-        let (categories, gates) = by_category
-            .into_iter()
-            .map(|(name, (sum, n))| {
-                let row = sum.iter().map(|s| (s / n.max(1) as f64) as f32).collect();
-                (name, row)
-            })
-            .unzip();
+        let groups: Vec<(String, Vec<Vec<u32>>)> = groups.into_iter().collect();
+        let gates = gates_by_category_async(model, &groups).await?;
+        let categories = groups.into_iter().map(|(name, _)| name).collect();
         Ok(Some(Heatmap { categories, gates }))
     }
 

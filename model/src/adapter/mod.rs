@@ -35,8 +35,8 @@ pub use forward::{dropout_mask, Adapter, Dropout};
 pub use gguf::{hydra_is_not_lora, is_gguf_file, HostLora, LoraPair};
 pub use merge::{merge_lora, merge_lora_gguf, GgufMergeSummary};
 pub use router::{
-    balance_loss, gates_by_category, gates_by_category_and_layer, record_gates, recorded_gates,
-    router_stats, router_stats_async, CategoryGates, RouterStats,
+    balance_loss, gates_by_category, gates_by_category_and_layer, gates_by_category_async,
+    record_gates, recorded_gates, router_stats, router_stats_async, CategoryGates, RouterStats,
 };
 
 /// Adds a fresh adapter to every target module: A and the router Kaiming-uniform (bound

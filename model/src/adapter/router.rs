@@ -134,6 +134,30 @@ pub fn gates_by_category(
     Ok(gates_by_category_and_layer(model, groups)?.overall)
 }
 
+/// [`gates_by_category`] for async callers (the browser page's heatmap): the same means,
+/// each forward's gates awaited. Gate recording is left as it was found (the trainer keeps
+/// it on for the balance loss).
+pub async fn gates_by_category_async(
+    model: &mut Llama,
+    groups: &[(String, Vec<Vec<u32>>)],
+) -> Result<Vec<Vec<f32>>> {
+    let was_recording = model.adapters().any(|(_, _, a)| a.record_gates);
+    record_gates(model, true);
+    let mut rows = Vec::with_capacity(groups.len());
+    for (_, sequences) in groups {
+        let mut overall = GateMean::default();
+        for ids in sequences {
+            no_grad(|| model.hidden_states(ids, 1, None))?; // the gates are all it needs
+            for s in router_stats_async(model).await? {
+                overall.add(&s.mean_gate);
+            }
+        }
+        rows.push(overall.mean());
+    }
+    record_gates(model, was_recording);
+    Ok(rows)
+}
+
 /// Mean gate weights per category, over all layers and layer by layer
 /// ([`gates_by_category_and_layer`]).
 #[derive(Clone, Debug, PartialEq)]
