@@ -10,10 +10,15 @@ const SUB: u32 = 1u;
 const MUL: u32 = 2u;
 const DIV: u32 = 3u;
 
+// How b (and a) meet the output shape (engine/src/ops/elementwise.rs: Broadcast).
+const SAME: u32 = 0u;     // a, b and out share one shape
+const GENERAL: u32 = 1u;  // any NumPy broadcast: index arithmetic per element
+const B_SCALAR: u32 = 2u; // a and out share one shape; b is one value
+
 struct BinaryParams {
     op: u32,
     numel: u32,
-    broadcast: u32,          // 0: a, b and out share one shape
+    broadcast: u32,          // SAME, GENERAL or B_SCALAR
     out_dims: array<u32, 6>, // the output shape, padded in front with 1s
     a_strides: array<u32, 6>, // 0 on an axis that a broadcasts along
     b_strides: array<u32, 6>,
@@ -37,7 +42,7 @@ fn apply(op: u32, x: f32, y: f32) -> f32 {
 fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat_id(gid, groups, 256u);
     if i >= bp.numel { return; }
-    if bp.broadcast == 0u {
+    if bp.broadcast == SAME {
         out[i] = apply(bp.op, a[i], b[i]);
         return;
     }
@@ -54,15 +59,16 @@ fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     out[i] = apply(bp.op, a[ia], b[ib]);
 }
 
-// Same-shape a, b and out (the common case): four elements per invocation, so the params
-// are read once per four (loads are the slow part on CPU drivers).
+// a and out of one shape, b of that shape too or a single value (a scale): four elements per
+// invocation, so the params are read once per four (loads are the slow part on CPU drivers).
 @compute @workgroup_size(256)
-fn binary_same(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+fn binary_flat(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let base = 4u * flat_id(gid, groups, 256u);
     let n = bp.numel;
     let op = bp.op;
+    let b_step = select(1u, 0u, bp.broadcast == B_SCALAR);
     for (var j = 0u; j < 4u; j++) {
         let i = base + j;
-        if i < n { out[i] = apply(op, a[i], b[i]); }
+        if i < n { out[i] = apply(op, a[i], b[i * b_step]); }
     }
 }

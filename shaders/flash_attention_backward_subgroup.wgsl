@@ -29,22 +29,20 @@ fn aux4(i: u32) -> vec4<f32> {
 @compute @workgroup_size(8)
 fn flash_backward_dq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                      @builtin(subgroup_invocation_id) lane: u32) {
-    let w = group_id(wid, groups);
-    if w >= query_tiles() { return; } // uniform per workgroup
-    let tile = query_tile(w, lane);
-    let r = query_row(tile.row);
-    let qa = r.qa / 4u;
+    let tile = query_tile(group_id(wid, groups), lane);
+    if tile.past_end { return; } // uniform per workgroup
+    let r = tile.mine;
+    let qa = tile.qa;
     let dv = p.d / 4u;
-    var qr: array<vec4<f32>, MAXV>; // scale q_i
+    var delta = 0.0; // dO_i . O_i
     var gr: array<vec4<f32>, MAXV>; // dO_i
-    var acc: array<vec4<f32>, MAXV>;
-    var delta = 0.0;
     for (var c = 0u; c < dv; c++) {
-        qr[c] = p.scale * q[qa + c];
         gr[c] = dout[qa + c];
-        acc[c] = vec4(0.0);
         delta += dot(gr[c], aux4(qa + c));
     }
+    var qr: array<vec4<f32>, MAXV>; // scale q_i
+    load_scaled_q(tile, &qr);
+    var acc: array<vec4<f32>, MAXV>;
     let l = lse[tile.row];
     for (var j0 = 0u; j0 < tile.keys; j0 += 8u) {
         let mine = kv_at(r.b, r.hk, min(j0 + lane, p.s - 1u)) / 4u;

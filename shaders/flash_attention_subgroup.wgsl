@@ -17,18 +17,13 @@
 @compute @workgroup_size(8)
 fn flash_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
                  @builtin(subgroup_invocation_id) lane: u32) {
-    let w = group_id(wid, groups);
-    if w >= query_tiles() { return; } // uniform per workgroup
-    let tile = query_tile(w, lane);
-    let r = query_row(tile.row);
-    let qa = r.qa / 4u;
+    let tile = query_tile(group_id(wid, groups), lane);
+    if tile.past_end { return; } // uniform per workgroup
     let dv = p.d / 4u;
-    var qr: array<vec4<f32>, MAXV>;  // scale q
-    var acc: array<vec4<f32>, MAXV>; // sum_j exp(s_j - m) v_j
-    for (var c = 0u; c < dv; c++) {
-        qr[c] = p.scale * q[qa + c];
-        acc[c] = vec4(0.0);
-    }
+    var acc: array<vec4<f32>, MAXV>; // sum_j exp(s_j - m) v_j (zeros: WGSL initialises vars)
+    var qr: array<vec4<f32>, MAXV>;
+    load_scaled_q(tile, &qr);
+    let r = tile.mine;
     var m = -3.4e38;
     var l = 0.0;
     for (var j0 = 0u; j0 < tile.keys; j0 += 8u) {
@@ -48,7 +43,7 @@ fn flash_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     if tile.t0 + lane < p.t {
         let inv = 1.0 / l;
-        for (var c = 0u; c < dv; c++) { o[qa + c] = acc[c] * inv; }
+        for (var c = 0u; c < dv; c++) { o[tile.qa + c] = acc[c] * inv; }
         lse[tile.row] = m + log(l);
     }
 }

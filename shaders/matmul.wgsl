@@ -9,19 +9,16 @@ fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row0 = gid.y * 4u;
     let col0 = gid.x * 4u;
     if row0 >= p.m || col0 >= p.n { return; }
-    let split = gid.z % p.splits;
-    let batch = gid.z / p.splits;
-    let k0 = split * p.k_chunk;
-    let k1 = min(k0 + p.k_chunk, p.k);
+    let s = slice_of(gid.z);
     // Rows and columns past the edge are clamped for loading and never stored.
     var a_base: array<u32, 4>;
     var b_off: array<u32, 4>;
     for (var i = 0u; i < 4u; i++) {
-        a_base[i] = batch * p.a_batch + min(row0 + i, p.m - 1u) * p.a_row;
-        b_off[i] = batch * p.b_batch + min(col0 + i, p.n - 1u) * p.b_col;
+        a_base[i] = s.a_base + min(row0 + i, p.m - 1u) * p.a_row;
+        b_off[i] = s.b_base + min(col0 + i, p.n - 1u) * p.b_col;
     }
     var acc: array<vec4<f32>, 4>;
-    for (var kk = k0; kk < k1; kk++) {
+    for (var kk = s.k_begin; kk < s.k_end; kk++) {
         let bk = kk * p.b_row;
         let bv = vec4(load_b(b_off[0] + bk), load_b(b_off[1] + bk), load_b(b_off[2] + bk), load_b(b_off[3] + bk));
         let ak = kk * p.a_col;

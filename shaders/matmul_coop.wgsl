@@ -29,12 +29,7 @@ fn matmul_coop(
 ) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    let split = wid.z % p.splits;
-    let batch = wid.z / p.splits;
-    let k_begin = split * p.k_chunk;
-    let k_end = min(k_begin + p.k_chunk, p.k);
-    let a_base = batch * p.a_batch;
-    let b_base = batch * p.b_batch;
+    let s = slice_of(wid.z);
     // Consecutive lanes walk each operand's contiguous dim, so global loads coalesce.
     let a_k_fast = p.a_col == 1u;
     let b_n_fast = p.b_col == 1u;
@@ -48,28 +43,16 @@ fn matmul_coop(
     var c01 = FragC();
     var c10 = FragC();
     var c11 = FragC();
-    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+    for (var k0 = s.k_begin; k0 < s.k_end; k0 += BK) {
         for (var e = lane; e < TILE * BK; e += LANES) {
             // A: row ar (of TILE), k offset ak (of BK)
             let ar = select(e % TILE, e / BK, a_k_fast);
             let ak = select(e / TILE, e % BK, a_k_fast);
-            let row = row0 + ar;
-            let ka = k0 + ak;
-            var av = 0.0;
-            if row < p.m && ka < k_end {
-                av = a[a_base + row * p.a_row + ka * p.a_col];
-            }
-            a_tile[ar * BK + ak] = CoopIn(av);
+            a_tile[ar * BK + ak] = CoopIn(a_or_zero(s, row0 + ar, k0 + ak));
             // B: k offset bk (of BK), column bc (of TILE)
             let bc = select(e / BK, e % TILE, b_n_fast);
             let bk = select(e % BK, e / TILE, b_n_fast);
-            let col = col0 + bc;
-            let kb = k0 + bk;
-            var bv = 0.0;
-            if col < p.n && kb < k_end {
-                bv = load_b(b_base + kb * p.b_row + col * p.b_col);
-            }
-            b_tile[bk * TILE + bc] = CoopIn(bv);
+            b_tile[bk * TILE + bc] = CoopIn(b_or_zero(s, k0 + bk, col0 + bc));
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk += FRAG) {

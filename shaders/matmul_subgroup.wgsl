@@ -56,13 +56,13 @@ fn tile(wid: vec3<u32>, lane: u32, rows: u32) -> Tile {
     let col_block = within / max(height, 1u);
     t.row0 = row_block * rows;
     t.col0 = col_block * 64u + lane * 8u;
-    let split = wid.z % p.splits;
-    let batch = wid.z / p.splits;
-    t.a_off = batch * (p.a_batch / 4u);
-    t.b_off = batch * p.b_batch;
+    // (The host keeps A's batch stride, k_chunk and so each split's k range in whole vec4s.)
+    let s = slice_of(wid.z);
+    t.a_off = s.a_base / 4u;
+    t.b_off = s.b_base;
     t.c_off = wid.z * p.c_batch;
-    t.kv0 = split * (p.k_chunk / 4u);
-    t.kv1 = min(t.kv0 + p.k_chunk / 4u, (p.k + 3u) / 4u);
+    t.kv0 = s.k_begin / 4u;
+    t.kv1 = (s.k_end + 3u) / 4u;
     return t;
 }
 
@@ -250,22 +250,69 @@ fn store_block(t: Tile, q: u32, acc: array<Row, 8>) {
     }
 }
 
-// ---- 32 rows per workgroup -------------------------------------------------------------
+// ---- The two tile heights, each in the four layouts ------------------------------------
+// `a_t` / `b_t`: A / B stored transposed. Every entry point passes constants, so the driver
+// folds the branches away after inlining: each entry is the straight-line kernel of its
+// layout, with no run-time test.
 
-@compute @workgroup_size(8)
-fn nn32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+// Where this lane's A values come from: A as used, the offsets (vec4s) of the row it loads
+// in each of the tile's row blocks of 8; A transposed, the offset of the 4 rows it loads.
+struct ASource {
+    rows: array<u32, 4>,
+    base: u32,
+}
+
+fn a_source(t: Tile, lane: u32, lanes_used: u32, a_t: bool) -> ASource {
+    var s: ASource;
+    if a_t {
+        s.base = a_rows_m(t, lane, lanes_used);
+    } else {
+        s.rows = array(a_row_k(t, lane, 0u), a_row_k(t, lane, 1u), a_row_k(t, lane, 2u), a_row_k(t, lane, 3u));
+    }
+    return s;
+}
+
+// A transposed: the 4 k vectors of this iteration, loaded once for all row blocks.
+fn load_a_k4(s: ASource, kv: u32, a_t: bool) -> array<Rows8, 4> {
+    if a_t {
+        return load_a_m(s.base, kv);
+    }
+    return array<Rows8, 4>();
+}
+
+// Row block q's 8 rows, 4 k each, as every lane sees them.
+fn a_block(s: ASource, r: array<Rows8, 4>, kv: u32, q: u32, a_t: bool) -> Rows8 {
+    if a_t {
+        return rows_from_m(r[0], r[1], r[2], r[3], 2u * q);
+    }
+    return broadcast8(a[s.rows[q] + kv]);
+}
+
+// This iteration's B values for this lane's 8 columns.
+fn b_block(t: Tile, cols: array<u32, 8>, kv: u32, b_t: bool) -> Bk {
+    if b_t {
+        return load_b_k(cols, kv);
+    }
+    return load_b_n(t, kv);
+}
+
+// 32 rows per workgroup: four row blocks, each one accumulator (separate variables, so
+// llvmpipe keeps each in registers while its block is updated).
+fn rows32(wid: vec3<u32>, lane: u32, a_t: bool, b_t: bool) {
     let t = tile(wid, lane, 32u);
-    let ar = array(a_row_k(t, lane, 0u), a_row_k(t, lane, 1u), a_row_k(t, lane, 2u), a_row_k(t, lane, 3u));
+    let src = a_source(t, lane, 8u, a_t);
+    let cols = b_cols_k(t);
     var acc0: array<Row, 8>;
     var acc1: array<Row, 8>;
     var acc2: array<Row, 8>;
     var acc3: array<Row, 8>;
     for (var kv = t.kv0; kv < t.kv1; kv++) {
-        let bk = load_b_n(t, kv);
-        acc0 = fma_block(acc0, broadcast8(a[ar[0] + kv]), bk);
-        acc1 = fma_block(acc1, broadcast8(a[ar[1] + kv]), bk);
-        acc2 = fma_block(acc2, broadcast8(a[ar[2] + kv]), bk);
-        acc3 = fma_block(acc3, broadcast8(a[ar[3] + kv]), bk);
+        let bk = b_block(t, cols, kv, b_t);
+        let r = load_a_k4(src, kv, a_t);
+        acc0 = fma_block(acc0, a_block(src, r, kv, 0u, a_t), bk);
+        acc1 = fma_block(acc1, a_block(src, r, kv, 1u, a_t), bk);
+        acc2 = fma_block(acc2, a_block(src, r, kv, 2u, a_t), bk);
+        acc3 = fma_block(acc3, a_block(src, r, kv, 3u, a_t), bk);
     }
     store_block(t, 0u, acc0);
     store_block(t, 1u, acc1);
@@ -273,119 +320,24 @@ fn nn32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) 
     store_block(t, 3u, acc3);
 }
 
-@compute @workgroup_size(8)
-fn nt32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let t = tile(wid, lane, 32u);
-    let ar = array(a_row_k(t, lane, 0u), a_row_k(t, lane, 1u), a_row_k(t, lane, 2u), a_row_k(t, lane, 3u));
-    let cols = b_cols_k(t);
-    var acc0: array<Row, 8>;
-    var acc1: array<Row, 8>;
-    var acc2: array<Row, 8>;
-    var acc3: array<Row, 8>;
-    for (var kv = t.kv0; kv < t.kv1; kv++) {
-        let bk = load_b_k(cols, kv);
-        acc0 = fma_block(acc0, broadcast8(a[ar[0] + kv]), bk);
-        acc1 = fma_block(acc1, broadcast8(a[ar[1] + kv]), bk);
-        acc2 = fma_block(acc2, broadcast8(a[ar[2] + kv]), bk);
-        acc3 = fma_block(acc3, broadcast8(a[ar[3] + kv]), bk);
-    }
-    store_block(t, 0u, acc0);
-    store_block(t, 1u, acc1);
-    store_block(t, 2u, acc2);
-    store_block(t, 3u, acc3);
-}
-
-@compute @workgroup_size(8)
-fn tn32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let t = tile(wid, lane, 32u);
-    let base = a_rows_m(t, lane, 8u);
-    var acc0: array<Row, 8>;
-    var acc1: array<Row, 8>;
-    var acc2: array<Row, 8>;
-    var acc3: array<Row, 8>;
-    for (var kv = t.kv0; kv < t.kv1; kv++) {
-        let bk = load_b_n(t, kv);
-        let r = load_a_m(base, kv);
-        acc0 = fma_block(acc0, rows_from_m(r[0], r[1], r[2], r[3], 0u), bk);
-        acc1 = fma_block(acc1, rows_from_m(r[0], r[1], r[2], r[3], 2u), bk);
-        acc2 = fma_block(acc2, rows_from_m(r[0], r[1], r[2], r[3], 4u), bk);
-        acc3 = fma_block(acc3, rows_from_m(r[0], r[1], r[2], r[3], 6u), bk);
-    }
-    store_block(t, 0u, acc0);
-    store_block(t, 1u, acc1);
-    store_block(t, 2u, acc2);
-    store_block(t, 3u, acc3);
-}
-
-@compute @workgroup_size(8)
-fn tt32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let t = tile(wid, lane, 32u);
-    let base = a_rows_m(t, lane, 8u);
-    let cols = b_cols_k(t);
-    var acc0: array<Row, 8>;
-    var acc1: array<Row, 8>;
-    var acc2: array<Row, 8>;
-    var acc3: array<Row, 8>;
-    for (var kv = t.kv0; kv < t.kv1; kv++) {
-        let bk = load_b_k(cols, kv);
-        let r = load_a_m(base, kv);
-        acc0 = fma_block(acc0, rows_from_m(r[0], r[1], r[2], r[3], 0u), bk);
-        acc1 = fma_block(acc1, rows_from_m(r[0], r[1], r[2], r[3], 2u), bk);
-        acc2 = fma_block(acc2, rows_from_m(r[0], r[1], r[2], r[3], 4u), bk);
-        acc3 = fma_block(acc3, rows_from_m(r[0], r[1], r[2], r[3], 6u), bk);
-    }
-    store_block(t, 0u, acc0);
-    store_block(t, 1u, acc1);
-    store_block(t, 2u, acc2);
-    store_block(t, 3u, acc3);
-}
-
-// ---- 8 rows per workgroup: products with few rows (a LoRA rank) ------------------------
-
-@compute @workgroup_size(8)
-fn nn8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
+// 8 rows per workgroup: products with few rows (a LoRA rank).
+fn rows8(wid: vec3<u32>, lane: u32, a_t: bool, b_t: bool) {
     let t = tile(wid, lane, 8u);
-    let ar = a_row_k(t, lane, 0u);
+    let src = a_source(t, lane, 2u, a_t);
+    let cols = b_cols_k(t);
     var acc: array<Row, 8>;
     for (var kv = t.kv0; kv < t.kv1; kv++) {
-        acc = fma_block(acc, broadcast8(a[ar + kv]), load_b_n(t, kv));
+        let r = load_a_k4(src, kv, a_t);
+        acc = fma_block(acc, a_block(src, r, kv, 0u, a_t), b_block(t, cols, kv, b_t));
     }
     store_block(t, 0u, acc);
 }
 
-@compute @workgroup_size(8)
-fn nt8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let t = tile(wid, lane, 8u);
-    let ar = a_row_k(t, lane, 0u);
-    let cols = b_cols_k(t);
-    var acc: array<Row, 8>;
-    for (var kv = t.kv0; kv < t.kv1; kv++) {
-        acc = fma_block(acc, broadcast8(a[ar + kv]), load_b_k(cols, kv));
-    }
-    store_block(t, 0u, acc);
-}
-
-@compute @workgroup_size(8)
-fn tn8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let t = tile(wid, lane, 8u);
-    let base = a_rows_m(t, lane, 2u);
-    var acc: array<Row, 8>;
-    for (var kv = t.kv0; kv < t.kv1; kv++) {
-        let r = load_a_m(base, kv);
-        acc = fma_block(acc, rows_from_m(r[0], r[1], r[2], r[3], 0u), load_b_n(t, kv));
-    }
-    store_block(t, 0u, acc);
-}
-
-@compute @workgroup_size(8)
-fn tt8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) {
-    let t = tile(wid, lane, 8u);
-    let base = a_rows_m(t, lane, 2u);
-    let cols = b_cols_k(t);
-    var acc: array<Row, 8>;
-    for (var kv = t.kv0; kv < t.kv1; kv++) {
-        let r = load_a_m(base, kv);
-        acc = fma_block(acc, rows_from_m(r[0], r[1], r[2], r[3], 0u), load_b_k(cols, kv));
-    }
-    store_block(t, 0u, acc);
-}
+@compute @workgroup_size(8) fn nn32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows32(wid, lane, false, false); }
+@compute @workgroup_size(8) fn nt32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows32(wid, lane, false, true); }
+@compute @workgroup_size(8) fn tn32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows32(wid, lane, true, false); }
+@compute @workgroup_size(8) fn tt32(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows32(wid, lane, true, true); }
+@compute @workgroup_size(8) fn nn8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows8(wid, lane, false, false); }
+@compute @workgroup_size(8) fn nt8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows8(wid, lane, false, true); }
+@compute @workgroup_size(8) fn tn8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows8(wid, lane, true, false); }
+@compute @workgroup_size(8) fn tt8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(subgroup_invocation_id) lane: u32) { rows8(wid, lane, true, true); }

@@ -27,43 +27,23 @@ fn matmul_tiled(
 ) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    let split = wid.z % p.splits;
-    let batch = wid.z / p.splits;
-    let k_begin = split * p.k_chunk;
-    let k_end = min(k_begin + p.k_chunk, p.k);
-    let a_base = batch * p.a_batch;
-    let b_base = batch * p.b_batch;
-    // Which element of a slice this invocation loads: consecutive invocations walk the
-    // operand's contiguous dim (k for A stored [M, K], m for A stored [K, M], and so on),
-    // so global loads coalesce.
+    let s = slice_of(wid.z);
     let a_k_fast = p.a_col == 1u;
     let b_n_fast = p.b_col == 1u;
 
     // This invocation's outputs: rows 4 ly .. 4 ly + 3, columns 4 lx .. 4 lx + 3.
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
+    for (var k0 = s.k_begin; k0 < s.k_end; k0 += BK) {
         for (var i = 0u; i < 4u; i++) {
             let e = tid + 256u * i;
             // A: row r (of 64), k offset kk (of 16)
             let ar = select(e % TILE, e / BK, a_k_fast);
             let ak = select(e / TILE, e % BK, a_k_fast);
-            let row = row0 + ar;
-            let ka = k0 + ak;
-            var av = 0.0;
-            if row < p.m && ka < k_end {
-                av = a[a_base + row * p.a_row + ka * p.a_col];
-            }
-            a_tile[ak * 16u + ar / 4u][ar % 4u] = av;
+            a_tile[ak * 16u + ar / 4u][ar % 4u] = a_or_zero(s, row0 + ar, k0 + ak);
             // B: k offset kk (of 16), column cc (of 64)
             let bc = select(e / BK, e % TILE, b_n_fast);
             let bk = select(e % BK, e / TILE, b_n_fast);
-            let col = col0 + bc;
-            let kb = k0 + bk;
-            var bv = 0.0;
-            if col < p.n && kb < k_end {
-                bv = load_b(b_base + kb * p.b_row + col * p.b_col);
-            }
-            b_tile[bk * 16u + bc / 4u][bc % 4u] = bv;
+            b_tile[bk * 16u + bc / 4u][bc % 4u] = b_or_zero(s, k0 + bk, col0 + bc);
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {

@@ -1,13 +1,6 @@
 // SwiGLU, fused: y = silu(g) * u, the LLaMA MLP's gate, in one pass over memory.
-// Pieces: lib/ids (flat_id).
+// Pieces: lib/ids (flat_id), lib/swiglu_io (params, g, u).
 
-struct SwigluParams {
-    numel: u32,
-}
-
-@group(0) @binding(0) var<storage, read> p: SwigluParams;
-@group(0) @binding(1) var<storage, read> g: array<f32>;       // [numel] gate_proj output
-@group(0) @binding(2) var<storage, read> u: array<f32>;       // [numel] up_proj output
 @group(0) @binding(3) var<storage, read_write> y: array<f32>; // [numel]
 
 @compute @workgroup_size(256)

@@ -1,13 +1,6 @@
 // SwiGLU backward: with s = sigmoid(g), dg = dy u s (1 + g (1 - s)), du = dy g s.
-// Pieces: lib/ids (flat_id).
+// Pieces: lib/ids (flat_id), lib/swiglu_io (params, g, u).
 
-struct SwigluParams {
-    numel: u32,
-}
-
-@group(0) @binding(0) var<storage, read> p: SwigluParams;
-@group(0) @binding(1) var<storage, read> g: array<f32>;        // [numel]
-@group(0) @binding(2) var<storage, read> u: array<f32>;        // [numel]
 @group(0) @binding(3) var<storage, read> dy: array<f32>;       // [numel]
 @group(0) @binding(4) var<storage, read_write> dg: array<f32>; // [numel]
 @group(0) @binding(5) var<storage, read_write> du: array<f32>; // [numel]

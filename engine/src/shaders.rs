@@ -135,9 +135,9 @@ shaders! {
     /// Matmul, tiled kernel; B stored as q6_k, summed into C.
     MATMUL_TILED_Q6K_ACCUMULATE = "matmul_tiled+q6_k+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/matmul_scalar", "lib/weights_q6_k", "lib/block_bytes", "matmul_tiled" }
     /// Matmul, subgroup kernel (8-lane subgroups); B stored as f32.
-    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f32", "lib/lanes8", "matmul_subgroup" }
+    MATMUL_SUBGROUP = "matmul_subgroup" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f32x4", "lib/lanes8", "matmul_subgroup" }
     /// Matmul, subgroup kernel (8-lane subgroups); B stored as f32, summed into C.
-    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f32", "lib/lanes8", "matmul_subgroup" }
+    MATMUL_SUBGROUP_ACCUMULATE = "matmul_subgroup+accumulate" { const "const ACCUMULATE: bool = true;", "lib/matmul_params", "lib/weights_f32x4", "lib/lanes8", "matmul_subgroup" }
     /// Matmul, subgroup kernel (8-lane subgroups); B stored as f16.
     MATMUL_SUBGROUP_F16 = "matmul_subgroup+f16" { const "const ACCUMULATE: bool = false;", "lib/matmul_params", "lib/weights_f16", "lib/lanes8", "matmul_subgroup" }
     /// Matmul, subgroup kernel (8-lane subgroups); B stored as f16, summed into C.
@@ -275,9 +275,9 @@ shaders! {
     /// Cross-entropy's backward.
     CROSS_ENTROPY_BACKWARD = "cross_entropy_backward" { "lib/ce_params", "lib/ids", "cross_entropy_backward" }
     /// SwiGLU.
-    SWIGLU = "swiglu" { "lib/ids", "swiglu" }
+    SWIGLU = "swiglu" { "lib/ids", "lib/swiglu_io", "swiglu" }
     /// SwiGLU's backward.
-    SWIGLU_BACKWARD = "swiglu_backward" { "lib/ids", "swiglu_backward" }
+    SWIGLU_BACKWARD = "swiglu_backward" { "lib/ids", "lib/swiglu_io", "swiglu_backward" }
     /// HydraLoRA's gated expansion.
     GATE = "gate" { "lib/ids", "gate" }
     /// The gated expansion's backward.

@@ -144,7 +144,10 @@ fn broadcasting_both_ways_and_across_ranks() {
         (&[2, 3, 5], &[5]),
         (&[2, 1, 5], &[3, 1]), // rank 3 against rank 2, both broadcasting
         (&[1], &[7, 9]),       // a scalar-like operand
-        (&[257], &[257]),      // same shape (the kernel's fast path), odd past a workgroup
+        (&[7, 9], &[1]),       // b one value: the kernels' flat path
+        (&[2, 3, 5], &[1, 1, 1]),
+        (&[257], &[1]),
+        (&[257], &[257]), // same shape (the kernel's fast path), odd past a workgroup
         (&[2, 1, 3, 1, 2, 1], &[1, 4, 1, 5, 1, 3]), // rank 6, the kernels' limit
     ];
     for (i, (a, b)) in cases.iter().enumerate() {
@@ -180,16 +183,19 @@ fn gradcheck_broadcast_binary_ops() {
 #[test]
 fn more_elements_than_one_grid_row_holds() {
     // 65535 workgroups of 256 is the most one grid dimension dispatches; past it the kernels
-    // spill into y. Check every element of such a tensor, with and without broadcasting.
-    // (Small integers and halves: every result is exact in f32.)
+    // spill into y. Check every element of such a tensor: same shapes and b one value (the
+    // flat kernel), a one value (the general one). (Small integers and halves: every result
+    // is exact in f32.)
     let n = 65535 * 256 + 1001;
     let a: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
     let ta = tensor(&a, &[n]);
     let half = tensor(&[0.5], &[1]);
     let sum = read(&ta.add(&half).unwrap());
+    let diff = read(&half.sub(&ta).unwrap());
     let same = read(&ta.add(&ta).unwrap());
     for i in 0..n {
         assert_eq!(sum[i], a[i] + 0.5, "broadcast add at {i}");
+        assert_eq!(diff[i], 0.5 - a[i], "broadcast sub at {i}");
         assert_eq!(same[i], a[i] * 2.0, "same-shape add at {i}");
     }
 }

@@ -51,8 +51,11 @@ fn broadcast8s(x: f32) -> Eight {
 // and do not write (t0 + lane >= T).
 struct QueryTile {
     t0: u32,
-    row: u32,  // this lane's query row (see `query_row`)
-    keys: u32, // keys that any lane of the tile sees
+    row: u32,      // this lane's query row (see `query_row`)
+    keys: u32,     // keys that any lane of the tile sees
+    mine: QueryRow, // this lane's row: batch, kv head, offset, the keys it sees
+    qa: u32,       // this lane's row of q (and O, dO, dq), in vec4s
+    past_end: bool, // the workgroup has no tile (the grid is rounded up): return
 }
 
 // Query tiles of all heads (B Hq of them).
@@ -60,9 +63,25 @@ fn query_tiles() -> u32 { return p.b * p.hq * ((p.t + 7u) / 8u); }
 
 // Query tile `w` (of `query_tiles()`) as lane `lane` sees it.
 fn query_tile(w: u32, lane: u32) -> QueryTile {
+    if w >= query_tiles() {
+        var none: QueryTile;
+        none.past_end = true;
+        return none;
+    }
     let per_head = (p.t + 7u) / 8u;
     let first = (w / per_head) * p.t; // the head's first row
     let t0 = (w % per_head) * 8u;
     let last = first + min(t0 + 7u, p.t - 1u);
-    return QueryTile(t0, first + min(t0 + lane, p.t - 1u), query_row(last).keys);
+    let row = first + min(t0 + lane, p.t - 1u);
+    let mine = query_row(row);
+    return QueryTile(t0, row, query_row(last).keys, mine, mine.qa / 4u, false);
+}
+
+// qr = scale q of this lane's query row (`q` is the kernel's [B, Hq, T, D] binding, in
+// vec4s). Filled in place: an array returned by value is copied whole, MAXV wide.
+fn load_scaled_q(tile: QueryTile, qr: ptr<function, array<vec4<f32>, MAXV>>) {
+    let dv = p.d / 4u;
+    for (var c = 0u; c < dv; c++) {
+        (*qr)[c] = p.scale * q[tile.qa + c];
+    }
 }

@@ -30,3 +30,19 @@ struct MatmulParams {
 }
 
 @group(0) @binding(0) var<storage, read> p: MatmulParams;
+
+// What slice z (= batch * splits + split: `wid.z` or `gid.z`) of the product covers: its k
+// range and where its batch's A and B start, in elements.
+struct Slice {
+    k_begin: u32,
+    k_end: u32,
+    a_base: u32,
+    b_base: u32,
+}
+
+fn slice_of(z: u32) -> Slice {
+    let split = z % p.splits;
+    let batch = z / p.splits;
+    let k_begin = split * p.k_chunk;
+    return Slice(k_begin, min(k_begin + p.k_chunk, p.k), batch * p.a_batch, batch * p.b_batch);
+}

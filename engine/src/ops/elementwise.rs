@@ -12,7 +12,7 @@ kernel_params! {
     pub(crate) struct BinaryParams for [shaders::ELEMENTWISE] {
         op: u32, // a BinaryKind
         numel: u32,
-        broadcast: u32,             // 0: a, b and out share one shape
+        broadcast: u32,             // a Broadcast
         out_dims: [u32; MAX_RANK],  // the output shape, padded in front with 1s
         a_strides: [u32; MAX_RANK], // 0 on an axis that a broadcasts along
         b_strides: [u32; MAX_RANK],
@@ -145,6 +145,17 @@ fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+/// How the operands of a binary op meet its output shape (`elementwise.wgsl`'s constants).
+#[derive(Clone, Copy)]
+enum Broadcast {
+    /// a, b and the output share one shape.
+    Same = 0,
+    /// Any NumPy broadcast, with index arithmetic per element.
+    General = 1,
+    /// a has the output's shape and b is one value (a scale, a count).
+    BScalar = 2,
+}
+
 pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor> {
     let name = match kind {
         BinaryKind::Add => "add",
@@ -160,20 +171,25 @@ pub(crate) fn binary(a: &Tensor, b: &Tensor, kind: BinaryKind) -> Result<Tensor>
     let shape = broadcast_shape(name, a.shape(), b.shape())?;
     let out = Tensor::empty_bindable(name, a.device(), &shape, DType::F32)?;
     let numel = out.numel();
-    let same = a.shape() == b.shape();
+    let broadcast = if a.shape() == b.shape() {
+        Broadcast::Same
+    } else if a.shape() == shape.as_slice() && b.numel() == 1 {
+        Broadcast::BScalar
+    } else {
+        Broadcast::General
+    };
     let params = BinaryParams {
         op: kind as u32,
         numel: numel as u32,
-        broadcast: u32::from(!same),
+        broadcast: broadcast as u32,
         out_dims: pad6(&shape, 1),
         a_strides: pad6(&broadcast_strides(a.shape(), &shape), 0),
         b_strides: pad6(&broadcast_strides(b.shape(), &shape), 0),
     };
-    // Same shapes: four elements per invocation; broadcasting: one, with index arithmetic.
-    let (entry, items) = if same {
-        ("binary_same", numel.div_ceil(4))
-    } else {
-        ("binary", numel)
+    // Flat cases: four elements per invocation; any other broadcast: one, with index arithmetic.
+    let (entry, items) = match broadcast {
+        Broadcast::Same | Broadcast::BScalar => ("binary_flat", numel.div_ceil(4)),
+        Broadcast::General => ("binary", numel),
     };
     a.device().dispatch(
         &shaders::ELEMENTWISE,

@@ -253,13 +253,11 @@ fn chunked_loss(
 ) -> Result<(Tensor, Tensor, Vec<Option<Tensor>>)> {
     let dev = hidden.device();
     let (n, h) = (hidden.dim(0), hidden.dim(1));
-    let row_loss = Tensor::empty(dev, &[n], DType::F32)?; // [N]
-    let counted = Tensor::empty(dev, &[n], DType::F32)?; // [N] 1 where the label counts
+    let chunked = chunk < n;
+    let mut row_loss = RowsOf::new(dev, chunked, &[n])?; // [N]
+    let mut counted = RowsOf::new(dev, chunked, &[n])?; // [N] 1 where the label counts
     let one = Tensor::full(dev, &[1], 1.0)?; // [1]: the gradients are scaled in backward
-    let mut d_hidden = match wanted[0] && chunk < n {
-        true => Some(Tensor::empty(dev, &[n, h], DType::F32)?), // [N, H]
-        false => None,
-    };
+    let mut d_hidden = RowsOf::new(dev, chunked && wanted[0], &[n, h])?; // [N, H]
     let mut d_parts: Vec<Option<Tensor>> = vec![None; parts.len()]; // [V_i, H] each
     for start in (0..n).step_by(chunk) {
         let rows = chunk.min(n - start);
@@ -267,8 +265,8 @@ fn chunked_loss(
         let labels_c = rows_of(labels, start, rows)?; // [rows]
         let logits = project(&h_c, parts)?; // [rows, V]
         let (loss_c, lse_c, counted_c) = row_losses(&logits, &labels_c)?; // [rows] each
-        write_rows(&row_loss, start, &loss_c);
-        write_rows(&counted, start, &counted_c);
+        row_loss.put(start, loss_c);
+        counted.put(start, counted_c);
         if !wanted.iter().any(|&w| w) {
             continue;
         }
@@ -295,15 +293,20 @@ fn chunked_loss(
                 });
             }
         }
-        match (&d_hidden, dh_c) {
-            (Some(all), Some(dh_c)) => write_rows(all, start, &dh_c),
-            (None, dh_c) => d_hidden = dh_c, // one chunk: its rows are all of them
-            (Some(_), None) => {}
+        if let Some(dh_c) = dh_c {
+            d_hidden.put(start, dh_c);
         }
     }
-    let count = counted.sum_all()?; // [1]
-    let loss = row_loss.sum_all()?.div(&count)?;
-    let mut grads = vec![d_hidden];
+    let count = counted
+        .into_tensor()
+        .expect("one chunk at least")
+        .sum_all()?; // [1]
+    let loss = row_loss
+        .into_tensor()
+        .expect("one chunk at least")
+        .sum_all()?
+        .div(&count)?;
+    let mut grads = vec![d_hidden.into_tensor()];
     grads.extend(d_parts);
     Ok((loss, count, grads))
 }
@@ -313,6 +316,35 @@ fn rows_of(x: &Tensor, start: usize, rows: usize) -> Result<Tensor> {
     match rows == x.dim(0) {
         true => Ok(x.clone()),
         false => x.narrow(0, start, rows),
+    }
+}
+
+/// A per-row result [N, ...] put together chunk by chunk: copied into one tensor when there
+/// are several chunks, the one chunk's own tensor (no copy) when there is one.
+struct RowsOf {
+    all: Option<Tensor>, // [N, ...] when chunked, else the one chunk's result once put
+    chunked: bool,
+}
+
+impl RowsOf {
+    fn new(dev: &Device, chunked: bool, shape: &[usize]) -> Result<Self> {
+        let all = match chunked {
+            true => Some(Tensor::empty(dev, shape, DType::F32)?),
+            false => None,
+        };
+        Ok(Self { all, chunked })
+    }
+
+    /// The rows `start..` of the result.
+    fn put(&mut self, start: usize, rows: Tensor) {
+        match &self.all {
+            Some(all) if self.chunked => write_rows(all, start, &rows),
+            _ => self.all = Some(rows),
+        }
+    }
+
+    fn into_tensor(self) -> Option<Tensor> {
+        self.all
     }
 }
 
