@@ -125,3 +125,45 @@ fn checkpointed_steps_hold_less_and_still_submit_once() {
     // The recomputed layers cost dispatches: a second forward of the layers.
     assert!(checkpointed.dispatches_per_step > plain.dispatches_per_step);
 }
+
+/// A dry run (`Device::set_dry_run`, `bench step --dry-run`) drops every dispatch but
+/// allocates as a real step does: its pool peaks and dispatch count equal a real step's to
+/// the byte, for each method, a quantized base and checkpointing. Each run has a device of
+/// its own, so nothing else shares its pool.
+#[test]
+fn a_dry_run_holds_exactly_what_a_real_step_holds() {
+    use hydralora::model::engine::{DType, Device};
+    let mut cfg = tiny_config("dry-run");
+    let cases = [
+        (BenchMethod::Lora, DType::F32, false),
+        (BenchMethod::Hydra, DType::F32, false),
+        (BenchMethod::Full, DType::F32, false),
+        (BenchMethod::Lora, DType::Q8_0, true),
+    ];
+    for (method, weights, checkpoint) in cases {
+        cfg.weights = weights;
+        cfg.checkpoint_activations = checkpoint;
+        let run = |dry: bool| {
+            let device = Device::new().expect("GPU tests need an adapter");
+            device.set_dry_run(dry);
+            bench_step(&device, &cfg, method, None, 1, 1, false).unwrap()
+        };
+        let (real, dry) = (run(false), run(true));
+        let what = format!("{method:?}, {weights:?} weights, checkpointing {checkpoint}");
+        assert!(dry.dry_run && !real.dry_run);
+        assert_eq!(
+            (
+                dry.peak_pool_bytes_first_step,
+                dry.peak_pool_bytes_last_step
+            ),
+            (
+                real.peak_pool_bytes_first_step,
+                real.peak_pool_bytes_last_step
+            ),
+            "{what}"
+        );
+        assert_eq!(dry.dispatches_per_step, real.dispatches_per_step, "{what}");
+        assert_eq!(dry.pipelines_after_first_step, 0, "{what}");
+        assert!(real.peak_pool_bytes_last_step > 0, "{what}");
+    }
+}

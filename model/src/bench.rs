@@ -212,6 +212,9 @@ pub struct StepReport {
     pub dispatches_per_step: f64,
     /// The GPU's name (the engine's `DeviceInfo::name`).
     pub device: String,
+    /// A dry run ([`Device::set_dry_run`]): no kernel ran, so the pool peaks and the
+    /// dispatch count are a real step's and the times are not.
+    pub dry_run: bool,
     /// With `profile`: GPU time per kernel entry point over one extra step, most first.
     pub profile: Vec<KernelTime>,
 }
@@ -403,6 +406,7 @@ impl StepRunner {
             submits_per_step: per_step(|s| s.submits),
             dispatches_per_step: per_step(|s| s.dispatches),
             device: device.info().name.clone(),
+            dry_run: device.dry_run(),
             profile,
         }
     }

@@ -141,6 +141,10 @@ impl Device {
         if groups.contains(&0) {
             return; // an empty tensor: nothing to compute
         }
+        if self.dry_run() {
+            self.lock_batch().dispatched += 1; // counted as it would run, and dropped
+            return;
+        }
         let (pipeline, layout) = self.pipeline(shader, entry, reads.len(), writes.len());
         let mut batch = self.lock_batch();
         let params = params.bytes();

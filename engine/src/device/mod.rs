@@ -50,6 +50,8 @@ pub(crate) struct DeviceInner {
     fault: Arc<Mutex<Option<Error>>>,
     /// Row reductions (softmax, rms_norm, cross-entropy, sum) use the subgroup kernels.
     subgroup_rows: AtomicBool,
+    /// Dispatches are counted and dropped ([`Device::set_dry_run`]).
+    pub(crate) dry_run: AtomicBool,
 }
 
 static NEXT_DEVICE_ID: AtomicU64 = AtomicU64::new(1);
@@ -112,6 +114,7 @@ impl Device {
                 params,
                 fault: Arc::new(Mutex::new(None)),
                 subgroup_rows: AtomicBool::new(info_subgroup),
+                dry_run: AtomicBool::new(false),
             }),
         }
     }
@@ -161,6 +164,21 @@ impl Device {
     /// Resets the pool's peak counter to what is in use now (to measure one phase).
     pub fn reset_peak(&self) {
         self.inner.pool.reset_peak()
+    }
+
+    /// A dry run: from now on every kernel dispatch is counted and dropped, while buffers
+    /// are allocated and freed, and copies and readbacks run, exactly as before. The pool's
+    /// peak and the dispatch count of whatever runs are then a real run's, in a fraction of
+    /// its time, and every value computed is meaningless. For memory planning on a device too
+    /// slow to run a model (`hydralora bench step --dry-run`); a test checks that the peak
+    /// equals a real step's to the byte.
+    pub fn set_dry_run(&self, on: bool) {
+        self.inner.dry_run.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether dispatches are dropped ([`Device::set_dry_run`]).
+    pub fn dry_run(&self) -> bool {
+        self.inner.dry_run.load(Ordering::Relaxed)
     }
 
     /// Whether the row reductions (softmax, rms_norm, cross-entropy, sum) run their subgroup

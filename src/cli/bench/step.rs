@@ -58,6 +58,12 @@ pub struct StepArgs {
     /// --checkpoint-activations`): less memory, one more forward of work.
     #[arg(long)]
     checkpoint_activations: bool,
+    /// Run no kernel: every buffer is allocated and freed as in a real step, so the pool peak
+    /// and the dispatch count are a real step's (to the byte: a test checks it), in a
+    /// fraction of the time, while times and values mean nothing. Will a model fit a GPU's
+    /// memory, asked on a machine too slow to step it (bench-8b on a CPU driver).
+    #[arg(long, conflicts_with_all = ["profile", "versus"])]
+    dry_run: bool,
 }
 
 impl MethodArg {
@@ -88,6 +94,7 @@ pub fn run_step(a: StepArgs) -> CliResult {
     cfg.checkpoint_activations = a.checkpoint_activations;
     cfg.precision = a.precision;
     let device = Device::new()?;
+    device.set_dry_run(a.dry_run);
     if let Some(versus) = a.versus {
         let targets = a.targets.clone().or_else(|| match a.method {
             MethodArg::Lora => Some(cfg.lora.targets.clone()),
@@ -140,6 +147,9 @@ pub fn run_step(a: StepArgs) -> CliResult {
         );
     }
     match r.timed_steps {
+        _ if r.dry_run => println!(
+            "time per step:      not measured (--dry-run: no kernel ran; the pool peak and dispatch count below are a real step's)"
+        ),
         0 => println!(
             "time per step:      {:.3} s, the warm-up step alone (pipeline compiles included; --steps 0)",
             r.median_s
@@ -149,13 +159,15 @@ pub fn run_step(a: StepArgs) -> CliResult {
             r.median_s, r.min_s
         ),
     }
-    println!("tokens/s:           {:.0}", r.tokens_per_s);
-    println!(
-        "FLOPs per step:     {:.3} GFLOP = {}",
-        r.flops_per_step / 1e9,
-        r.flops_formula
-    );
-    println!("achieved:           {:.2} GFLOP/s", r.gflops);
+    if !r.dry_run {
+        println!("tokens/s:           {:.0}", r.tokens_per_s);
+        println!(
+            "FLOPs per step:     {:.3} GFLOP = {}",
+            r.flops_per_step / 1e9,
+            r.flops_formula
+        );
+        println!("achieved:           {:.2} GFLOP/s", r.gflops);
+    }
     println!(
         "pool peak:          {:.1} MiB first step, {:.1} MiB last step (estimated up front: {:.1} MiB)",
         r.peak_pool_bytes_first_step as f64 / 1048576.0,
