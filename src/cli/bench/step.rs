@@ -60,8 +60,8 @@ pub struct StepArgs {
     checkpoint_activations: bool,
     /// Run no kernel: every buffer is allocated and freed as in a real step, so the pool peak
     /// and the dispatch count are a real step's (to the byte: a test checks it), in a
-    /// fraction of the time, while times and values mean nothing. Will a model fit a GPU's
-    /// memory, asked on a machine too slow to step it (bench-8b on a CPU driver).
+    /// fraction of the time, while times and values mean nothing. For asking whether a model
+    /// fits a GPU's memory on a machine too slow to step it (bench-8b on a CPU driver).
     #[arg(long, conflicts_with_all = ["profile", "versus"])]
     dry_run: bool,
 }
