@@ -26,6 +26,8 @@ use hydralora::model::llama::weights::WeightFile;
 use hydralora::model::verify::{LLAMACPP_FLOAT_TOLERANCE, LLAMACPP_QUANTIZED_TOLERANCE};
 use hydralora::model::{Llama, LlamaConfig};
 
+use common::rel_err;
+
 const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/tiny-llama");
 const GGUF_BASE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -68,17 +70,6 @@ fn input_ids() -> Vec<u32> {
         .iter()
         .map(|&i| i as u32)
         .collect()
-}
-
-/// max |a - b| / max(1, max |b|).
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
-    let err = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
-    err / scale
 }
 
 fn logits(model: &Llama, ids: &[u32]) -> Vec<f32> {

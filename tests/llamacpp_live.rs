@@ -25,6 +25,8 @@ use hydralora::model::adapter::load_adapter;
 use hydralora::model::verify::{LLAMACPP_FLOAT_TOLERANCE, LLAMACPP_QUANTIZED_TOLERANCE};
 use hydralora::model::Llama;
 
+use common::rel_err;
+
 const GGUF_BASE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../shared/fixtures-gguf/tiny-f32/model.gguf"
@@ -108,17 +110,6 @@ fn our_logits(model: &Path, adapter: Option<&Path>) -> Vec<f32> {
         load_adapter(&mut llama, adapter).unwrap();
     }
     llama.logits(&IDS, 1).unwrap().to_vec_f32().unwrap()
-}
-
-/// max |a - b| / max(1, max |b|).
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
-    let err = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
-    err / scale
 }
 
 fn check(what: &str, ours: &[f32], llama_cpp: &[f32], tolerance: f64) {

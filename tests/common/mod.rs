@@ -73,3 +73,15 @@ pub fn random_examples(
         })
         .collect()
 }
+
+/// max |a - b| / max(1, max |b|): how far logits `a` are from `b`, as the fixtures' tolerances
+/// count it.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
+    let err = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+    err / scale
+}
