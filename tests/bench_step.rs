@@ -163,7 +163,6 @@ fn a_dry_run_holds_exactly_what_a_real_step_holds() {
             "{what}"
         );
         assert_eq!(dry.dispatches_per_step, real.dispatches_per_step, "{what}");
-        assert_eq!(dry.pipelines_after_first_step, 0, "{what}");
         assert!(real.peak_pool_bytes_last_step > 0, "{what}");
     }
 }

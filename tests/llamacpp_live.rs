@@ -70,6 +70,21 @@ fn hydralora(args: &[&str]) {
     );
 }
 
+/// `hydralora export` or `merge` of `adapter` on the GGUF base, written to `out` as GGUF.
+fn write_gguf(command: &str, adapter: &Path, out: &Path, extra: &[&str]) {
+    let (adapter, out) = (adapter.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        command,
+        "--model",
+        GGUF_BASE,
+        "--adapter",
+        adapter,
+        "--format",
+        "gguf",
+    ];
+    hydralora(&[&args[..], extra, &["--out", out]].concat());
+}
+
 /// llama.cpp's logits for `IDS` on `model` (with `lora`), every position, flattened [T * V].
 fn llama_cpp_logits(runner: &Path, model: &Path, lora: Option<&Path>, kv_cache: &str) -> Vec<f32> {
     let out = model.with_extension(format!(
@@ -174,17 +189,7 @@ fn a_lora_trained_here_runs_in_llama_cpp_as_an_adapter_and_merged() {
     let peft = train_lora(&dir);
 
     let adapter = dir.join("adapter.gguf");
-    hydralora(&[
-        "export",
-        "--model",
-        GGUF_BASE,
-        "--adapter",
-        peft.to_str().unwrap(),
-        "--format",
-        "gguf",
-        "--out",
-        adapter.to_str().unwrap(),
-    ]);
+    write_gguf("export", &peft, &adapter, &[]);
     let ours = our_logits(base, Some(&peft));
     // The same numbers whether we read the PEFT folder or the GGUF we wrote.
     let ours_from_gguf = our_logits(base, Some(&adapter));
@@ -215,19 +220,7 @@ fn a_lora_trained_here_runs_in_llama_cpp_as_an_adapter_and_merged() {
         ("q8_0", LLAMACPP_QUANTIZED_TOLERANCE),
     ] {
         let merged = dir.join(format!("merged-{weights}.gguf"));
-        hydralora(&[
-            "merge",
-            "--model",
-            GGUF_BASE,
-            "--adapter",
-            peft.to_str().unwrap(),
-            "--format",
-            "gguf",
-            "--weights",
-            weights,
-            "--out",
-            merged.to_str().unwrap(),
-        ]);
+        write_gguf("merge", &peft, &merged, &["--weights", weights]);
         let ours_merged = our_logits(&merged, None);
         if weights == "f32" {
             // Folding the adapter in changes nothing but the order of the sums.

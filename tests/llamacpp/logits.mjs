@@ -51,7 +51,7 @@ const sequence = context.getSequence();
 const results = await sequence.controlledEvaluate(
     args.tokens.map((t) => [t, { generateNext: { logits: true } }]),
 );
-const vocab = model.tokens.vocabularySize ?? model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length;
+const vocab = model.tokens.vocabularySize;
 const logits = results.map((r, i) => {
     const map = r?.next?.logits;
     if (!map) throw new Error(`no logits for position ${i}`);
